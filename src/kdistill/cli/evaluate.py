@@ -1,0 +1,72 @@
+"""``kdistill eval``: accuracy of a saved model on a split, rebuilt from its own record."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a saved model (file, run directory or checkpoint directory)",
+        description=(
+            "Rebuilds the model from the architecture recorded in its file and evaluates it on "
+            "the split it was trained with (same dataset, split seed and normalization), unless "
+            "told otherwise."
+        ),
+    )
+    p.add_argument("checkpoint", help="model .safetensors, run directory or checkpoint directory")
+    p.add_argument(
+        "--dataset", help="evaluate on another dataset with the same classes and input shape"
+    )
+    p.add_argument("--data-root", help="dataset location (default: the one recorded at training)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from kdistill.config import DataConfig
+    from kdistill.data import BatchLoader, build_data
+    from kdistill.engine.checkpoint import load_model
+    from kdistill.experiment import check_model_fits_data, evaluate_model, resolve_device
+
+    model, spec = load_model(args.checkpoint)
+    recorded = dict(spec.extra.get("data", {}))
+    if args.dataset is not None and args.dataset != recorded.get("name"):
+        recorded = {"name": args.dataset}
+    if args.data_root is not None:
+        recorded["root"] = args.data_root
+    recorded.setdefault("name", spec.dataset or "digits")
+    data_cfg = DataConfig(
+        **{k: v for k, v in recorded.items() if k in DataConfig.__dataclass_fields__}
+    )
+    data = build_data(data_cfg)
+    check_model_fits_data(spec, data, f"the model in {args.checkpoint}")
+    split = {"test": data.test, "val": data.val, "train": data.train}[args.split]
+    if split is None:
+        raise ValueError(
+            f"{data.name} has no {args.split} split here (it was trained with data.val_fraction=0)"
+        )
+    device = resolve_device(args.device)
+    loader = BatchLoader(split, args.batch_size, device=device, mean=spec.mean, std=spec.std)
+    metrics = evaluate_model(model.to(device), loader, data.num_classes)
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "arch": spec.arch,
+        "dataset": data.name,
+        "split": args.split,
+        "samples": len(split),
+        **metrics,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"{spec.arch} on {data.name} {args.split} ({len(split)} samples): top-1 {metrics['top1']:.2%}  "
+            f"top-5 {metrics['top5']:.2%}  loss {metrics['loss']:.4f}  ECE {metrics['ece']:.3f}"
+        )
+    return 0

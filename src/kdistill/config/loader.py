@@ -1,0 +1,325 @@
+"""YAML and dotted overrides -> typed, validated config objects (and back).
+
+Every value is checked against the dataclass field's type; unknown keys are errors that list the
+valid keys (and the closest match). YAML is parsed with ``yaml.safe_load``: values only, no tags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from kdistill.config.schema import RunConfig
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or file that cannot be used."""
+
+
+# ----------------------------------------------------------------------------- dict -> objects
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"{path} must not be null")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: " + "; ".join(errors))
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{path} must be one of {', '.join(map(str, choices))}; got {value!r}{hint}"
+            )
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"{path} must be a mapping of {tp.__name__} keys, got {_describe(value)}"
+            )
+        return from_dict(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{path} must be a number, got {_describe(value)}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path} must be a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {_describe(value)}")
+        return value
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {_describe(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path} must be a list of {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path} must be a mapping, got {_describe(value)}")
+        key_type, value_type = get_args(tp)
+        return {
+            _coerce(k, key_type, f"{path} key"): _coerce(v, value_type, f"{path}.{k}")
+            for k, v in value.items()
+        }
+    raise TypeError(f"unsupported config type {tp!r} at {path}")  # a schema bug, not user input
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+    """Build the dataclass ``cls`` from a mapping, checking keys and types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {_describe(data)}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            section = f"'{path}'" if path else "the top level"
+            raise ConfigError(
+                f"unknown key {where!r}. Valid keys in {section}: {', '.join(sorted(fields))}.{hint}"
+            )
+        kwargs[key] = _coerce(value, hints[key], where)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(str(e)) from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data (dicts, lists, scalars) for a config object, ready for YAML or JSON."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"kd.temperature=2"`` -> ``(["kd", "temperature"], 2)`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value, e.g. kd.temperature=2")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: cannot parse value {raw!r}: {e}") from None
+    return key.split("."), value
+
+
+def set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set ``data[k0][k1]...`` = value, creating missing or null sections on the way."""
+    node: Any = data
+    for i, key in enumerate(keys[:-1]):
+        nxt = keys[i + 1]
+        if isinstance(node, list):
+            index = _list_index(node, key, keys[: i + 1])
+            if node[index] is None:
+                node[index] = {}
+            node = node[index]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {'.'.join(keys)}: {'.'.join(keys[:i])} is not a section")
+        if node.get(key) is None:
+            node[key] = [] if nxt.isdigit() else {}
+        node = node[key]
+    last = keys[-1]
+    if isinstance(node, list):
+        if last.isdigit() and int(last) == len(node):
+            node.append(value)
+        else:
+            node[_list_index(node, last, keys)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"cannot set {'.'.join(keys)}: {'.'.join(keys[:-1])} is not a section")
+
+
+def _list_index(node: list[Any], key: str, keys: list[str]) -> int:
+    if not key.isdigit():
+        raise ConfigError(f"{'.'.join(keys)}: a list needs a numeric index, got {key!r}")
+    index = int(key)
+    if index >= len(node):
+        if index == len(node):
+            node.append({})
+        else:
+            raise ConfigError(
+                f"{'.'.join(keys)}: index {index} is past the end of a list of {len(node)}"
+            )
+    return index
+
+
+def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
+    """A new config with dotted ``key=value`` overrides applied and re-validated."""
+    return apply_values(cfg, {".".join(k): v for k, v in map(parse_override, overrides)})
+
+
+def apply_values(cfg: T, values: Mapping[str, Any]) -> T:
+    """A new config with ``{"dotted.key": value}`` set (values already typed) and re-validated."""
+    data = to_dict(cfg)
+    for dotted, value in values.items():
+        set_path(data, dotted.split("."), value)
+    return from_dict(type(cfg), data)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a YAML run config and apply overrides."""
+    return apply_overrides(from_dict(RunConfig, read_yaml(path), ""), overrides)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML file that must hold a mapping (empty file = empty mapping)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML (values only, no tags): {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{p}: the top level must be a mapping of config keys, got {type(data).__name__}"
+        )
+    return data
+
+
+def dump_yaml(cfg: Any) -> str:
+    """The config as YAML (every key, defaults included)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def config_hash(cfg: Any, *, exclude: Iterable[str] = ()) -> str:
+    """A short, stable hash of the config's values (dotted keys in ``exclude`` are left out)."""
+    data = to_dict(cfg)
+    for dotted in exclude:
+        node = data
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def field_docs(cls: type) -> list[tuple[str, str, str, str]]:
+    """``(dotted key, type, default, description)`` for every field, recursively."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(c: type, prefix: str) -> None:
+        h = get_type_hints(c)
+        for f in dataclasses.fields(c):
+            tp = h[f.name]
+            key = f"{prefix}{f.name}"
+            inner = [a for a in get_args(tp) if dataclasses.is_dataclass(a)]
+            target = tp if dataclasses.is_dataclass(tp) else (inner[0] if inner else None)
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = None
+            if target is not None and get_origin(tp) is not tuple:
+                rows.append(
+                    (
+                        key,
+                        _type_name(tp),
+                        "section" if default is not None else "null",
+                        f.metadata.get("doc", ""),
+                    )
+                )
+                walk(target, f"{key}.")
+            else:
+                shown = json.dumps(to_dict(default))
+                rows.append((key, _type_name(tp), shown, f.metadata.get("doc", "")))
+                if target is not None:  # list of sections, e.g. kd.teachers
+                    walk(target, f"{key}[i].")
+
+    walk(cls, "")
+    return rows
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list[{_type_name(args[0])}]"
+        return f"list[{', '.join(_type_name(a) for a in args)}]"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    if tp is typing.Any:
+        return "any"
+    return getattr(tp, "__name__", str(tp))

@@ -1,0 +1,391 @@
+"""The run configuration: frozen dataclasses that are the single home of every default.
+
+Each field carries a one-line description in ``metadata["doc"]`` (rendered into
+``docs/config.md``); cross-field checks live in ``__post_init__`` and name the bad value and what
+would be valid. YAML files hold values only; :mod:`kdistill.config.loader` turns them into these
+objects. This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+DatasetName = Literal["digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "npz"]
+OptimizerName = Literal["sgd", "adamw"]
+ScheduleName = Literal["cosine", "multistep", "onecycle", "constant"]
+Precision = Literal["fp32", "bf16"]
+EnsembleReduce = Literal["probs", "logits"]
+BatchNormPolicy = Literal["frozen", "batch_stats"]
+CollapseAction = Literal["warn", "stop", "ignore"]
+
+
+def doc(text: str, default: Any = None, *, factory: Any = None) -> Any:
+    """A dataclass field with a one-line description for the docs."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _positive(name: str, value: float) -> None:
+    _require(math.isfinite(value) and value > 0, f"{name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Batched training-time augmentation (applied to whole batches in memory)."""
+
+    crop_padding: int = doc(
+        "random crop after zero-padding by this many pixels (a random translation of up to that "
+        "many pixels: Hinton's input jitter); 0 turns it off",
+        0,
+    )
+    hflip: bool = doc("random horizontal flip with probability 0.5", False)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.crop_padding >= 0,
+            f"data.augment.crop_padding must be >= 0 pixels, got {self.crop_padding}",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_padding > 0 or self.hflip
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, how it is split and batched."""
+
+    name: DatasetName = doc("dataset: " + ", ".join(get_args(DatasetName)), "digits")
+    root: str | None = doc(
+        "where the data lives (directory, or the .npz file); null = the dataset's default "
+        "(fashion-mnist: /usr/share/datasets/fashion-mnist)",
+        None,
+    )
+    batch_size: int = doc("training batch size (global, across all processes)", 64)
+    eval_batch_size: int = doc("batch size for evaluation and teacher inference", 512)
+    val_fraction: float = doc(
+        "fraction of the training set held out as a validation split (stable and seeded); 0 = none",
+        0.0,
+    )
+    split_seed: int = doc(
+        "seed of the digits train/test split and of the validation split (not the training seed)",
+        0,
+    )
+    image_size: int | None = doc(
+        "resize images to image_size x image_size (imagefolder); null = keep their size",
+        None,
+    )
+    normalize: bool = doc(
+        "standardize inputs with the training split's per-channel mean and std", True
+    )
+    augment: AugmentConfig = doc("training augmentation", factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
+        _require(
+            self.eval_batch_size >= 1,
+            f"data.eval_batch_size must be >= 1, got {self.eval_batch_size}",
+        )
+        _require(
+            0.0 <= self.val_fraction < 1.0,
+            f"data.val_fraction must be in [0, 1), got {self.val_fraction}",
+        )
+        _require(
+            self.image_size is None or self.image_size >= 1,
+            f"data.image_size must be >= 1 or null, got {self.image_size}",
+        )
+        _require(
+            self.root is None or self.root != "",
+            "data.root must be a path or null, got an empty string",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A network: registry name (or ``package.module:builder``), its arguments, its weights."""
+
+    arch: str | None = doc(
+        "model name from the registry (see `kdistill models`) or an import path "
+        "'package.module:builder'; may be null for a teacher whose checkpoint names it",
+        None,
+    )
+    args: dict[str, Any] = doc(
+        "keyword arguments of the model builder, e.g. {hidden: [800, 800], dropout: 0.2}",
+        factory=dict,
+    )
+    checkpoint: str | None = doc(
+        "weights to start from: a kdistill .safetensors file or a run directory (its final "
+        "model.safetensors); null = random initialization",
+        None,
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            self.arch is not None or self.checkpoint is not None,
+            "a model needs an arch (e.g. arch: lenet5) or a checkpoint that records one",
+        )
+        _require(self.arch != "", "model arch must be a name or null, got an empty string")
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """Knowledge distillation: teacher(s), temperature and loss weights."""
+
+    teachers: tuple[ModelConfig, ...] = doc(
+        "the teacher, or several for an ensemble; each needs a checkpoint unless trained jointly",
+        (),
+    )
+    temperature: float = doc("distillation temperature T (useful range 1..20)", 4.0)
+    alpha: float = doc("weight of the student loss (cross-entropy with hard labels, T=1)", 0.1)
+    beta: float | None = doc(
+        "weight of the distillation loss; null = 1 - alpha (Hinton's weighted average)", None
+    )
+    teacher_weight: float = doc(
+        "weight of the teacher's own hard-label loss; > 0 trains the teacher jointly "
+        "(Distiller's --kd-tw)",
+        0.0,
+    )
+    start_epoch: int = doc(
+        "epoch (0-based) at which distillation starts; before it the student trains on labels only",
+        0,
+    )
+    scale_by_t2: bool = doc(
+        "multiply the distillation term by T^2 so its gradient scale does not change with T", True
+    )
+    ensemble_reduce: EnsembleReduce = doc(
+        "how ensemble members combine: average probabilities at T (probs) or logits", "probs"
+    )
+    ensemble_weights: tuple[float, ...] | None = doc(
+        "one weight per teacher (normalized); null = equal weights", None
+    )
+    bn_policy: BatchNormPolicy = doc(
+        "teacher BatchNorm: frozen running statistics, or batch statistics (never updated)",
+        "frozen",
+    )
+    min_teacher_top1: float | None = doc(
+        "refuse to distill from a teacher whose test top-1 (in [0, 1]) is below this; "
+        "null = twice chance level (catches an untrained or wrong teacher)",
+        None,
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            len(self.teachers) >= 1,
+            "kd needs at least one teacher: kd.teachers: [{checkpoint: path/to/teacher.safetensors}] "
+            "(or --kd-teacher ARCH --kd-resume PATH)",
+        )
+        _positive("kd.temperature", self.temperature)
+        for name in ("alpha", "teacher_weight"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value >= 0, f"kd.{name} must be >= 0, got {value}")
+        if self.beta is None:
+            _require(
+                self.alpha <= 1,
+                f"kd.beta=null means beta = 1 - alpha, which needs alpha <= 1; got "
+                f"kd.alpha={self.alpha}. Set kd.beta explicitly for free weights.",
+            )
+        else:
+            _require(
+                math.isfinite(self.beta) and self.beta >= 0,
+                f"kd.beta must be >= 0 or null, got {self.beta}",
+            )
+        beta = 1 - self.alpha if self.beta is None else self.beta
+        _require(
+            self.alpha > 0 or beta > 0,
+            "kd.alpha and kd.beta are both 0: nothing would train the student",
+        )
+        _require(self.start_epoch >= 0, f"kd.start_epoch must be >= 0, got {self.start_epoch}")
+        if self.ensemble_weights is not None:
+            _require(
+                len(self.ensemble_weights) == len(self.teachers),
+                f"kd.ensemble_weights has {len(self.ensemble_weights)} values for "
+                f"{len(self.teachers)} teachers",
+            )
+            _require(
+                all(w >= 0 for w in self.ensemble_weights) and sum(self.ensemble_weights) > 0,
+                f"kd.ensemble_weights must be >= 0 with a positive sum, got {self.ensemble_weights}",
+            )
+        if self.teacher_weight > 0:
+            _require(
+                len(self.teachers) == 1,
+                f"joint teacher training (kd.teacher_weight={self.teacher_weight}) needs exactly one "
+                f"teacher, got {len(self.teachers)}",
+            )
+        else:
+            for i, teacher in enumerate(self.teachers):
+                _require(
+                    teacher.checkpoint is not None,
+                    f"kd.teachers[{i}] has no checkpoint: distilling from an untrained teacher "
+                    "teaches nothing. Train it first (kdistill train ...) and set its checkpoint, "
+                    "or set kd.teacher_weight > 0 to train it jointly",
+                )
+        if self.min_teacher_top1 is not None:
+            _require(
+                0.0 <= self.min_teacher_top1 <= 1.0,
+                f"kd.min_teacher_top1 must be in [0, 1] or null, got {self.min_teacher_top1}",
+            )
+
+    @property
+    def resolved_beta(self) -> float:
+        return 1.0 - self.alpha if self.beta is None else self.beta
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The optimizer."""
+
+    name: OptimizerName = doc("sgd or adamw", "sgd")
+    lr: float = doc("peak learning rate", 0.05)
+    momentum: float = doc("SGD momentum", 0.9)
+    nesterov: bool = doc("SGD Nesterov momentum", True)
+    weight_decay: float = doc("weight decay (decoupled for adamw)", 5e-4)
+    betas: tuple[float, float] = doc("AdamW betas", (0.9, 0.999))
+    grad_clip: float | None = doc(
+        "clip the gradient's global L2 norm to this; null = no clipping", None
+    )
+
+    def __post_init__(self) -> None:
+        _positive("optim.lr", self.lr)
+        _require(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
+        _require(
+            self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}"
+        )
+        _require(
+            all(0 <= b < 1 for b in self.betas), f"optim.betas must be in [0, 1), got {self.betas}"
+        )
+        if self.grad_clip is not None:
+            _positive("optim.grad_clip", self.grad_clip)
+        _require(
+            not (self.nesterov and self.name == "sgd" and self.momentum == 0),
+            "optim.nesterov needs optim.momentum > 0 (set nesterov: false for plain SGD)",
+        )
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The learning-rate schedule, evaluated per step."""
+
+    name: ScheduleName = doc("cosine, multistep, onecycle or constant", "cosine")
+    warmup_epochs: float = doc("linear warm-up from 0 over this many epochs (not onecycle)", 0.0)
+    min_lr_ratio: float = doc("cosine: final lr as a fraction of the peak lr", 0.0)
+    milestones: tuple[int, ...] = doc("multistep: epochs at which lr is multiplied by gamma", ())
+    gamma: float = doc("multistep: the factor applied at each milestone", 0.1)
+    pct_start: float = doc("onecycle: fraction of training spent increasing the lr", 0.3)
+    div_factor: float = doc("onecycle: initial lr = lr / div_factor", 25.0)
+    final_div_factor: float = doc("onecycle: final lr = initial lr / final_div_factor", 1e4)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.warmup_epochs >= 0,
+            f"schedule.warmup_epochs must be >= 0, got {self.warmup_epochs}",
+        )
+        _require(
+            0 <= self.min_lr_ratio <= 1,
+            f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}",
+        )
+        _require(
+            list(self.milestones) == sorted(set(self.milestones))
+            and all(m > 0 for m in self.milestones),
+            f"schedule.milestones must be increasing positive epochs, got {list(self.milestones)}",
+        )
+        _positive("schedule.gamma", self.gamma)
+        _require(
+            0 < self.pct_start < 1, f"schedule.pct_start must be in (0, 1), got {self.pct_start}"
+        )
+        _positive("schedule.div_factor", self.div_factor)
+        _positive("schedule.final_div_factor", self.final_div_factor)
+        _require(
+            self.name != "multistep" or len(self.milestones) > 0,
+            "schedule.name=multistep needs schedule.milestones, e.g. [30, 60]",
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = doc("number of epochs", 10)
+    seed: int = doc("seed of initialization, data order, augmentation and dropout", 0)
+    device: str = doc("auto (cuda if available, else cpu), cpu, cuda or cuda:N", "auto")
+    precision: Precision = doc("fp32, or bf16 autocast for the forward passes", "fp32")
+    deterministic: bool = doc(
+        "deterministic algorithms (bit-identical resume on CPU; slower on GPU)", False
+    )
+    threads: int | None = doc("CPU threads for PyTorch; null = PyTorch's default", None)
+    grad_accumulation: int = doc("optimizer step every N batches", 1)
+    keep_checkpoints: int = doc(
+        "how many epoch checkpoints to keep (the best weights are kept too)", 2
+    )
+    tensorboard: bool = doc("write TensorBoard event files into the run directory", True)
+    on_collapse: CollapseAction = doc(
+        "when the student predicts (almost) one class for everything: warn, stop or ignore",
+        "warn",
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        _require(
+            self.device == "auto"
+            or self.device == "cpu"
+            or self.device == "cuda"
+            or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+            f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+        _require(
+            self.threads is None or self.threads >= 1,
+            f"train.threads must be >= 1 or null, got {self.threads}",
+        )
+        _require(
+            self.grad_accumulation >= 1,
+            f"train.grad_accumulation must be >= 1, got {self.grad_accumulation}",
+        )
+        _require(
+            self.keep_checkpoints >= 1,
+            f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}",
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One experiment: data, student, optional distillation, optimizer, schedule, loop."""
+
+    name: str = doc(
+        "run name; a run writes to out_dir/NAME-HASH/seed-SEED (HASH: of the config) and "
+        "out_dir/NAME links to the newest finished one",
+        "run",
+    )
+    out_dir: str = doc("where run directories are created", "runs")
+    data: DataConfig = doc("the data", factory=DataConfig)
+    model: ModelConfig = doc(
+        "the model being trained (the student, or the teacher when training one)",
+        factory=lambda: ModelConfig(arch="mlp"),
+    )
+    kd: KDConfig | None = doc("distillation; null = plain supervised training", None)
+    optim: OptimConfig = doc("the optimizer", factory=OptimConfig)
+    schedule: ScheduleConfig = doc("the learning-rate schedule", factory=ScheduleConfig)
+    train: TrainConfig = doc("the training loop", factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name),
+            f"name must be non-empty and use letters, digits, '-', '_' or '.', got {self.name!r}",
+        )
+        if self.kd is not None:
+            _require(
+                self.kd.start_epoch < self.train.epochs,
+                f"kd.start_epoch={self.kd.start_epoch} is not before train.epochs={self.train.epochs}: "
+                "distillation would never run",
+            )
+        for m in self.schedule.milestones:
+            _require(
+                m < self.train.epochs,
+                f"schedule.milestones has {m}, which is not before train.epochs={self.train.epochs}",
+            )

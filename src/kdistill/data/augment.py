@@ -1,0 +1,84 @@
+"""Batched, replayable augmentation: random crop with zero padding and horizontal flip.
+
+Every augmented input is one *view* of its sample, identified by an integer that encodes the
+crop offset and the flip. The same view id always gives the same pixels, so a teacher output
+computed for a view can be reused later for exactly the input the student sees (the teacher-
+output cache relies on this). Views are applied to whole batches with one gather, not per
+sample with PIL.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+
+class CropFlip:
+    """Random translation by up to ``padding`` pixels (crop of a zero-padded image) and optional
+    horizontal flip.
+
+    View ids run over ``0 .. num_views - 1`` and decode as
+    ``view = (dy * (2p + 1) + dx) * flips + flip`` with ``dy, dx`` in ``0..2p`` the crop's
+    top-left corner in the padded image. View ``identity_view`` is the un-augmented image.
+
+    Args:
+        padding: zero padding on each side before cropping back to the original size.
+        hflip: whether views include a horizontally flipped copy.
+    """
+
+    def __init__(self, padding: int, hflip: bool) -> None:
+        if padding < 0:
+            raise ValueError(f"crop padding must be >= 0, got {padding}")
+        self.padding = int(padding)
+        self.hflip = bool(hflip)
+        self._side = 2 * self.padding + 1
+        self._flips = 2 if self.hflip else 1
+
+    @property
+    def num_views(self) -> int:
+        """How many distinct views each sample has."""
+        return self._side * self._side * self._flips
+
+    @property
+    def identity_view(self) -> int:
+        """The view that leaves the image unchanged (centre crop, no flip)."""
+        return (self.padding * self._side + self.padding) * self._flips
+
+    def describe(self) -> dict[str, int | bool]:
+        """Parameters that define the views (part of a cache fingerprint)."""
+        return {"kind": "crop_flip", "padding": self.padding, "hflip": self.hflip}  # type: ignore[dict-item]
+
+    def decode(self, views: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(dy, dx, flip)`` for each view id."""
+        flip = views % self._flips
+        offset = views // self._flips
+        return offset // self._side, offset % self._side, flip.bool()
+
+    def random_views(self, sample_ids: Tensor, generator: torch.Generator) -> Tensor:
+        """One view per sample, drawn uniformly (every offset and flip equally likely)."""
+        return torch.randint(0, self.num_views, (len(sample_ids),), generator=generator)
+
+    def apply(self, images: Tensor, views: Tensor) -> Tensor:
+        """The batch ``images`` ``(N, C, H, W)`` with each sample's view applied.
+
+        Padding is with zeros, applied to the un-normalized images (as torchvision's
+        ``RandomCrop(padding=p)`` does before ``Normalize``).
+        """
+        if images.dim() != 4:
+            raise ValueError(
+                f"crop/flip augmentation needs image batches (N, C, H, W), got shape {tuple(images.shape)}"
+            )
+        views = views.to(images.device)
+        if int(views.min()) < 0 or int(views.max()) >= self.num_views:
+            raise ValueError(f"view ids must be in 0..{self.num_views - 1}")
+        n, _, h, w = images.shape
+        dy, dx, flip = self.decode(views)
+        p = self.padding
+        padded = F.pad(images, (p, p, p, p)) if p else images
+        rows = dy[:, None] + torch.arange(h, device=images.device)  # (N, H)
+        cols_fwd = torch.arange(w, device=images.device)
+        cols = torch.where(flip[:, None], cols_fwd.flip(0), cols_fwd) + dx[:, None]  # (N, W)
+        batch = torch.arange(n, device=images.device)[:, None, None]
+        out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+        return out.permute(0, 3, 1, 2).contiguous()

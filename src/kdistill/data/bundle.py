@@ -1,0 +1,138 @@
+"""``build_data``: a dataset from the config, split into train / val / test, with statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import get_args
+
+import torch
+from torch import Tensor
+
+from kdistill.config.schema import DataConfig, DatasetName
+from kdistill.data.sources import (
+    DataError,
+    RawData,
+    Split,
+    read_cifar,
+    read_digits,
+    read_fashion_mnist,
+    read_image_folder,
+    read_npz,
+)
+
+# Sources without a test split (digits; image folders or npz files without one) hold out this
+# fraction of their samples, chosen with data.split_seed.
+HELD_OUT_TEST_FRACTION = 0.2
+
+READERS: dict[str, Callable[[DataConfig], RawData]] = {
+    "digits": lambda cfg: read_digits(),
+    "fashion-mnist": lambda cfg: read_fashion_mnist(cfg.root),
+    "cifar10": lambda cfg: read_cifar(cfg.root, 10),
+    "cifar100": lambda cfg: read_cifar(cfg.root, 100),
+    "imagefolder": lambda cfg: read_image_folder(cfg.root, cfg.image_size),
+    "npz": lambda cfg: read_npz(cfg.root),
+}
+assert set(READERS) == set(get_args(DatasetName)), "READERS and config.schema.DatasetName disagree"
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """Splits plus what models and the pipeline need to know about them.
+
+    Attributes:
+        train, val, test: the splits (``val`` is ``None`` unless ``data.val_fraction > 0``).
+        num_classes: number of classes.
+        class_names: a name per class.
+        input_shape: one sample's shape, ``(C, H, W)`` or ``(F,)``.
+        mean, std: per-channel (or per-feature) statistics of ``train`` in [0, 1] units; the
+            pipeline standardizes with them when ``data.normalize`` is on.
+        source: where the data came from (a path, or the bundled dataset's name).
+    """
+
+    name: str
+    train: Split
+    val: Split | None
+    test: Split
+    num_classes: int
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+
+def _seeded_permutation(n: int, seed: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def _hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(rest, held-out) with ``round(fraction * N)`` samples held out; ids are preserved."""
+    n = len(split)
+    k = round(fraction * n)
+    if k == 0 or k == n:
+        raise DataError(
+            f"holding out {fraction:.0%} of {n} samples leaves an empty split; use a fraction "
+            f"between {1 / n:.3g} and {1 - 1 / n:.3g}"
+        )
+    perm = _seeded_permutation(n, seed)
+    held, rest = perm[:k].sort().values, perm[k:].sort().values
+    return split.subset(rest), split.subset(held)
+
+
+def to_unit_float(images: Tensor) -> Tensor:
+    """uint8 0..255 -> float32 0..1; float images are assumed to be in [0, 1] already."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (images) or per-feature (vectors) mean and std, in [0, 1] units."""
+    dims = (0, 2, 3) if images.dim() == 4 else (0,)
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    count = 0
+    for chunk in images.split(4096):  # bounded memory for big uint8 sets
+        x = to_unit_float(chunk).double()
+        total += x.sum(dims)
+        total_sq += (x * x).sum(dims)
+        count += x.numel() // x.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp(min=0).sqrt().clamp(min=1e-6)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def build_data(cfg: DataConfig) -> DataBundle:
+    """Read ``cfg.name`` and split it.
+
+    Raises:
+        DataError: data missing or malformed, with what to do about it.
+    """
+    raw = READERS[cfg.name](cfg)
+    train, test = raw.train, raw.test
+    if test is None:
+        # The test samples keep their ids; a different split_seed gives a different split.
+        train, test = _hold_out(train, HELD_OUT_TEST_FRACTION, cfg.split_seed)
+    val = None
+    if cfg.val_fraction > 0:
+        train, val = _hold_out(train, cfg.val_fraction, cfg.split_seed + 1)
+    if cfg.augment.enabled and train.images.dim() != 4:
+        raise DataError(
+            f"data.augment (crop/flip) needs images, but {cfg.name} holds feature vectors of shape "
+            f"{tuple(train.images.shape[1:])}; turn augmentation off"
+        )
+    mean, std = channel_stats(train.images)
+    return DataBundle(
+        name=cfg.name,
+        train=train,
+        val=val,
+        test=test,
+        num_classes=len(raw.class_names),
+        class_names=raw.class_names,
+        input_shape=tuple(train.images.shape[1:]),
+        mean=mean,
+        std=std,
+        source=raw.source,
+    )
+
+
+__all__ = ["READERS", "DataBundle", "build_data", "channel_stats", "to_unit_float"]

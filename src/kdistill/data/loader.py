@@ -1,0 +1,162 @@
+"""The in-memory batch pipeline: index batches, gather, augment, normalize; no per-sample work.
+
+A ``BatchLoader`` holds one split's tensors (on the training device when that is a GPU, so a
+batch is a few indexing ops there) and yields :class:`Batch` es. Shuffling and augmentation
+draw from a generator seeded by ``(seed, epoch)``, so an epoch is the same whether or not the
+run was interrupted before it, and every process of a data-parallel run agrees on the order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdistill.data.augment import CropFlip
+from kdistill.data.bundle import to_unit_float
+from kdistill.data.sources import Split
+
+ViewSampler = Callable[[Tensor, torch.Generator], Tensor]
+"""``(sample_ids, generator) -> view ids``: which augmentation view each sample gets."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch, ready for the model.
+
+    Attributes:
+        inputs: float32, augmented and normalized, on the loader's device.
+        targets: ``(N,)`` int64 labels.
+        sample_ids: ``(N,)`` int64 stable ids of the samples.
+        views: ``(N,)`` int64 augmentation view of each sample, or ``None`` without augmentation.
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    sample_ids: Tensor
+    views: Tensor | None
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator determined by ``(seed, epoch, stream)`` only."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(
+        2, np.uint64
+    )
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+class BatchLoader:
+    """Batches of one in-memory split.
+
+    Args:
+        split: the samples.
+        batch_size: samples per batch across all processes (the global batch).
+        device: where batches are produced.
+        mean, std: per-channel statistics to standardize with, or ``None`` to leave inputs in
+            [0, 1].
+        shuffle: a new order every epoch (training) or the split's order (evaluation).
+        augment: a :class:`CropFlip` to apply, or ``None``.
+        view_sampler: picks each sample's view; default uniform over ``augment``'s views.
+        seed: with the epoch, determines order and views.
+        drop_last: drop a final batch smaller than ``batch_size``.
+        rank, world_size: this process's share of every global batch (data-parallel runs).
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        device: torch.device | str = "cpu",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        shuffle: bool = False,
+        augment: CropFlip | None = None,
+        view_sampler: ViewSampler | None = None,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        if batch_size % world_size:
+            raise ValueError(
+                f"batch size {batch_size} does not split evenly over {world_size} processes; "
+                f"use a multiple of {world_size}"
+            )
+        if augment is not None and split.images.dim() != 4:
+            raise ValueError("augmentation needs image batches (N, C, H, W)")
+        self.device = torch.device(device)
+        # On a GPU the whole split lives there: a batch is then an index + a cast, no copies.
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
+        self.ids = split.ids
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.view_sampler = view_sampler or (augment.random_views if augment is not None else None)
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        shape = (1, -1, 1, 1) if split.images.dim() == 4 else (1, -1)
+        self._mean = None if mean is None else torch.tensor(mean, device=self.device).view(shape)
+        self._std = None if std is None else torch.tensor(std, device=self.device).view(shape)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and views the next iteration yields."""
+        self.epoch = int(epoch)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.images.shape[0])
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch_plan(self) -> tuple[Tensor, Tensor | None]:
+        """This epoch's sample order (positions in the split) and the view of each position."""
+        gen = epoch_generator(self.seed, self.epoch)
+        order = (
+            torch.randperm(self.num_samples, generator=gen)
+            if self.shuffle
+            else torch.arange(self.num_samples)
+        )
+        views = None
+        if self.augment is not None:
+            views = self.view_sampler(self.ids[order], gen)  # type: ignore[misc]
+        return order, views
+
+    def __iter__(self) -> Iterator[Batch]:
+        order, views = self.epoch_plan()
+        for b in range(len(self)):
+            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples)
+            # This process's contiguous share of the global batch.
+            share = -(-(hi - lo) // self.world_size)
+            lo, hi = lo + self.rank * share, min(lo + (self.rank + 1) * share, hi)
+            positions = order[lo:hi]
+            batch_views = None if views is None else views[lo:hi]
+            yield self.make_batch(positions, batch_views)
+
+    def make_batch(self, positions: Tensor, views: Tensor | None) -> Batch:
+        """The batch of the samples at ``positions`` (indices into the split), seen as ``views``."""
+        index = positions.to(self.device)
+        x = to_unit_float(self.images[index])
+        if self.augment is not None and views is not None:
+            x = self.augment.apply(x, views)
+        if self._mean is not None:
+            x = (x - self._mean) / self._std
+        return Batch(
+            inputs=x,
+            targets=self.labels[index],
+            sample_ids=self.ids[positions],
+            views=None if views is None else views.clone(),
+        )

@@ -1,0 +1,420 @@
+"""Readers for the datasets kdistill knows. Nothing here downloads anything.
+
+Each reader returns a :class:`RawData`: a train and an optional test split of images (uint8 in
+[0, 255], or float32 in [0, 1]; or float32 feature vectors) with integer labels and **stable
+sample ids** (the sample's index in the source's own order), plus class names. Splitting,
+normalization statistics and batching are done elsewhere.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class DataError(ValueError):
+    """Data that is missing, malformed or unusable, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split in memory.
+
+    Attributes:
+        images: ``(N, C, H, W)`` uint8 (0..255) or float32 (0..1), or ``(N, F)`` float32 vectors.
+        labels: ``(N,)`` int64 class indices.
+        ids: ``(N,)`` int64 stable sample ids (index in the source's order).
+    """
+
+    images: Tensor
+    labels: Tensor
+    ids: Tensor
+
+    def __post_init__(self) -> None:
+        n = self.images.shape[0]
+        if self.labels.shape != (n,) or self.ids.shape != (n,):
+            raise DataError(
+                f"split has {n} images but labels {tuple(self.labels.shape)} and ids "
+                f"{tuple(self.ids.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, index: Tensor) -> Split:
+        return Split(self.images[index], self.labels[index], self.ids[index])
+
+
+@dataclass(frozen=True)
+class RawData:
+    """What a reader found: a train split, a test split if the source has one, class names."""
+
+    train: Split
+    test: Split | None
+    class_names: tuple[str, ...]
+    source: str
+
+
+def _split(images: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> Split:
+    images_t = (
+        torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    )
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    return Split(images_t, labels_t, torch.arange(len(labels_t), dtype=torch.int64))
+
+
+def _check_labels(labels: Tensor, num_classes: int, where: str) -> None:
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise DataError(
+            f"{where}: labels must be in 0..{num_classes - 1}, found {int(labels.min())}..{int(labels.max())}"
+        )
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def read_digits() -> RawData:
+    """scikit-learn's bundled 8x8 digits (1,797 images, values 0..16), ships inside the wheel."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:  # pragma: no cover - scikit-learn is a dependency
+        raise DataError("the digits dataset needs scikit-learn: pip install scikit-learn") from None
+    bunch = load_digits()
+    images = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+    return RawData(
+        train=_split(images, bunch.target),
+        test=None,
+        class_names=tuple(str(c) for c in bunch.target_names),
+        source="sklearn.datasets.load_digits",
+    )
+
+
+# ----------------------------------------------------------------------------- IDX (MNIST family)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (as used by MNIST and Fashion-MNIST), gzipped or not."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    type_code, ndim = raw[2], raw[3]
+    if type_code != 0x08:
+        raise DataError(f"{path}: IDX element type 0x{type_code:02x} is not unsigned bytes (0x08)")
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(dims)) if dims else 0
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path}: header promises {dims} = {expected} bytes but the file holds {len(raw) - header}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def read_fashion_mnist(root: str | None) -> RawData:
+    """Fashion-MNIST from its four IDX files (Debian package ``dataset-fashion-mnist``)."""
+    base = Path(root or FASHION_MNIST_DIR)
+    stems = {
+        "train_x": "train-images-idx3-ubyte",
+        "train_y": "train-labels-idx1-ubyte",
+        "test_x": "t10k-images-idx3-ubyte",
+        "test_y": "t10k-labels-idx1-ubyte",
+    }
+    found = {k: _find(base, s) for k, s in stems.items()}
+    missing = [stems[k] for k, p in found.items() if p is None]
+    if missing:
+        where = "it does not exist" if not base.is_dir() else f"missing {', '.join(missing)}[.gz]"
+        raise DataError(
+            f"Fashion-MNIST not found in {base} ({where}). Install it with "
+            "`sudo apt-get install dataset-fashion-mnist` (files land in "
+            f"{FASHION_MNIST_DIR}), or point data.root (--data-root) at a directory holding "
+            "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+            "t10k-labels-idx1-ubyte (gzipped or not)."
+        )
+    arrays = {k: read_idx(p) for k, p in found.items()}  # type: ignore[arg-type]
+    for part in ("train", "test"):
+        x, y = arrays[f"{part}_x"], arrays[f"{part}_y"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{base}: {part} images {x.shape} and labels {y.shape} do not match")
+    train = _split(arrays["train_x"][:, None], arrays["train_y"])
+    test = _split(arrays["test_x"][:, None], arrays["test_y"])
+    for name, split in (("train", train), ("test", test)):
+        _check_labels(split.labels, 10, f"{base} {name}")
+    return RawData(train, test, FASHION_MNIST_CLASSES, str(base))
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's python batches and nothing else: only numpy array reconstruction (and
+    the bytes constructor of Python 3 pickles) is allowed, so a malicious file cannot run code."""
+
+    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("_codecs", "encode"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+        }
+    )
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path) -> dict[str, object]:
+    try:
+        raw = _CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise DataError(f"{path}: not a CIFAR python batch ({e})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: not a CIFAR python batch (expected a dict)")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+
+
+def read_cifar(root: str | None, num_classes: int) -> RawData:
+    """CIFAR-10/100 from the standard python batches (``cifar-10-batches-py``, ``cifar-100-python``)."""
+    if root is None:
+        raise DataError(
+            f"cifar{num_classes} needs data.root: the directory of the python version of the "
+            "dataset (cifar-10-batches-py/ or cifar-100-python/), which kdistill never downloads"
+        )
+    base = Path(root)
+    sub = base / ("cifar-10-batches-py" if num_classes == 10 else "cifar-100-python")
+    if sub.is_dir():
+        base = sub
+    if num_classes == 10:
+        train_files = [base / f"data_batch_{i}" for i in range(1, 6)]
+        test_files, meta_file, label_key, names_key = (
+            [base / "test_batch"],
+            base / "batches.meta",
+            "labels",
+            "label_names",
+        )
+    else:
+        train_files, test_files = [base / "train"], [base / "test"]
+        meta_file, label_key, names_key = base / "meta", "fine_labels", "fine_label_names"
+    missing = [p.name for p in (*train_files, *test_files) if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"cifar{num_classes} batches not found in {base}: missing {', '.join(missing)}. "
+            "Point data.root at the extracted python version of the dataset."
+        )
+
+    def load(files: list[Path]) -> Split:
+        xs, ys = [], []
+        for f in files:
+            batch = _read_cifar_batch(f)
+            if "data" not in batch or label_key not in batch:
+                raise DataError(f"{f}: a CIFAR batch needs 'data' and {label_key!r} entries")
+            x = np.asarray(batch["data"], dtype=np.uint8)
+            if x.ndim != 2 or x.shape[1] != 3072:
+                raise DataError(f"{f}: expected data of shape (N, 3072), got {x.shape}")
+            xs.append(x.reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[label_key], dtype=np.int64))
+        return _split(np.concatenate(xs), np.concatenate(ys))
+
+    train, test = load(train_files), load(test_files)
+    names: tuple[str, ...] = tuple(str(i) for i in range(num_classes))
+    if meta_file.is_file():
+        meta = _read_cifar_batch(meta_file)
+        if names_key in meta:
+            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key])  # type: ignore[union-attr]
+    for name, split in (("train", train), ("test", test)):
+        _check_labels(split.labels, num_classes, f"{base} {name}")
+    return RawData(train, test, names, str(base))
+
+
+# ----------------------------------------------------------------------------- npz
+
+
+def _images_from_array(x: np.ndarray, where: str) -> np.ndarray:
+    """Arrays as ``(N, C, H, W)`` images, or ``(N, F)`` vectors, with dtype uint8 or float32."""
+    if x.ndim == 2:
+        return x.astype(np.float32)
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4:
+        if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+            x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    else:
+        raise DataError(
+            f"{where}: expected (N, F), (N, H, W), (N, H, W, C) or (N, C, H, W); got {x.shape}"
+        )
+    if x.dtype == np.uint8:
+        return x
+    x = x.astype(np.float32)
+    if x.size and (x.min() < 0 or x.max() > 1):
+        raise DataError(
+            f"{where}: float images must lie in [0, 1] (or be uint8 0..255), found {x.min()}..{x.max()}"
+        )
+    return x
+
+
+def read_npz(root: str | None) -> RawData:
+    """Arrays from an ``.npz`` file: ``x_train``, ``y_train`` and optionally ``x_test``,
+    ``y_test`` and ``class_names``. Images may be uint8 (0..255) or float (0..1), laid out
+    ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)``; 2-D ``(N, F)`` arrays are feature vectors."""
+    if root is None:
+        raise DataError("the npz dataset needs data.root: the path of the .npz file")
+    path = Path(root)
+    if not path.is_file():
+        raise DataError(f"npz file {path} does not exist")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    with archive:
+        keys = set(archive.files)
+        if not {"x_train", "y_train"} <= keys:
+            raise DataError(f"{path}: needs arrays x_train and y_train; found {sorted(keys)}")
+        if ("x_test" in keys) != ("y_test" in keys):
+            raise DataError(f"{path}: give both x_test and y_test, or neither")
+        parts = {}
+        for part in ("train", "test"):
+            if f"x_{part}" not in keys:
+                continue
+            x = _images_from_array(archive[f"x_{part}"], f"{path} x_{part}")
+            y = archive[f"y_{part}"]
+            if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+                raise DataError(
+                    f"{path}: y_{part} must be {len(x)} integer labels, got {y.dtype} {y.shape}"
+                )
+            parts[part] = _split(x, y)
+        names = [str(n) for n in archive["class_names"]] if "class_names" in keys else None
+    train, test = parts["train"], parts.get("test")
+    if test is not None and train.images.shape[1:] != test.images.shape[1:]:
+        raise DataError(
+            f"{path}: train samples {tuple(train.images.shape[1:])} and test samples {tuple(test.images.shape[1:])} differ in shape"
+        )
+    num_classes = (
+        len(names)
+        if names
+        else int(max(int(train.labels.max()), int(test.labels.max()) if test else 0)) + 1
+    )
+    for name, split in (("train", train), ("test", test)):
+        if split is not None:
+            _check_labels(split.labels, num_classes, f"{path} {name}")
+    return RawData(train, test, tuple(names or (str(i) for i in range(num_classes))), str(path))
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def list_image_folder(root: Path) -> tuple[list[tuple[Path, int]], tuple[str, ...]]:
+    """Files of ``root/<class>/...`` in sorted (stable) order, with class indices."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class subdirectories (expected {root}/<class>/<image files>)")
+    items = []
+    for index, name in enumerate(classes):
+        files = sorted(
+            p
+            for p in (root / name).rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        items += [(p, index) for p in files]
+    if not items:
+        raise DataError(
+            f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) under the class folders"
+        )
+    return items, tuple(classes)
+
+
+def decode_image(path: Path, channels: int, size: int | None) -> np.ndarray:
+    """One image file as a ``(C, H, W)`` uint8 array, converted to ``channels`` and resized."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if size is not None and img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read image ({e})") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _folder_channels(items: list[tuple[Path, int]]) -> int:
+    from PIL import Image
+
+    with Image.open(items[0][0]) as img:
+        return 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
+
+
+def read_image_folder(root: str | None, image_size: int | None) -> RawData:
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val/``), or ``root/<class>/*``
+    without a test split. Images are decoded once into memory (grayscale if the first image is
+    grayscale, else RGB) and resized to ``image_size`` when given; without it all images must
+    share one size."""
+    if root is None:
+        raise DataError("the imagefolder dataset needs data.root: a directory of class folders")
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(f"image folder {base} does not exist")
+    train_dir = base / "train" if (base / "train").is_dir() else base
+    test_dir = (
+        next((base / d for d in ("test", "val") if (base / d).is_dir()), None)
+        if train_dir != base
+        else None
+    )
+    train_items, classes = list_image_folder(train_dir)
+    channels = _folder_channels(train_items)
+
+    def load(items: list[tuple[Path, int]]) -> Split:
+        arrays = [decode_image(p, channels, image_size) for p, _ in items]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise DataError(
+                f"{base}: images have different sizes {sorted(shapes)[:3]}...; set data.image_size "
+                "to resize them all"
+            )
+        return _split(np.stack(arrays), np.array([label for _, label in items]))
+
+    train = load(train_items)
+    test = None
+    if test_dir is not None:
+        test_items, test_classes = list_image_folder(test_dir)
+        if test_classes != classes:
+            raise DataError(
+                f"{test_dir} has classes {list(test_classes)} but {train_dir} has {list(classes)}"
+            )
+        test = load(test_items)
+        if test.images.shape[1:] != train.images.shape[1:]:
+            raise DataError(
+                f"{base}: test images {tuple(test.images.shape[1:])} differ from train images {tuple(train.images.shape[1:])}; set data.image_size"
+            )
+    return RawData(train, test, classes, str(base))

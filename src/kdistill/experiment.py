@@ -1,0 +1,600 @@
+"""From a ``RunConfig`` to a finished run: build data, models, teacher and objective, train, record.
+
+This is the glue between the typed config and the components; each step is a small function so
+that the CLI, sweeps and tests can reuse them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdistill._version import __version__
+from kdistill.config.loader import config_hash, dump_yaml
+from kdistill.config.schema import DataConfig, KDConfig, ModelConfig, RunConfig
+from kdistill.data import BatchLoader, CropFlip, DataBundle, build_data
+from kdistill.engine.checkpoint import (
+    CheckpointError,
+    ModelSpec,
+    latest_checkpoint,
+    load_model,
+    load_training_state,
+    load_weights,
+    save_checkpoint,
+    save_model_file,
+)
+from kdistill.engine.metrics import ClassificationMeter
+from kdistill.engine.profile import count_macs, count_params
+from kdistill.engine.recorder import RunRecorder
+from kdistill.engine.schedule import build_lr_factor
+from kdistill.engine.trainer import (
+    Callback,
+    Trainer,
+    TrainingError,
+    TrainState,
+    rng_state,
+    set_rng_state,
+)
+from kdistill.losses import DistillationLoss
+from kdistill.models import build_model
+from kdistill.objectives import Distiller, Supervised
+from kdistill.teachers import EnsembleTeacher, FrozenTeacher, Renormalize, logits_of
+
+Log = Callable[[str], None]
+
+
+class RunDirError(ValueError):
+    """The run directory is in a state that the requested action cannot use."""
+
+
+class TeacherCheckError(TrainingError):
+    """The teacher is too weak to teach (untrained, wrong checkpoint, wrong data)."""
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but no CUDA GPU is available; use cpu or auto")
+    return device
+
+
+def configure_torch(cfg: RunConfig) -> None:
+    """Threads, determinism and the seed of initialization and dropout."""
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(cfg.train.seed)
+
+
+def git_sha() -> str | None:
+    """The commit of the kdistill source tree, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+# ----------------------------------------------------------------------------- run directories
+
+
+def group_dir(cfg: RunConfig) -> Path:
+    """``<out_dir>/<name>-<hash>``: one directory per config, shared by its seeds."""
+    return Path(cfg.out_dir) / f"{cfg.name}-{config_hash(cfg, exclude=('out_dir', 'train.seed'))}"
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    """``<group dir>/seed-<seed>``: where one training run writes everything."""
+    return group_dir(cfg) / f"seed-{cfg.train.seed}"
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+    """Check the run directory against the requested action (new run, resume, start over)."""
+    finished = (run_dir / "summary.json").is_file()
+    started = run_dir.exists() and any(run_dir.iterdir())
+    if force and started:
+        shutil.rmtree(run_dir)
+        return
+    if resume:
+        if finished:
+            raise RunDirError(
+                f"{run_dir} already holds a finished run (summary.json); nothing to resume"
+            )
+        return
+    if finished:
+        raise RunDirError(
+            f"{run_dir} already holds a finished run with this config (see its summary.json); "
+            "pass --force to train it again from scratch"
+        )
+    if started:
+        ckpt = latest_checkpoint(run_dir) if (run_dir / "checkpoints").exists() else None
+        where = f"its last checkpoint is {ckpt.name}" if ckpt else "it has no checkpoint yet"
+        raise RunDirError(
+            f"{run_dir} holds an unfinished run of this config ({where}); pass --resume to "
+            "continue it or --force to start over"
+        )
+
+
+# ----------------------------------------------------------------------------- components
+
+
+def model_spec(cfg_model: ModelConfig, data: DataBundle, data_cfg: DataConfig) -> ModelSpec:
+    """What a model file records: architecture, classes, input normalization and the data
+    settings that define its test split (so ``kdistill eval`` evaluates on the same one)."""
+    split = {
+        k: getattr(data_cfg, k)
+        for k in ("name", "root", "split_seed", "val_fraction", "image_size")
+    }
+    return ModelSpec(
+        arch=cfg_model.arch,  # type: ignore[arg-type]
+        args=dict(cfg_model.args),
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        mean=data.mean if data_cfg.normalize else None,
+        std=data.std if data_cfg.normalize else None,
+        dataset=data.name,
+        class_names=data.class_names,
+        extra={"data": split},
+    )
+
+
+def check_model_fits_data(spec: ModelSpec, data: DataBundle, what: str) -> None:
+    if spec.num_classes != data.num_classes:
+        raise ValueError(
+            f"{what} predicts {spec.num_classes} classes but {data.name} has {data.num_classes}"
+        )
+    if tuple(spec.input_shape) != tuple(data.input_shape):
+        raise ValueError(
+            f"{what} takes inputs of shape {tuple(spec.input_shape)} but {data.name} samples are "
+            f"{tuple(data.input_shape)}"
+        )
+
+
+def build_student(cfg: RunConfig, data: DataBundle) -> tuple[nn.Module, ModelSpec]:
+    """The model being trained, freshly initialized or from ``model.checkpoint``."""
+    m = cfg.model
+    if m.checkpoint is not None:
+        model, spec = load_model(m.checkpoint, arch=m.arch, args=m.args or None)
+        check_model_fits_data(spec, data, f"model.checkpoint {m.checkpoint}")
+        spec = model_spec(ModelConfig(arch=spec.arch, args=dict(spec.args)), data, cfg.data)
+        return model, spec
+    spec = model_spec(m, data, cfg.data)
+    return build_model(spec.arch, data.num_classes, data.input_shape, spec.args), spec
+
+
+def input_adapter(spec: ModelSpec, data: DataBundle, normalize: bool) -> nn.Module | None:
+    """A :class:`Renormalize` from the pipeline's normalization to the one ``spec`` expects."""
+    channels = data.input_shape[0]
+    zeros, ones = (0.0,) * channels, (1.0,) * channels
+    have = (data.mean, data.std) if normalize else (zeros, ones)
+    want = (spec.mean or zeros, spec.std or ones)
+    if all(
+        math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+        for x, y in zip(have, want)
+        for a, b in zip(x, y)
+    ):
+        return None
+    return Renormalize(have[0], have[1], want[0], want[1])
+
+
+def load_teachers(
+    kd: KDConfig, data: DataBundle, data_cfg: DataConfig, log: Log
+) -> list[tuple[nn.Module, ModelSpec, str]]:
+    """The teacher networks with their specs and checkpoint paths (weights loaded)."""
+    teachers = []
+    for i, t in enumerate(kd.teachers):
+        what = f"kd.teachers[{i}]"
+        if t.checkpoint is None:  # joint training from scratch (validated by KDConfig)
+            spec = model_spec(t, data, data_cfg)
+            model = build_model(spec.arch, data.num_classes, data.input_shape, spec.args)
+        else:
+            try:
+                model, spec = load_model(t.checkpoint, arch=t.arch, args=t.args or None)
+            except CheckpointError as e:
+                raise CheckpointError(f"{what}: {e}") from None
+            check_model_fits_data(spec, data, f"{what} ({t.checkpoint})")
+            if spec.dataset is not None and spec.dataset != data.name:
+                log(
+                    f"note: {what} was trained on {spec.dataset}, the student trains on {data.name}"
+                )
+        teachers.append((model, spec, t.checkpoint or "(trained jointly)"))
+    return teachers
+
+
+def build_objective(
+    cfg: RunConfig, student: nn.Module, data: DataBundle, log: Log
+) -> tuple[nn.Module, list[tuple[nn.Module, ModelSpec, str]]]:
+    """``Supervised(student)`` without kd, else a ``Distiller`` around the configured teacher(s)."""
+    if cfg.kd is None:
+        return Supervised(student), []
+    kd = cfg.kd
+    loaded = load_teachers(kd, data, cfg.data, log)
+    loss = DistillationLoss(
+        kd.temperature,
+        kd.alpha,
+        kd.beta,
+        scale_by_t2=kd.scale_by_t2,
+        teacher_weight=kd.teacher_weight,
+    )
+    if kd.teacher_weight > 0:
+        model, spec, _ = loaded[0]
+        adapter = input_adapter(spec, data, cfg.data.normalize)
+        teacher: nn.Module = model if adapter is None else nn.Sequential(adapter, model)
+    else:
+        members = [
+            FrozenTeacher(
+                model,
+                input_transform=input_adapter(spec, data, cfg.data.normalize),
+                bn_policy=kd.bn_policy,
+            )
+            for model, spec, _ in loaded
+        ]
+        if len(members) == 1:
+            teacher = members[0]
+        else:
+            teacher = EnsembleTeacher(
+                members,
+                weights=kd.ensemble_weights,
+                reduce=kd.ensemble_reduce,
+                temperature=kd.temperature if kd.ensemble_reduce == "probs" else None,
+            )
+    return Distiller(student, teacher, loss, kd_start_epoch=kd.start_epoch), loaded
+
+
+def build_optimizer(cfg: RunConfig, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = list(params)
+    if o.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+def build_loaders(
+    cfg: RunConfig, data: DataBundle, device: torch.device, *, rank: int = 0, world_size: int = 1
+) -> tuple[BatchLoader, dict[str, BatchLoader]]:
+    stats = {"mean": data.mean, "std": data.std} if cfg.data.normalize else {}
+    aug = cfg.data.augment
+    train = BatchLoader(
+        data.train,
+        cfg.data.batch_size,
+        device=device,
+        shuffle=True,
+        augment=CropFlip(aug.crop_padding, aug.hflip) if aug.enabled else None,
+        seed=cfg.train.seed,
+        rank=rank,
+        world_size=world_size,
+        **stats,
+    )
+    evals = {}
+    if data.val is not None:
+        evals["val"] = BatchLoader(data.val, cfg.data.eval_batch_size, device=device, **stats)
+    evals["test"] = BatchLoader(data.test, cfg.data.eval_batch_size, device=device, **stats)
+    return train, evals
+
+
+def evaluate_model(
+    model: nn.Module,
+    loader: BatchLoader,
+    num_classes: int,
+    *,
+    input_transform: nn.Module | None = None,
+) -> dict[str, float]:
+    """Top-1/top-5/loss/ECE of a network on a split (for teachers and ``kdistill eval``)."""
+    model.eval()
+    meter = ClassificationMeter(num_classes)
+    with torch.inference_mode():
+        for batch in loader:
+            x = batch.inputs if input_transform is None else input_transform(batch.inputs)
+            logits = logits_of(model(x)).float()
+            meter.update(
+                logits,
+                batch.targets,
+                float(nn.functional.cross_entropy(logits, batch.targets, reduction="sum")),
+            )
+    return meter.result()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    log: Log = print,
+    callbacks: Sequence[Callback] = (),
+) -> RunResult:
+    """Train one run of ``cfg`` (one seed) and write its directory. See ``docs/cli.md``."""
+    started = time.perf_counter()
+    run_dir = run_dir_for(cfg)
+    prepare_run_dir(run_dir, resume=resume, force=force)
+    configure_torch(cfg)
+    device = resolve_device(cfg.train.device)
+    data = build_data(cfg.data)
+    student, spec = build_student(cfg, data)
+    objective, teachers = build_objective(cfg, student, data, log)
+    objective.to(device)
+    optimizer = build_optimizer(cfg, list(objective.parameters()))
+    train_loader, eval_loaders = build_loaders(cfg, data, device)
+    steps_per_epoch = -(-len(train_loader) // cfg.train.grad_accumulation)
+    lr_factor = build_lr_factor(
+        cfg.schedule, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs
+    )
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    recorder = RunRecorder(run_dir, tensorboard=cfg.train.tensorboard)
+
+    teacher_info: dict[str, Any] = {}
+    teacher_predictor = None
+    if isinstance(objective, Distiller):
+        teacher_info = check_teacher(cfg, objective, teachers, eval_loaders["test"], data, log)
+        teacher_predictor = _teacher_predictor(objective)
+
+    joint = isinstance(objective, Distiller) and objective.joint
+
+    def save(trainer: Trainer, epoch: int, is_best: bool) -> None:
+        files = {"model": (student.state_dict(), spec)}
+        if joint:
+            files["teacher"] = (_joint_teacher_net(objective).state_dict(), teachers[0][1])
+        state = {
+            "train_state": trainer.state.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+            "callbacks": callback_states(trainer.callbacks),
+            "config_hash": config_hash(cfg),
+        }
+        save_checkpoint(run_dir, epoch, files, state, keep=cfg.train.keep_checkpoints)
+        if is_best:
+            save_model_file(run_dir / "best.safetensors", student.state_dict(), spec)
+
+    trainer = Trainer(
+        objective,
+        optimizer,
+        train_loader,
+        epochs=cfg.train.epochs,
+        lr_factor=lr_factor,
+        eval_loaders=eval_loaders,
+        num_classes=data.num_classes,
+        device=device,
+        precision=cfg.train.precision,
+        grad_clip=cfg.optim.grad_clip,
+        grad_accumulation=cfg.train.grad_accumulation,
+        callbacks=callbacks,
+        on_collapse=cfg.train.on_collapse,
+        save_checkpoint=save,
+        log_epoch=recorder.log_epoch,
+        progress=progress,
+        log=log,
+        teacher_predictor=teacher_predictor,
+        teacher_is_frozen=not joint,
+    )
+    if resume:
+        _restore(trainer, run_dir, cfg, student, objective if joint else None, log)
+    recorder.start(trainer.state.epoch, trainer.state.step)
+    fit_started = time.perf_counter()
+    try:
+        state = trainer.fit()
+    finally:
+        recorder.close()
+
+    size = save_model_file(run_dir / "model.safetensors", student.state_dict(), spec)
+    if joint:
+        save_model_file(
+            run_dir / "teacher.safetensors",
+            _joint_teacher_net(objective).state_dict(),
+            teachers[0][1],
+        )
+    setup_time = fit_started - started
+    summary = _summary(
+        cfg, run_dir, state, spec, student, data, size, teacher_info, setup_time + state.wall_time_s
+    )
+    recorder.write_json("summary.json", summary)
+    link_latest(cfg, run_dir)
+    return RunResult(run_dir, summary)
+
+
+def latest_link(cfg: RunConfig) -> Path:
+    """``<out_dir>/<name>``: a symlink to the newest finished run of that name."""
+    return Path(cfg.out_dir) / cfg.name
+
+
+def link_latest(cfg: RunConfig, run_dir: Path) -> None:
+    """Point ``<out_dir>/<name>`` at ``run_dir`` (atomically), so configs can name a teacher
+    as ``runs/<name>`` without knowing the config hash."""
+    link = latest_link(cfg)
+    if link.exists() and not link.is_symlink():
+        return  # a real file or directory of the user's: leave it alone
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(run_dir, link.parent))
+    os.replace(tmp, link)
+
+
+def _joint_teacher_net(objective: Distiller) -> nn.Module:
+    teacher = objective.teacher
+    return teacher[1] if isinstance(teacher, nn.Sequential) else teacher
+
+
+def _teacher_predictor(objective: Distiller) -> Callable[[torch.Tensor], torch.Tensor]:
+    def predict(inputs: torch.Tensor) -> torch.Tensor:
+        if objective.joint:
+            was = objective.teacher.training
+            objective.teacher.eval()
+            pred = logits_of(objective.teacher(inputs)).argmax(dim=1)
+            objective.teacher.train(was)
+            return pred
+        return objective.teacher(inputs).predictions()
+
+    return predict
+
+
+def check_teacher(
+    cfg: RunConfig,
+    objective: Distiller,
+    teachers: list[tuple[nn.Module, ModelSpec, str]],
+    test_loader: BatchLoader,
+    data: DataBundle,
+    log: Log,
+) -> dict[str, Any]:
+    """Evaluate the teacher(s) on the test split and refuse one that cannot teach."""
+    kd = cfg.kd
+    assert kd is not None
+    if objective.joint:
+        return {"teacher_checkpoints": [t[2] for t in teachers]}
+    info: dict[str, Any] = {"teacher_checkpoints": [t[2] for t in teachers]}
+    members = []
+    for i, (model, spec, path) in enumerate(teachers):
+        adapter = input_adapter(spec, data, cfg.data.normalize)
+        metrics = evaluate_model(model, test_loader, data.num_classes, input_transform=adapter)
+        members.append({"checkpoint": path, "arch": spec.arch, "test_top1": metrics["top1"]})
+        log(f"teacher {i}: {spec.arch} from {path}: test top-1 {metrics['top1']:.2%}")
+    info["teachers"] = members
+    meter = ClassificationMeter(data.num_classes)
+    with torch.inference_mode():
+        for batch in test_loader:
+            out = objective.teacher(batch.inputs)
+            meter.update(out.scores.float(), batch.targets, 0.0)
+    top1 = meter.result()["top1"]
+    info["teacher_test_top1"] = top1
+    minimum = kd.min_teacher_top1 if kd.min_teacher_top1 is not None else 2.0 / data.num_classes
+    if top1 < minimum:
+        raise TeacherCheckError(
+            f"the teacher reaches only {top1:.2%} test top-1 on {data.name} (chance is "
+            f"{1 / data.num_classes:.1%}; required: {minimum:.1%}, kd.min_teacher_top1). It cannot "
+            "teach: check kd.teachers[].checkpoint points at a trained model for this dataset."
+        )
+    return info
+
+
+def _restore(
+    trainer: Trainer,
+    run_dir: Path,
+    cfg: RunConfig,
+    student: nn.Module,
+    joint: Distiller | None,
+    log: Log,
+) -> None:
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise RunDirError(
+            f"--resume: {run_dir} has no checkpoint to resume from; start it without --resume"
+        )
+    state = load_training_state(ckpt)
+    if state.get("config_hash") != config_hash(cfg):
+        raise RunDirError(f"--resume: the checkpoint in {ckpt} was made with a different config")
+    load_weights(student, ckpt / "model.safetensors")
+    if joint is not None:
+        load_weights(_joint_teacher_net(joint), ckpt / "teacher.safetensors")
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.state = TrainState.from_dict(state["train_state"])
+    set_rng_state(state["rng"])
+    load_callback_states(trainer.callbacks, state["callbacks"])
+    log(f"resuming {run_dir} after epoch {trainer.state.epoch} ({ckpt.name})")
+
+
+def _callback_keys(callbacks: Sequence[Callback]) -> list[str]:
+    return [f"{i}:{type(cb).__name__}" for i, cb in enumerate(callbacks)]
+
+
+def callback_states(callbacks: Sequence[Callback]) -> dict[str, Any]:
+    """The state of every callback that has one, keyed by position and class."""
+    states = {key: cb.state_dict() for key, cb in zip(_callback_keys(callbacks), callbacks)}
+    return {key: value for key, value in states.items() if value}
+
+
+def load_callback_states(callbacks: Sequence[Callback], states: dict[str, Any]) -> None:
+    keys = _callback_keys(callbacks)
+    unknown = sorted(set(states) - set(keys))
+    if unknown:
+        raise RunDirError(
+            f"--resume: the checkpoint holds state of {', '.join(unknown)}, which this run does not have"
+        )
+    for key, cb in zip(keys, callbacks):
+        if key in states:
+            cb.load_state_dict(states[key])
+
+
+def _summary(
+    cfg: RunConfig,
+    run_dir: Path,
+    state: TrainState,
+    spec: ModelSpec,
+    student: nn.Module,
+    data: DataBundle,
+    size_bytes: int,
+    teacher_info: dict[str, Any],
+    total_time: float,
+) -> dict[str, Any]:
+    from kdistill.engine.recorder import read_metrics
+
+    history = read_metrics(run_dir)
+    last = history[-1]
+    tests = [h["test"]["top1"] for h in history]
+    summary: dict[str, Any] = {
+        "name": cfg.name,
+        "run_dir": str(run_dir),
+        "config_hash": config_hash(cfg),
+        "seed": cfg.train.seed,
+        "mode": "distill" if cfg.kd is not None else "supervised",
+        "arch": spec.arch,
+        "dataset": data.name,
+        "epochs": cfg.train.epochs,
+        "test_samples": len(data.test),
+        "test_top1": last["test"]["top1"],
+        "test_top5": last["test"]["top5"],
+        "test_loss": last["test"]["loss"],
+        "test_ece": last["test"]["ece"],
+        "best_test_top1": max(tests),
+        "best_epoch": state.best_epoch,
+        "params": count_params(student),
+        "macs": count_macs(student, data.input_shape),
+        "size_bytes": size_bytes,
+        "epoch_times_s": state.epoch_times,
+        "total_time_s": total_time,
+        "git_sha": git_sha(),
+        "kdistill_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    if "agreement" in last["test"]:
+        summary["test_agreement"] = last["test"]["agreement"]
+    if "val" in last:
+        summary["val_top1"] = last["val"]["top1"]
+        summary["test_top1_at_best_val"] = history[state.best_epoch]["test"]["top1"]
+    summary.update(teacher_info)
+    return summary

@@ -1,0 +1,130 @@
+"""``Distiller``: student + teacher + loss in one module that drops into any training loop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from kdistill.losses.distillation import DistillationLoss
+from kdistill.losses.functional import student_cross_entropy
+from kdistill.teachers.frozen import as_teacher, logits_of
+from kdistill.types import DistillerOutput, LossOutput, StudentOutput, TeacherOutput
+
+
+class Distiller(nn.Module):
+    """Runs teacher and student on a batch and returns the student's output and the loss.
+
+    Args:
+        student: the network being trained; returns logits (or a tuple / dict holding them).
+        teacher: a trained network (frozen automatically with :class:`FrozenTeacher`) or a
+            teacher object (:class:`FrozenTeacher`, :class:`EnsembleTeacher`, a cached teacher).
+            When ``loss.teacher_weight > 0`` (joint training, Distiller's ``--kd-tw``) it must be
+            the plain network, which then trains on its own hard-label loss too.
+        loss: the :class:`DistillationLoss` (temperature and weights).
+        kd_start_epoch: before this epoch (see :meth:`set_epoch`) the teacher is not run and the
+            loss is the student's plain cross-entropy, as with Distiller's ``--kd-start-epoch``.
+
+    ``parameters()`` yields the trainable parameters only (the student's, plus the teacher's in
+    joint mode), so ``torch.optim.SGD(distiller.parameters(), ...)`` is right. ``state_dict()``
+    is the student's alone, with the student's own keys, so it loads into a bare student.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        loss: DistillationLoss,
+        *,
+        kd_start_epoch: int = 0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(student, nn.Module):
+            raise ValueError(f"student must be an nn.Module, got {type(student).__name__}")
+        if not isinstance(loss, DistillationLoss):
+            raise ValueError(f"loss must be a DistillationLoss, got {type(loss).__name__}")
+        if (
+            isinstance(kd_start_epoch, bool)
+            or not isinstance(kd_start_epoch, int)
+            or kd_start_epoch < 0
+        ):
+            raise ValueError(f"kd_start_epoch must be an integer >= 0, got {kd_start_epoch!r}")
+        self.joint = loss.teacher_weight > 0
+        if self.joint:
+            if getattr(teacher, "is_teacher", False) or not isinstance(teacher, nn.Module):
+                raise ValueError(
+                    f"teacher_weight={loss.teacher_weight} trains the teacher jointly, so pass the "
+                    f"teacher network itself, not a {type(teacher).__name__}"
+                )
+            self.teacher = teacher
+        else:
+            self.teacher = as_teacher(teacher)
+        self.student = student
+        self.loss_fn = loss
+        self.kd_start_epoch = kd_start_epoch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the distiller which epoch (0-based) is running; it gates ``kd_start_epoch``."""
+        self.epoch = int(epoch)
+
+    @property
+    def kd_active(self) -> bool:
+        """Whether the distillation loss is on for the current epoch."""
+        return self.epoch >= self.kd_start_epoch
+
+    def forward(
+        self,
+        inputs: Tensor,
+        targets: Tensor | None = None,
+        *,
+        sample_ids: Tensor | None = None,
+        views: Tensor | None = None,
+    ) -> DistillerOutput:
+        """Student and teacher forward passes and the loss for one batch.
+
+        Args:
+            inputs: the batch as the student sees it.
+            targets: ``(N,)`` hard labels (``None`` only for a pure soft-target loss).
+            sample_ids, views: dataset indices and augmentation views, for cached teachers.
+        """
+        student_logits = logits_of(self.student(inputs))
+        if not self.kd_active:
+            if targets is None:
+                raise ValueError(
+                    f"epoch {self.epoch} is before kd_start_epoch={self.kd_start_epoch}: the loss "
+                    "is plain cross-entropy and needs targets"
+                )
+            ce = student_cross_entropy(
+                student_logits, targets, ignore_index=self.loss_fn.ignore_index
+            )
+            loss = LossOutput(total=ce, parts={"student": ce}, weights={"student": 1.0})
+            return DistillerOutput(StudentOutput(student_logits), loss, None)
+        if self.joint:
+            teacher_out = TeacherOutput(logits=logits_of(self.teacher(inputs)))
+        else:
+            teacher_out = self.teacher(inputs, sample_ids=sample_ids, views=views)
+        loss = self.loss_fn(student_logits, teacher_out, targets)
+        return DistillerOutput(StudentOutput(student_logits), loss, teacher_out.detach())
+
+    # -- what is trained and saved ----------------------------------------------------------
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, nn.Parameter]]:
+        """Trainable parameters only: the student's, plus the teacher's in joint mode."""
+        dot = f"{prefix}." if prefix else ""
+        yield from self.student.named_parameters(f"{dot}student", recurse, remove_duplicate)
+        if self.joint:
+            yield from self.teacher.named_parameters(f"{dot}teacher", recurse, remove_duplicate)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The student's ``state_dict`` (same keys as ``student.state_dict()``)."""
+        return self.student.state_dict(*args, **kwargs)
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ):
+        """Load a student ``state_dict`` into the student."""
+        return self.student.load_state_dict(state_dict, strict=strict, assign=assign)

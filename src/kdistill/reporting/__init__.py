@@ -1,0 +1,1 @@
+"""Reporting: reads run records (``summary.json``, ``metrics.jsonl``) only; never imports torch."""

@@ -1,0 +1,188 @@
+"""``FrozenTeacher``: a trained model used only for inference, whatever its container does."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+from kdistill.types import TeacherOutput
+
+BatchNormPolicy = Literal["frozen", "batch_stats"]
+_BN_POLICIES = get_args(BatchNormPolicy)
+
+
+def logits_of(output: object) -> Tensor:
+    """Class scores from a model's output: a tensor, the first item of a tuple, or ``["logits"]``."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    if isinstance(output, dict) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    raise ValueError(
+        f"cannot find logits in a model output of type {type(output).__name__}: return a "
+        "tensor, a tuple whose first item is the logits, or a dict with a 'logits' key"
+    )
+
+
+class Renormalize(nn.Module):
+    """Maps inputs normalized with one mean/std to inputs normalized with another.
+
+    Use it as a teacher's ``input_transform`` when the teacher was trained on differently
+    normalized inputs than the student sees: ``x_t = (x_s * std_s + mean_s - mean_t) / std_t``.
+    Means and stds are per channel (dimension 1; per feature for ``(N, F)`` vectors).
+    """
+
+    def __init__(
+        self,
+        from_mean: Sequence[float],
+        from_std: Sequence[float],
+        to_mean: Sequence[float],
+        to_std: Sequence[float],
+    ) -> None:
+        super().__init__()
+        lengths = {len(from_mean), len(from_std), len(to_mean), len(to_std)}
+        if len(lengths) != 1:
+            raise ValueError(
+                "Renormalize needs one value per channel in every mean/std, got lengths "
+                f"{len(from_mean)}, {len(from_std)}, {len(to_mean)}, {len(to_std)}"
+            )
+        for name, std in (("from_std", from_std), ("to_std", to_std)):
+            if any(s <= 0 for s in std):
+                raise ValueError(f"{name} must be > 0 for every channel, got {list(std)}")
+
+        def vec(v: Sequence[float]) -> Tensor:
+            return torch.tensor(list(v), dtype=torch.float32)
+
+        # x_t = x_s * scale + shift, folded once here.
+        self.register_buffer("scale", vec(from_std) / vec(to_std), persistent=False)
+        self.register_buffer(
+            "shift", (vec(from_mean) - vec(to_mean)) / vec(to_std), persistent=False
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        # one value per channel (dimension 1), broadcast over any spatial dimensions
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.scale.view(shape).to(x.dtype) + self.shift.view(shape).to(x.dtype)
+
+
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+@contextlib.contextmanager
+def _batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Within the block, BatchNorm layers normalize with batch statistics and update nothing.
+
+    With ``training=True`` and ``track_running_stats=False`` PyTorch's BatchNorm uses the
+    batch's statistics and neither reads nor writes the running buffers or the batch counter.
+    """
+    saved = [
+        (m, m.training, m.track_running_stats) for m in model.modules() if isinstance(m, _BN_TYPES)
+    ]
+    try:
+        for m, _, _ in saved:
+            m.training = True
+            m.track_running_stats = False
+        yield
+    finally:
+        for m, training, track in saved:
+            m.training = training
+            m.track_running_stats = track
+
+
+class FrozenTeacher(nn.Module):
+    """A trained teacher that never trains.
+
+    * eval mode is pinned: ``.train()`` on this module (or on anything containing it) leaves the
+      wrapped model in eval mode, so dropout stays off and BatchNorm statistics never move;
+    * every parameter has ``requires_grad=False``;
+    * the forward pass runs under :func:`torch.inference_mode`; outputs are returned as normal
+      tensors (safe to use in the student's loss).
+
+    Args:
+        model: the trained teacher network; its output is logits (or a tuple / dict holding them).
+        input_transform: optional callable applied to the inputs first, e.g. :class:`Renormalize`
+            when the teacher expects differently normalized inputs than the student.
+        bn_policy: ``"frozen"`` (default): BatchNorm uses its running statistics, which never
+            change. ``"batch_stats"``: BatchNorm normalizes with each batch's statistics, still
+            without updating the running ones (for a teacher facing shifted input statistics).
+        dtype: run the teacher under autocast to this dtype (e.g. ``torch.bfloat16``) to make it
+            cheaper; ``None`` keeps its own precision. Half-precision outputs are returned as float32.
+
+    Call as ``teacher(inputs)`` to get a :class:`kdistill.TeacherOutput` with logits.
+    """
+
+    is_teacher = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        input_transform: Callable[[Tensor], Tensor] | None = None,
+        bn_policy: BatchNormPolicy = "frozen",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"FrozenTeacher needs an nn.Module, got {type(model).__name__}")
+        if bn_policy not in _BN_POLICIES:
+            raise ValueError(f"bn_policy must be one of {_BN_POLICIES}, got {bn_policy!r}")
+        if dtype is not None and dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            raise ValueError(
+                f"dtype must be torch.bfloat16, torch.float16, torch.float32 or None, got {dtype}"
+            )
+        self.model = model.requires_grad_(False).eval()
+        self.input_transform = input_transform
+        self.bn_policy: BatchNormPolicy = bn_policy
+        self.dtype = dtype
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        """Ignore ``mode``: a frozen teacher is always in eval mode."""
+        return super().train(False)
+
+    def forward(
+        self,
+        inputs: Tensor,
+        *,
+        sample_ids: Tensor | None = None,
+        views: Tensor | None = None,
+    ) -> TeacherOutput:
+        with torch.inference_mode():
+            x = self.input_transform(inputs) if self.input_transform is not None else inputs
+            bn = (
+                _batch_statistics(self.model)
+                if self.bn_policy == "batch_stats"
+                else contextlib.nullcontext()
+            )
+            autocast = (
+                torch.autocast(device_type=x.device.type, dtype=self.dtype)
+                if self.dtype not in (None, torch.float32)
+                else contextlib.nullcontext()
+            )
+            with bn, autocast:
+                logits = logits_of(self.model(x))
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        # A clone made outside inference mode is an ordinary tensor that autograd may save.
+        return TeacherOutput(logits=logits.clone())
+
+
+def as_teacher(obj: nn.Module) -> nn.Module:
+    """``obj`` itself if it is a teacher object (``is_teacher = True``), else ``FrozenTeacher(obj)``.
+
+    Teacher objects (frozen, ensemble, cached, or a user's own class with ``is_teacher = True``)
+    return a :class:`TeacherOutput`; any other ``nn.Module`` is taken to be a trained network
+    that returns logits, and is frozen.
+    """
+    if getattr(obj, "is_teacher", False):
+        return obj
+    if isinstance(obj, nn.Module):
+        return FrozenTeacher(obj)
+    raise ValueError(
+        f"a teacher must be an nn.Module or a teacher object, got {type(obj).__name__}"
+    )

@@ -1,0 +1,122 @@
+"""The shared vocabulary: what students, teachers and losses hand to each other.
+
+These are plain frozen dataclasses so that every component (loss, teacher, trainer, logger)
+agrees on names without importing each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class StudentOutput:
+    """What the student produced for one batch.
+
+    Attributes:
+        logits: ``(N, C)`` class scores.
+        features: optional intermediate activations by module path (for feature distillation).
+    """
+
+    logits: Tensor
+    features: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TeacherOutput:
+    """What a teacher (single, ensemble or cached) produced for one batch.
+
+    Exactly one of ``logits`` and ``probs`` is set. Probabilities are only meaningful together
+    with the temperature they were computed at, so ``temperature`` is required with ``probs``;
+    the loss refuses probabilities made at a temperature other than its own instead of guessing.
+
+    Attributes:
+        logits: ``(N, C)`` raw class scores, or ``None``.
+        probs: ``(N, C)`` class probabilities (rows sum to 1), or ``None``.
+        temperature: the temperature ``probs`` were computed at; ``None`` with logits.
+        features: optional intermediate activations by module path.
+    """
+
+    logits: Tensor | None = None
+    probs: Tensor | None = None
+    temperature: float | None = None
+    features: Mapping[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.logits is None) == (self.probs is None):
+            raise ValueError(
+                "TeacherOutput needs exactly one of logits= or probs=, got "
+                f"logits={'set' if self.logits is not None else 'None'}, "
+                f"probs={'set' if self.probs is not None else 'None'}"
+            )
+        if self.probs is not None and self.temperature is None:
+            raise ValueError(
+                "TeacherOutput(probs=...) needs temperature= (the temperature the probabilities "
+                "were computed at), so that the loss can check it matches its own"
+            )
+        if self.logits is not None and self.temperature is not None:
+            raise ValueError(
+                f"TeacherOutput(logits=..., temperature={self.temperature}): temperature only "
+                "describes probabilities; logits are raw scores and the loss applies its own T"
+            )
+
+    @property
+    def scores(self) -> Tensor:
+        """Whichever of logits/probs is set; its argmax is the teacher's prediction."""
+        return self.logits if self.logits is not None else self.probs  # type: ignore[return-value]
+
+    def predictions(self) -> Tensor:
+        """``(N,)`` predicted class per sample (the same for logits and for probabilities)."""
+        return self.scores.argmax(dim=1)
+
+    def detach(self) -> TeacherOutput:
+        """A copy whose tensors carry no autograd history."""
+        return TeacherOutput(
+            logits=None if self.logits is None else self.logits.detach(),
+            probs=None if self.probs is None else self.probs.detach(),
+            temperature=self.temperature,
+            features={k: v.detach() for k, v in self.features.items()},
+        )
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """The result of an objective.
+
+    Attributes:
+        total: scalar tensor to backpropagate; equals ``sum(weights[k] * parts[k])``.
+        parts: **unweighted** named terms (e.g. ``"student"``: cross-entropy at T=1,
+            ``"distill"``: KL at temperature T without the ``T**2`` factor), so that runs with
+            different weights or temperatures stay comparable in logs.
+        weights: the multiplier applied to each part to form ``total`` (``"distill"``'s includes
+            ``T**2`` when the loss scales by it). Parts without a weight are logged only.
+    """
+
+    total: Tensor
+    parts: Mapping[str, Tensor]
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+    def weighted_parts(self) -> dict[str, Tensor]:
+        """Each weighted part as it enters ``total``."""
+        return {k: self.parts[k] * w for k, w in self.weights.items()}
+
+    def as_floats(self) -> dict[str, float]:
+        """Total, unweighted and weighted parts as Python floats, for logging."""
+        out = {"total": float(self.total.detach())}
+        for k, v in self.parts.items():
+            out[k] = float(v.detach())
+        for k, v in self.weighted_parts().items():
+            out[f"{k}_weighted"] = float(v.detach())
+        return out
+
+
+class DistillerOutput(NamedTuple):
+    """What :class:`kdistill.Distiller` returns for a batch."""
+
+    student: StudentOutput
+    loss: LossOutput
+    teacher: TeacherOutput | None

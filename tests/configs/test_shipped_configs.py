@@ -1,0 +1,37 @@
+"""Every shipped recipe loads, validates, and names models that build for its data."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdistill.cli.commands import list_recipes, recipes_root
+from kdistill.config import load_config
+from kdistill.models import build_model
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAPES = {
+    "digits": ((1, 8, 8), 10),
+    "fashion-mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+}
+RECIPES = sorted(recipes_root().rglob("*.yaml"))
+
+
+def test_recipes_are_found_and_the_repo_link_points_at_them():
+    assert len(RECIPES) >= 15
+    assert (ROOT / "configs").resolve() == recipes_root().resolve()
+    assert "digits/distill" in list_recipes()
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(recipes_root())))
+def test_recipe_loads_and_its_models_build(path):
+    cfg = load_config(path)
+    shape, classes = SHAPES[cfg.data.name]
+    model = build_model(cfg.model.arch, classes, shape, cfg.model.args)
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(2, *shape)).shape == (2, classes)
+    if cfg.kd is not None:
+        for teacher in cfg.kd.teachers:
+            assert teacher.checkpoint, "a shipped distillation recipe names its teacher's run"
+    assert path.read_text().startswith("#"), "each recipe starts with a comment saying what it is"

@@ -1,0 +1,188 @@
+"""Engine guarantees, end to end: exact resume, NaN stops, teacher checks, collapse detection,
+ensembles and joint teacher training."""
+
+import json
+
+import pytest
+import torch
+
+from kdistill.engine import Callback, CollapseError, NonFiniteLossError
+from kdistill.engine.checkpoint import (
+    latest_checkpoint,
+    load_model,
+    load_state_file,
+    save_model_file,
+)
+from kdistill.experiment import RunDirError, TeacherCheckError, run
+
+from .conftest import digits_config
+
+QUIET = {"progress": False, "log": lambda _: None}
+
+
+class StopAt(Callback):
+    """Simulates a crash at the start of an epoch (after the previous checkpoint)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def metric_lines(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:  # wall-clock times differ between runs; everything else must not
+        row.pop("epoch_time_s"), row.pop("eval_time_s")
+    return rows
+
+
+@pytest.mark.parametrize("distill", [False, True])
+def test_resume_equals_an_uninterrupted_run(tmp_path, teacher_run, distill):
+    extra = [
+        "model.args.dropout=0.2",
+        "data.augment.crop_padding=1",
+        "train.deterministic=true",
+        "train.epochs=4",
+    ]
+    if distill:
+        extra.append(f"kd.teachers.0.checkpoint={teacher_run.run_dir}")
+    whole = run(digits_config(tmp_path / "a", *extra), **QUIET)
+    cfg = digits_config(tmp_path / "b", *extra)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, callbacks=[StopAt(2)], **QUIET)
+    assert (
+        latest_checkpoint(tmp_path / "b" / whole.run_dir.parent.name / "seed-0").name
+        == "epoch-0001"
+    )
+    with pytest.raises(RunDirError, match="pass --resume"):
+        run(cfg, **QUIET)
+    resumed = run(cfg, resume=True, **QUIET)
+    assert metric_lines(resumed.run_dir) == metric_lines(whole.run_dir)
+    a, b = load_state_file(whole.run_dir), load_state_file(resumed.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.summary["test_top1"] == whole.summary["test_top1"]
+    assert len(resumed.summary["epoch_times_s"]) == 4
+
+
+class PoisonAt(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == self.epoch:
+            with torch.no_grad():
+                next(trainer.student.parameters()).fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(tmp_path):
+    cfg = digits_config(tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"became nan at epoch 2, step 1 of 23"):
+        run(cfg, callbacks=[PoisonAt(1)], **QUIET)
+    run_dir = tmp_path / next(tmp_path.iterdir()).name / "seed-0"
+    ckpt = latest_checkpoint(run_dir)
+    assert ckpt.name == "epoch-0000"
+    model, _ = load_model(ckpt)  # the last good checkpoint is intact and finite
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_an_untrained_teacher_is_refused(tmp_path):
+    from kdistill.engine.checkpoint import ModelSpec
+
+    spec = ModelSpec(
+        arch="mlp", args={"hidden": [4]}, num_classes=10, input_shape=(1, 8, 8), dataset="digits"
+    )
+    torch.manual_seed(0)
+    model = spec.build()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    save_model_file(tmp_path / "untrained.safetensors", model.state_dict(), spec)
+    cfg = digits_config(tmp_path, f"kd.teachers.0.checkpoint={tmp_path / 'untrained.safetensors'}")
+    with pytest.raises(
+        TeacherCheckError, match=r"reaches only 1\d\.\d+% test top-1.*cannot\s+teach"
+    ):
+        run(cfg, **QUIET)
+
+
+def test_a_teacher_for_other_classes_is_refused(tmp_path):
+    from kdistill.engine.checkpoint import ModelSpec
+
+    spec = ModelSpec(arch="mlp", args={"hidden": [4]}, num_classes=3, input_shape=(1, 8, 8))
+    save_model_file(tmp_path / "t.safetensors", spec.build().state_dict(), spec)
+    with pytest.raises(ValueError, match="predicts 3 classes but digits has 10"):
+        run(
+            digits_config(tmp_path, f"kd.teachers.0.checkpoint={tmp_path / 't.safetensors'}"),
+            **QUIET,
+        )
+
+
+def test_collapse_is_detected(tmp_path, monkeypatch):
+    (tmp_path / "constant_model.py").write_text(
+        "import torch\n"
+        "class Constant(torch.nn.Module):\n"
+        "    def __init__(self, n):\n"
+        "        super().__init__()\n"
+        "        self.bias = torch.nn.Parameter(torch.zeros(n))\n"
+        "    def forward(self, x):\n"
+        "        return self.bias.expand(x.shape[0], -1) + 0 * x.flatten(1).sum(1, keepdim=True)\n"
+        "def build(num_classes):\n"
+        "    return Constant(num_classes)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = digits_config(
+        tmp_path / "runs",
+        "model.arch=constant_model:build",
+        "model.args={}",
+        "train.on_collapse=stop",
+    )
+    with pytest.raises(CollapseError, match=r"predicts one class for 100% .*lower optim.lr"):
+        run(cfg, **QUIET)
+    messages = []
+    warn = digits_config(
+        tmp_path / "runs2", "model.arch=constant_model:build", "model.args={}", "train.epochs=1"
+    )
+    run(warn, progress=False, log=messages.append)
+    assert any(m.startswith("WARNING:") and "collapsed" in m for m in messages)
+
+
+def test_ensemble_of_teachers(tmp_path, teacher_run):
+    cfg = digits_config(
+        tmp_path,
+        f"kd.teachers=[{{checkpoint: {teacher_run.run_dir}}}, {{checkpoint: {teacher_run.run_dir}}}]",
+        "kd.ensemble_weights=[1, 3]",
+    )
+    result = run(cfg, **QUIET)
+    assert result.summary["teacher_test_top1"] == pytest.approx(teacher_run.summary["test_top1"])
+    assert len(result.summary["teachers"]) == 2
+    logits = run(
+        digits_config(
+            tmp_path / "l",
+            f"kd.teachers=[{{checkpoint: {teacher_run.run_dir}}}, {{checkpoint: {teacher_run.run_dir}}}]",
+            "kd.ensemble_reduce=logits",
+        ),
+        **QUIET,
+    )
+    assert logits.summary["teacher_test_top1"] == pytest.approx(teacher_run.summary["test_top1"])
+
+
+def test_joint_teacher_training(tmp_path, teacher_run):
+    cfg = digits_config(
+        tmp_path, f"kd.teachers.0.checkpoint={teacher_run.run_dir}", "kd.teacher_weight=0.5"
+    )
+    result = run(cfg, **QUIET)
+    before = load_state_file(teacher_run.run_dir)
+    after = load_state_file(result.run_dir / "teacher.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before if k in after)
+    student = load_state_file(result.run_dir)
+    assert set(student) != set(after)  # the student's file holds the student only
+
+
+def test_teacher_with_other_normalization_is_adapted(tmp_path, teacher_run):
+    # the student trains on unnormalized inputs; the teacher was trained on normalized ones
+    cfg = digits_config(
+        tmp_path, f"kd.teachers.0.checkpoint={teacher_run.run_dir}", "data.normalize=false"
+    )
+    result = run(cfg, **QUIET)
+    assert result.summary["teacher_test_top1"] == pytest.approx(teacher_run.summary["test_top1"])
