@@ -20,9 +20,11 @@ import torch
 from torch import nn
 
 from kdistill._version import __version__
+from kdistill.cache import TeacherCache
 from kdistill.config.loader import config_hash, dump_yaml
 from kdistill.config.schema import DataConfig, KDConfig, ModelConfig, RunConfig
 from kdistill.data import BatchLoader, CropFlip, DataBundle, build_data
+from kdistill.data.loader import ViewSampler
 from kdistill.engine.checkpoint import (
     CheckpointError,
     ModelSpec,
@@ -48,9 +50,12 @@ from kdistill.engine.trainer import (
 from kdistill.losses import DistillationLoss
 from kdistill.models import build_model
 from kdistill.objectives import Distiller, Supervised
+from kdistill.teacher_cache import prepare_teacher_cache
 from kdistill.teachers import EnsembleTeacher, FrozenTeacher, Renormalize, logits_of
+from kdistill.teachers.cached import CachedTeacher
 
 Log = Callable[[str], None]
+TEACHER_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class RunDirError(ValueError):
@@ -226,44 +231,84 @@ def load_teachers(
     return teachers
 
 
-def build_objective(
-    cfg: RunConfig, student: nn.Module, data: DataBundle, log: Log
-) -> tuple[nn.Module, list[tuple[nn.Module, ModelSpec, str]]]:
-    """``Supervised(student)`` without kd, else a ``Distiller`` around the configured teacher(s)."""
-    if cfg.kd is None:
-        return Supervised(student), []
+@dataclass
+class TeacherSetup:
+    """The configured teacher(s), loaded.
+
+    Attributes:
+        loaded: each network with its model file's spec and checkpoint path.
+        live: what runs the teacher: a ``FrozenTeacher``, an ``EnsembleTeacher``, or in joint
+            training the trainable network (behind its input adapter, if any).
+        members: the frozen members (one for a single teacher); empty in joint training.
+    """
+
+    loaded: list[tuple[nn.Module, ModelSpec, str]]
+    live: nn.Module
+    members: list[FrozenTeacher]
+
+    @property
+    def joint(self) -> bool:
+        return not self.members
+
+
+def build_teacher(cfg: RunConfig, data: DataBundle, log: Log) -> TeacherSetup:
+    """Load ``kd.teachers`` and wrap them: frozen (and ensembled), or trainable in joint mode."""
     kd = cfg.kd
+    assert kd is not None
     loaded = load_teachers(kd, data, cfg.data, log)
-    loss = DistillationLoss(
+    if kd.teacher_weight > 0:
+        model, spec, _ = loaded[0]
+        adapter = input_adapter(spec, data, cfg.data.normalize)
+        return TeacherSetup(loaded, model if adapter is None else nn.Sequential(adapter, model), [])
+    members = [
+        FrozenTeacher(
+            model,
+            input_transform=input_adapter(spec, data, cfg.data.normalize),
+            bn_policy=kd.bn_policy,
+            dtype=TEACHER_DTYPES[kd.teacher_precision],
+            channels_last=kd.teacher_channels_last,
+        )
+        for model, spec, _ in loaded
+    ]
+    if len(members) == 1:
+        return TeacherSetup(loaded, members[0], members)
+    ensemble = EnsembleTeacher(
+        members,
+        weights=kd.ensemble_weights,
+        reduce=kd.ensemble_reduce,
+        temperature=kd.temperature if kd.ensemble_reduce == "probs" else None,
+    )
+    return TeacherSetup(loaded, ensemble, members)
+
+
+def build_loss(kd: KDConfig) -> DistillationLoss:
+    return DistillationLoss(
         kd.temperature,
         kd.alpha,
         kd.beta,
         scale_by_t2=kd.scale_by_t2,
         teacher_weight=kd.teacher_weight,
     )
-    if kd.teacher_weight > 0:
-        model, spec, _ = loaded[0]
-        adapter = input_adapter(spec, data, cfg.data.normalize)
-        teacher: nn.Module = model if adapter is None else nn.Sequential(adapter, model)
-    else:
-        members = [
-            FrozenTeacher(
-                model,
-                input_transform=input_adapter(spec, data, cfg.data.normalize),
-                bn_policy=kd.bn_policy,
-            )
-            for model, spec, _ in loaded
-        ]
-        if len(members) == 1:
-            teacher = members[0]
-        else:
-            teacher = EnsembleTeacher(
-                members,
-                weights=kd.ensemble_weights,
-                reduce=kd.ensemble_reduce,
-                temperature=kd.temperature if kd.ensemble_reduce == "probs" else None,
-            )
-    return Distiller(student, teacher, loss, kd_start_epoch=kd.start_epoch), loaded
+
+
+def build_objective(
+    cfg: RunConfig, student: nn.Module, teacher: TeacherSetup | None, cache: TeacherCache | None
+) -> nn.Module:
+    """``Supervised(student)`` without kd; else a ``Distiller`` reading the cache when there is
+    one, running the live teacher otherwise."""
+    if teacher is None:
+        return Supervised(student)
+    kd = cfg.kd
+    assert kd is not None
+    source = teacher.live
+    if cache is not None:
+        source = CachedTeacher(
+            cache,
+            reduce=kd.ensemble_reduce,
+            weights=kd.ensemble_weights,
+            temperature=kd.temperature,
+        )
+    return Distiller(student, source, build_loss(kd), kd_start_epoch=kd.start_epoch)
 
 
 def build_optimizer(cfg: RunConfig, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
@@ -276,27 +321,52 @@ def build_optimizer(cfg: RunConfig, params: Sequence[nn.Parameter]) -> torch.opt
     return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
 
 
-def build_loaders(
-    cfg: RunConfig, data: DataBundle, device: torch.device, *, rank: int = 0, world_size: int = 1
-) -> tuple[BatchLoader, dict[str, BatchLoader]]:
-    stats = {"mean": data.mean, "std": data.std} if cfg.data.normalize else {}
+def build_augment(cfg: RunConfig) -> CropFlip | None:
     aug = cfg.data.augment
-    train = BatchLoader(
+    return CropFlip(aug.crop_padding, aug.hflip) if aug.enabled else None
+
+
+def _stats(cfg: RunConfig, data: DataBundle) -> dict[str, Any]:
+    return {"mean": data.mean, "std": data.std} if cfg.data.normalize else {}
+
+
+def build_train_loader(
+    cfg: RunConfig,
+    data: DataBundle,
+    device: torch.device,
+    *,
+    view_sampler: ViewSampler | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> BatchLoader:
+    """Shuffled, augmented training batches (views drawn by ``view_sampler`` when given)."""
+    return BatchLoader(
         data.train,
         cfg.data.batch_size,
         device=device,
         shuffle=True,
-        augment=CropFlip(aug.crop_padding, aug.hflip) if aug.enabled else None,
+        augment=build_augment(cfg),
+        view_sampler=view_sampler,
         seed=cfg.train.seed,
         rank=rank,
         world_size=world_size,
-        **stats,
+        **_stats(cfg, data),
     )
+
+
+def build_eval_loaders(
+    cfg: RunConfig, data: DataBundle, device: torch.device
+) -> dict[str, BatchLoader]:
+    """``{"val": ..., "test": ...}`` (val only when there is a validation split)."""
     evals = {}
     if data.val is not None:
-        evals["val"] = BatchLoader(data.val, cfg.data.eval_batch_size, device=device, **stats)
-    evals["test"] = BatchLoader(data.test, cfg.data.eval_batch_size, device=device, **stats)
-    return train, evals
+        evals["val"] = BatchLoader(
+            data.val, cfg.data.eval_batch_size, device=device, **_stats(cfg, data)
+        )
+    evals["test"] = BatchLoader(
+        data.test, cfg.data.eval_batch_size, device=device, **_stats(cfg, data)
+    )
+    return evals
 
 
 def evaluate_model(
@@ -347,10 +417,25 @@ def run(
     device = resolve_device(cfg.train.device)
     data = build_data(cfg.data)
     student, spec = build_student(cfg, data)
-    objective, teachers = build_objective(cfg, student, data, log)
+    eval_loaders = build_eval_loaders(cfg, data, device)
+    teacher = build_teacher(cfg, data, log) if cfg.kd is not None else None
+    teacher_info: dict[str, Any] = {}
+    teacher_test_preds: list[torch.Tensor] = []
+    if teacher is not None:
+        teacher.live.to(device)
+        # Checked before anything is spent on it (a cache build, an epoch).
+        teacher_info, teacher_test_preds = check_teacher(
+            cfg, teacher, eval_loaders["test"], data, log
+        )
+    cache = prepare_teacher_cache(cfg, data, teacher, device, progress=progress, log=log)
+    if cache is not None:
+        teacher_info["teacher_cache"] = str(cache.path)
+    objective = build_objective(cfg, student, teacher, cache)
     objective.to(device)
     optimizer = build_optimizer(cfg, list(objective.parameters()))
-    train_loader, eval_loaders = build_loaders(cfg, data, device)
+    train_loader = build_train_loader(
+        cfg, data, device, view_sampler=cache.view_sampler() if cache is not None else None
+    )
     steps_per_epoch = -(-len(train_loader) // cfg.train.grad_accumulation)
     lr_factor = build_lr_factor(
         cfg.schedule, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs
@@ -362,16 +447,20 @@ def run(
 
     teacher_info: dict[str, Any] = {}
     teacher_predictor = None
-    if isinstance(objective, Distiller):
-        teacher_info = check_teacher(cfg, objective, teachers, eval_loaders["test"], data, log)
-        teacher_predictor = _teacher_predictor(objective)
-
-    joint = isinstance(objective, Distiller) and objective.joint
+    teacher_test_preds: list[torch.Tensor] = []
+    if teacher is not None:
+        teacher_info, teacher_test_preds = check_teacher(
+            cfg, teacher, eval_loaders["test"], data, log
+        )
+        teacher_predictor = _teacher_predictor(teacher)
+        if cache is not None:
+            teacher_info["teacher_cache"] = str(cache.path)
+    joint = teacher is not None and teacher.joint
 
     def save(trainer: Trainer, epoch: int, is_best: bool) -> None:
         files = {"model": (student.state_dict(), spec)}
         if joint:
-            files["teacher"] = (_joint_teacher_net(objective).state_dict(), teachers[0][1])
+            files["teacher"] = (_joint_teacher_net(teacher).state_dict(), teacher.loaded[0][1])
         state = {
             "train_state": trainer.state.to_dict(),
             "optimizer": optimizer.state_dict(),
@@ -404,8 +493,12 @@ def run(
         teacher_predictor=teacher_predictor,
         teacher_is_frozen=not joint,
     )
+    if teacher_test_preds:
+        trainer.set_teacher_predictions("test", teacher_test_preds)
     if resume:
-        _restore(trainer, run_dir, cfg, student, objective if joint else None, log)
+        _restore(
+            trainer, run_dir, cfg, student, _joint_teacher_net(teacher) if joint else None, log
+        )
     recorder.start(trainer.state.epoch, trainer.state.step)
     fit_started = time.perf_counter()
     try:
@@ -417,8 +510,8 @@ def run(
     if joint:
         save_model_file(
             run_dir / "teacher.safetensors",
-            _joint_teacher_net(objective).state_dict(),
-            teachers[0][1],
+            _joint_teacher_net(teacher).state_dict(),
+            teacher.loaded[0][1],
         )
     setup_time = fit_started - started
     summary = _summary(
@@ -446,51 +539,64 @@ def link_latest(cfg: RunConfig, run_dir: Path) -> None:
     os.replace(tmp, link)
 
 
-def _joint_teacher_net(objective: Distiller) -> nn.Module:
-    teacher = objective.teacher
-    return teacher[1] if isinstance(teacher, nn.Sequential) else teacher
+def _joint_teacher_net(teacher: TeacherSetup) -> nn.Module:
+    """The trainable network of joint training (without its input adapter)."""
+    live = teacher.live
+    return live[1] if isinstance(live, nn.Sequential) else live
 
 
-def _teacher_predictor(objective: Distiller) -> Callable[[torch.Tensor], torch.Tensor]:
+def _teacher_predictor(teacher: TeacherSetup) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``inputs -> predictions`` of the live teacher, for agreement on the eval splits."""
+
     def predict(inputs: torch.Tensor) -> torch.Tensor:
-        if objective.joint:
-            was = objective.teacher.training
-            objective.teacher.eval()
-            pred = logits_of(objective.teacher(inputs)).argmax(dim=1)
-            objective.teacher.train(was)
+        if teacher.joint:
+            was = teacher.live.training
+            teacher.live.eval()
+            pred = logits_of(teacher.live(inputs)).argmax(dim=1)
+            teacher.live.train(was)
             return pred
-        return objective.teacher(inputs).predictions()
+        return teacher.live(inputs).predictions()
 
     return predict
 
 
 def check_teacher(
     cfg: RunConfig,
-    objective: Distiller,
-    teachers: list[tuple[nn.Module, ModelSpec, str]],
+    teacher: TeacherSetup,
     test_loader: BatchLoader,
     data: DataBundle,
     log: Log,
-) -> dict[str, Any]:
-    """Evaluate the teacher(s) on the test split and refuse one that cannot teach."""
+) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """Evaluate the teacher(s) on the test split and refuse one that cannot teach.
+
+    Returns the record for the summary and the (frozen) teacher's test predictions per batch,
+    which the trainer reuses for student-teacher agreement.
+    """
     kd = cfg.kd
     assert kd is not None
-    if objective.joint:
-        return {"teacher_checkpoints": [t[2] for t in teachers]}
-    info: dict[str, Any] = {"teacher_checkpoints": [t[2] for t in teachers]}
-    members = []
-    for i, (model, spec, path) in enumerate(teachers):
-        adapter = input_adapter(spec, data, cfg.data.normalize)
-        metrics = evaluate_model(model, test_loader, data.num_classes, input_transform=adapter)
-        members.append({"checkpoint": path, "arch": spec.arch, "test_top1": metrics["top1"]})
-        log(f"teacher {i}: {spec.arch} from {path}: test top-1 {metrics['top1']:.2%}")
-    info["teachers"] = members
+    teachers = teacher.loaded
+    if teacher.joint:
+        return {"teacher_checkpoints": [t[2] for t in teachers]}, []
     meter = ClassificationMeter(data.num_classes)
+    predictions = []
     with torch.inference_mode():
         for batch in test_loader:
-            out = objective.teacher(batch.inputs)
+            out = teacher.live(batch.inputs)
             meter.update(out.scores.float(), batch.targets, 0.0)
+            predictions.append(out.predictions())
     top1 = meter.result()["top1"]
+    members = []
+    for i, (model, spec, path) in enumerate(teachers):
+        if len(teachers) > 1:  # an ensemble: each member's own accuracy too
+            adapter = input_adapter(spec, data, cfg.data.normalize)
+            member_top1 = evaluate_model(
+                model, test_loader, data.num_classes, input_transform=adapter
+            )["top1"]
+        else:
+            member_top1 = top1
+        members.append({"checkpoint": path, "arch": spec.arch, "test_top1": member_top1})
+        log(f"teacher {i}: {spec.arch} from {path}: test top-1 {member_top1:.2%}")
+    info: dict[str, Any] = {"teacher_checkpoints": [t[2] for t in teachers], "teachers": members}
     info["teacher_test_top1"] = top1
     minimum = kd.min_teacher_top1 if kd.min_teacher_top1 is not None else 2.0 / data.num_classes
     if top1 < minimum:
@@ -499,7 +605,7 @@ def check_teacher(
             f"{1 / data.num_classes:.1%}; required: {minimum:.1%}, kd.min_teacher_top1). It cannot "
             "teach: check kd.teachers[].checkpoint points at a trained model for this dataset."
         )
-    return info
+    return info, predictions
 
 
 def _restore(
@@ -507,7 +613,7 @@ def _restore(
     run_dir: Path,
     cfg: RunConfig,
     student: nn.Module,
-    joint: Distiller | None,
+    joint_teacher: nn.Module | None,
     log: Log,
 ) -> None:
     ckpt = latest_checkpoint(run_dir)
@@ -519,8 +625,8 @@ def _restore(
     if state.get("config_hash") != config_hash(cfg):
         raise RunDirError(f"--resume: the checkpoint in {ckpt} was made with a different config")
     load_weights(student, ckpt / "model.safetensors")
-    if joint is not None:
-        load_weights(_joint_teacher_net(joint), ckpt / "teacher.safetensors")
+    if joint_teacher is not None:
+        load_weights(joint_teacher, ckpt / "teacher.safetensors")
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.state = TrainState.from_dict(state["train_state"])
     set_rng_state(state["rng"])

@@ -14,7 +14,7 @@ EXIT_FAILED = 1
 
 def build_parser() -> argparse.ArgumentParser:
     # Verb modules import torch only inside their handlers, so --help and --version stay fast.
-    from kdistill.cli import demo, evaluate, info, train
+    from kdistill.cli import cache, demo, evaluate, info, train
 
     parser = argparse.ArgumentParser(
         prog="kdistill",
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate.register,
         info.register_models,
         info.register_config,
+        cache.register,
     ):
         register(sub)
     return parser

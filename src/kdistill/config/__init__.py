@@ -18,6 +18,7 @@ from kdistill.config.schema import (
     OptimConfig,
     RunConfig,
     ScheduleConfig,
+    TeacherCacheConfig,
     TrainConfig,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "OptimConfig",
     "RunConfig",
     "ScheduleConfig",
+    "TeacherCacheConfig",
     "TrainConfig",
     "apply_overrides",
     "apply_values",

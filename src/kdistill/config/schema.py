@@ -16,9 +16,12 @@ DatasetName = Literal["digits", "fashion-mnist", "cifar10", "cifar100", "imagefo
 OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["cosine", "multistep", "onecycle", "constant"]
 Precision = Literal["fp32", "bf16"]
+TeacherPrecision = Literal["fp32", "bf16", "fp16"]
 EnsembleReduce = Literal["probs", "logits"]
 BatchNormPolicy = Literal["frozen", "batch_stats"]
 CollapseAction = Literal["warn", "stop", "ignore"]
+CacheDtype = Literal["float16", "float32"]
+CacheMismatch = Literal["rebuild", "error"]
 
 
 def doc(text: str, default: Any = None, *, factory: Any = None) -> Any:
@@ -136,6 +139,47 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class TeacherCacheConfig:
+    """Precomputed teacher outputs: the teacher runs once, every later epoch and run reads them."""
+
+    enabled: bool = doc(
+        "read the teacher's outputs from a cache instead of running the teacher (built on first use)",
+        False,
+    )
+    dir: str | None = doc(
+        "cache directory; null = <out_dir>/teacher-cache/<fingerprint>, shared by every run "
+        "with the same teacher, data, preprocessing and views",
+        None,
+    )
+    views: int | None = doc(
+        "augmentation views stored per training sample; null = every view the augmentation can "
+        "produce (crop offsets x flips)",
+        None,
+    )
+    dtype: CacheDtype = doc("storage precision of the cached outputs", "float16")
+    topk: int | None = doc(
+        "store only the k largest probabilities at kd.temperature plus the remaining mass "
+        "(spread evenly over the other classes when read); null = all logits (any temperature)",
+        None,
+    )
+    on_mismatch: CacheMismatch = doc(
+        "when kd.teacher_cache.dir holds outputs of another teacher, data or setting: rebuild it, "
+        "or stop with an error",
+        "rebuild",
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            self.views is None or self.views >= 1,
+            f"kd.teacher_cache.views must be >= 1 or null, got {self.views}",
+        )
+        _require(
+            self.topk is None or self.topk >= 1,
+            f"kd.teacher_cache.topk must be >= 1 or null, got {self.topk}",
+        )
+
+
+@dataclass(frozen=True)
 class KDConfig:
     """Knowledge distillation: teacher(s), temperature and loss weights."""
 
@@ -169,6 +213,18 @@ class KDConfig:
     bn_policy: BatchNormPolicy = doc(
         "teacher BatchNorm: frozen running statistics, or batch statistics (never updated)",
         "frozen",
+    )
+    teacher_precision: TeacherPrecision = doc(
+        "precision of the frozen teacher's forward pass (bf16 autocast is several times faster on "
+        "CPUs with bf16 support; outputs are returned as float32)",
+        "fp32",
+    )
+    teacher_channels_last: bool = doc(
+        "run the frozen teacher in channels-last memory format (helps some CNNs on some hardware)",
+        False,
+    )
+    teacher_cache: TeacherCacheConfig = doc(
+        "precomputed teacher outputs", factory=TeacherCacheConfig
     )
     min_teacher_top1: float | None = doc(
         "refuse to distill from a teacher whose test top-1 (in [0, 1]) is below this; "
@@ -214,6 +270,11 @@ class KDConfig:
                 f"kd.ensemble_weights must be >= 0 with a positive sum, got {self.ensemble_weights}",
             )
         if self.teacher_weight > 0:
+            _require(
+                not self.teacher_cache.enabled,
+                f"kd.teacher_cache cannot be used with joint teacher training (kd.teacher_weight="
+                f"{self.teacher_weight}): the teacher changes every step",
+            )
             _require(
                 len(self.teachers) == 1,
                 f"joint teacher training (kd.teacher_weight={self.teacher_weight}) needs exactly one "

@@ -206,6 +206,11 @@ class Trainer:
     def student(self) -> nn.Module:
         return self.objective.student
 
+    def set_teacher_predictions(self, split: str, per_batch: list[Tensor]) -> None:
+        """Reuse a frozen teacher's predictions on an eval split (one tensor per batch, in the
+        loader's order) instead of running the teacher again."""
+        self._teacher_preds[split] = per_batch
+
     # ------------------------------------------------------------------------- the loop
 
     def fit(self) -> TrainState:

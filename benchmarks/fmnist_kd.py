@@ -1,0 +1,225 @@
+"""FMNIST-KD epoch-time benchmark: student-only vs online distillation vs cached distillation.
+
+Workload (as in ``shared/research/peer-findings.md``): Fashion-MNIST 60k, LeNet-5 student,
+batch 128, SGD (nesterov, momentum 0.9, lr 0.05, weight decay 5e-4), random crop (pad 2) + flip,
+KD loss 0.1 * CE + 0.9 * T^2 * KL at T=4; teacher: the ResNet-20 of the recipe
+``fashion-mnist/resnet20-teacher``.
+
+Each measurement runs in its own process (so peak memory is its own), and the modes are
+alternated round by round so that drift of this shared machine hits them all alike. Epoch
+timing uses a fixed number of batches (``--batches``) per measured epoch; the result is the
+median over rounds. Ratios are computed from medians measured in the same invocation.
+
+    python benchmarks/fmnist_kd.py --teacher runs/fmnist-resnet20-teacher --rounds 3 \
+        --out benchmarks/results/fmnist_kd.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODES = ("student", "online", "cached", "teacher_inference")
+
+
+def config(teacher: str, mode: str, out: str, *, precision: str, views: int | None):
+    from kdistill.config import RunConfig, apply_values, from_dict
+
+    cfg = from_dict(
+        RunConfig,
+        {
+            "name": f"bench-{mode}",
+            "out_dir": out,
+            "data": {
+                "name": "fashion-mnist",
+                "batch_size": 128,
+                "augment": {"crop_padding": 2, "hflip": True},
+            },
+            "model": {"arch": "lenet5"},
+            "optim": {
+                "name": "sgd",
+                "lr": 0.05,
+                "momentum": 0.9,
+                "nesterov": True,
+                "weight_decay": 5e-4,
+            },
+            "train": {"epochs": 10, "tensorboard": False, "threads": 2},
+        },
+    )
+    if mode != "student":
+        cfg = apply_values(
+            cfg,
+            {
+                "kd.teachers.0.checkpoint": teacher,
+                "kd.temperature": 4.0,
+                "kd.alpha": 0.1,
+                "kd.beta": 0.9,
+                "kd.teacher_precision": precision,
+                "kd.teacher_cache.enabled": mode == "cached",
+                "kd.teacher_cache.views": views,
+            },
+        )
+    return cfg
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One process, one mode: build what the mode needs, then time ``--batches`` steps."""
+    import torch
+
+    from kdistill.data import build_data
+    from kdistill.experiment import (
+        build_objective,
+        build_optimizer,
+        build_student,
+        build_teacher,
+        build_train_loader,
+        configure_torch,
+    )
+    from kdistill.teacher_cache import prepare_teacher_cache
+
+    cfg = config(args.teacher, args.mode, args.work, precision=args.precision, views=args.views)
+    configure_torch(cfg)
+    device = torch.device("cpu")
+    data = build_data(cfg.data)
+    student, _ = build_student(cfg, data)
+    teacher = build_teacher(cfg, data, lambda _: None) if cfg.kd is not None else None
+    result: dict = {"mode": args.mode}
+    cache = None
+    if args.mode == "cached":
+        started = time.perf_counter()
+        messages: list[str] = []
+        cache = prepare_teacher_cache(
+            cfg, data, teacher, device, progress=False, log=messages.append
+        )
+        result["cache_ready_s"] = time.perf_counter() - started
+        result["cache_built"] = any("computing" in m for m in messages)
+        result["cache_bytes"] = cache.size_bytes()
+    loader = build_train_loader(
+        cfg, data, device, view_sampler=cache.view_sampler() if cache else None
+    )
+    if args.mode == "teacher_inference":
+        # the teacher alone over the same augmented batches the student would see
+        times = []
+        for epoch in range(args.epochs):
+            loader.set_epoch(epoch)
+            started = time.perf_counter()
+            for i, batch in enumerate(loader):
+                if i == args.batches:
+                    break
+                teacher.live(batch.inputs)
+            times.append(time.perf_counter() - started)
+        result["epoch_s"] = times
+    else:
+        objective = build_objective(cfg, student, teacher, cache)
+        optimizer = build_optimizer(cfg, list(objective.parameters()))
+        objective.train()
+        times = []
+        for epoch in range(args.epochs):
+            loader.set_epoch(epoch)
+            objective.set_epoch(epoch)
+            started = time.perf_counter()
+            for i, batch in enumerate(loader):
+                if i == args.batches:
+                    break
+                out = objective(
+                    batch.inputs, batch.targets, sample_ids=batch.sample_ids, views=batch.views
+                )
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.total.backward()
+                optimizer.step()
+            times.append(time.perf_counter() - started)
+        result["epoch_s"] = times
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--teacher", required=True, help="teacher model file or run directory")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of all modes")
+    p.add_argument("--epochs", type=int, default=2, help="measured epochs per process")
+    p.add_argument(
+        "--batches", type=int, default=100, help="batches per measured epoch (469 = a full epoch)"
+    )
+    p.add_argument(
+        "--precision", default="fp32", choices=("fp32", "bf16"), help="teacher precision"
+    )
+    p.add_argument("--views", type=int, default=None, help="cached views per sample (default: all)")
+    p.add_argument("--work", default="runs/bench", help="where the cache is kept")
+    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # internal: one measurement
+    args = p.parse_args()
+    if args.mode:
+        print(json.dumps(measure(args)))
+        return 0
+
+    base = [
+        sys.executable,
+        __file__,
+        "--teacher",
+        args.teacher,
+        "--epochs",
+        str(args.epochs),
+        "--batches",
+        str(args.batches),
+        "--precision",
+        args.precision,
+        "--work",
+        args.work,
+    ]
+    if args.views is not None:
+        base += ["--views", str(args.views)]
+    # Build the cache once, outside the timed rounds (its build time is reported separately).
+    first = json.loads(
+        subprocess.run(
+            [*base, "--mode", "cached"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()[-1]
+    )
+    runs: dict[str, list[dict]] = {m: [] for m in MODES}
+    for _ in range(args.rounds):
+        for mode in MODES:
+            out = subprocess.run(
+                [*base, "--mode", mode], capture_output=True, text=True, check=True
+            )
+            runs[mode].append(json.loads(out.stdout.splitlines()[-1]))
+    median = {m: statistics.median(t for r in runs[m] for t in r["epoch_s"]) for m in MODES}
+    report = {
+        "command": " ".join(["python", "benchmarks/fmnist_kd.py", *sys.argv[1:]]),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+        },
+        "batches_per_epoch": args.batches,
+        "teacher_precision": args.precision,
+        "median_epoch_s": median,
+        "peak_rss_mib": {m: max(r["peak_rss_mib"] for r in runs[m]) for m in MODES},
+        "cache_build_s": first["cache_ready_s"] if first["cache_built"] else None,
+        "cache_bytes": first["cache_bytes"],
+        "ratios": {
+            "cached_over_student": median["cached"] / median["student"],
+            "online_over_student": median["online"] / median["student"],
+            "online_over_student_plus_teacher": median["online"]
+            / (median["student"] + median["teacher_inference"]),
+        },
+        "raw": runs,
+    }
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

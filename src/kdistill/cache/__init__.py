@@ -1,0 +1,26 @@
+"""The teacher-output cache: the only code that persists teacher outputs."""
+
+from kdistill.cache.fingerprint import array_digest, fingerprint, module_digest, tensor_digest
+from kdistill.cache.store import (
+    CacheError,
+    CacheLayout,
+    TeacherCache,
+    build_cache,
+    merge_members,
+    open_cache,
+    topk_to_distribution,
+)
+
+__all__ = [
+    "CacheError",
+    "CacheLayout",
+    "TeacherCache",
+    "array_digest",
+    "build_cache",
+    "fingerprint",
+    "merge_members",
+    "module_digest",
+    "open_cache",
+    "tensor_digest",
+    "topk_to_distribution",
+]

@@ -1,0 +1,354 @@
+"""The teacher-output store: write once (resumably), read many times (memory-mapped).
+
+Layout of a finished cache directory::
+
+    manifest.json        format version, fingerprint and what it was computed from, shapes
+    sample_ids.npy       (N,)  int64  the training samples, in row order
+    views.npy            (N, K) int32 the augmentation views stored for each sample
+    logits.npy           (N, K, M, C) float16/32: every member's logits   (full caches)
+    topk_values.npy      (N, K, k) probabilities at the cache's temperature  (top-k caches)
+    topk_indices.npy     (N, K, k) int32 their classes
+
+A build writes into ``<dir>.partial/`` and records finished chunks in ``progress.json`` after
+flushing them, so an interrupted build continues where it stopped. Only when every chunk is
+done is the manifest written and the directory renamed to its final name: a reader never sees
+a half-written cache, because it only opens directories that have a manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+from torch import Tensor
+from tqdm.auto import tqdm
+
+CACHE_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PROGRESS = "progress.json"
+CHUNK_SAMPLES = 2048  # samples per resumable chunk (all their views)
+
+
+class CacheError(ValueError):
+    """A cache that is missing, incomplete, or was made from something else."""
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """What a cache holds (decided before building; recorded in the manifest)."""
+
+    num_samples: int
+    views_per_sample: int
+    members: int
+    num_classes: int
+    dtype: str  # "float16" | "float32"
+    topk: int | None = None
+    # Top-k caches store the merged members' probabilities at this temperature, so how the
+    # members merge is fixed at build time too. Full caches keep every member's logits.
+    temperature: float | None = None
+    reduce: str = "probs"
+    weights: tuple[float, ...] | None = None
+
+    @property
+    def kind(self) -> str:
+        return "logits" if self.topk is None else "topk_probs"
+
+
+class TeacherCache:
+    """A finished cache, opened read-only and memory-mapped.
+
+    Use :meth:`lookup` to fetch the stored outputs of ``(sample id, view)`` pairs and
+    :meth:`view_sampler` to make the data pipeline pick only views that are stored.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise CacheError(f"{self.path} is not a finished teacher cache (no {MANIFEST})")
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError:
+            raise CacheError(
+                f"{manifest_path} is unreadable; delete {self.path} to rebuild"
+            ) from None
+        if self.manifest.get("format_version") != CACHE_FORMAT_VERSION:
+            raise CacheError(
+                f"{self.path}: cache format {self.manifest.get('format_version')}, this kdistill "
+                f"reads {CACHE_FORMAT_VERSION}; rebuild it"
+            )
+        raw = dict(self.manifest["layout"])
+        raw["weights"] = None if raw.get("weights") is None else tuple(raw["weights"])
+        self.layout = CacheLayout(**raw)
+        self.fingerprint: str = self.manifest["fingerprint"]
+        self.sample_ids = np.load(self.path / "sample_ids.npy")
+        self.views = np.load(self.path / "views.npy", mmap_mode="r")
+        if self.layout.topk is None:
+            self.logits = np.load(self.path / "logits.npy", mmap_mode="r")
+        else:
+            self.topk_values = np.load(self.path / "topk_values.npy", mmap_mode="r")
+            self.topk_indices = np.load(self.path / "topk_indices.npy", mmap_mode="r")
+        # id -> row: sample ids are dataset indices, so a dense table is small and O(1).
+        self._row_of = np.full(
+            int(self.sample_ids.max()) + 1 if len(self.sample_ids) else 0, -1, np.int64
+        )
+        self._row_of[self.sample_ids] = np.arange(len(self.sample_ids))
+
+    def rows(self, sample_ids: Tensor) -> np.ndarray:
+        """Row of each sample id; an id the cache does not hold is an error."""
+        ids = sample_ids.cpu().numpy()
+        inside = (ids >= 0) & (ids < len(self._row_of))
+        rows = np.full(ids.shape, -1, np.int64)
+        rows[inside] = self._row_of[ids[inside]]
+        if (rows < 0).any():
+            missing = ids[rows < 0][:5].tolist()
+            raise CacheError(
+                f"{self.path} holds no outputs for sample ids {missing}: it was built for other data"
+            )
+        return rows
+
+    def slots(self, rows: np.ndarray, views: Tensor | None) -> np.ndarray:
+        """Which stored view (0..K-1) of each row is ``views``."""
+        if views is None:
+            if self.layout.views_per_sample != 1:
+                raise CacheError(
+                    f"{self.path} stores {self.layout.views_per_sample} augmentation views per sample "
+                    "but the batch has no views: the data pipeline and the cache disagree"
+                )
+            return np.zeros(len(rows), np.int64)
+        stored = np.asarray(self.views[rows])  # (B, K)
+        match = stored == views.cpu().numpy()[:, None]
+        if not match.any(axis=1).all():
+            raise CacheError(
+                f"{self.path} does not store the requested augmentation view for some samples"
+            )
+        return match.argmax(axis=1)
+
+    def lookup(self, sample_ids: Tensor, views: Tensor | None) -> dict[str, Tensor]:
+        """Stored outputs for each ``(sample id, view)``: ``{"logits": (B, M, C)}`` or
+        ``{"topk_values": (B, k), "topk_indices": (B, k)}`` (float32 / int64 tensors)."""
+        rows = self.rows(sample_ids)
+        slots = self.slots(rows, views)
+        if self.layout.topk is None:
+            return {
+                "logits": torch.from_numpy(np.asarray(self.logits[rows, slots], dtype=np.float32))
+            }
+        return {
+            "topk_values": torch.from_numpy(
+                np.asarray(self.topk_values[rows, slots], dtype=np.float32)
+            ),
+            "topk_indices": torch.from_numpy(
+                np.asarray(self.topk_indices[rows, slots], dtype=np.int64)
+            ),
+        }
+
+    def view_sampler(self) -> Callable[[Tensor, torch.Generator], Tensor]:
+        """A view sampler for the data pipeline: one of each sample's stored views, uniformly."""
+        k = self.layout.views_per_sample
+
+        def sample(sample_ids: Tensor, generator: torch.Generator) -> Tensor:
+            rows = self.rows(sample_ids)
+            slot = torch.randint(0, k, (len(rows),), generator=generator).numpy()
+            return torch.from_numpy(np.asarray(self.views[rows, slot], dtype=np.int64))
+
+        return sample
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+
+def open_cache(path: str | Path, fingerprint: str) -> TeacherCache | None:
+    """The finished cache at ``path`` if its fingerprint is ``fingerprint``; ``None`` if there is
+    none. A cache of something else raises :class:`CacheError` naming both fingerprints."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        return None
+    cache = TeacherCache(path)
+    if cache.fingerprint != fingerprint:
+        raise CacheError(
+            f"{path} holds teacher outputs with fingerprint {cache.fingerprint[:16]}, but this run "
+            f"needs {fingerprint[:16]} (another teacher, data, preprocessing or view setting)"
+        )
+    return cache
+
+
+def build_cache(
+    path: str | Path,
+    *,
+    fingerprint: str,
+    description: Mapping[str, Any],
+    layout: CacheLayout,
+    sample_ids: np.ndarray,
+    views: np.ndarray,
+    compute: Callable[[np.ndarray, np.ndarray], Tensor],
+    batch_size: int,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TeacherCache:
+    """Compute and store the teacher's outputs for every ``(sample, stored view)``.
+
+    Args:
+        path: final cache directory.
+        fingerprint: the fingerprint the finished cache will carry.
+        description: what the fingerprint was computed from (kept in the manifest for humans).
+        layout: shapes and storage settings.
+        sample_ids: ``(N,)`` ids of the samples, in row order.
+        views: ``(N, K)`` the views to store for each sample.
+        compute: ``(positions, view ids) -> (B, M, C)`` teacher logits for the samples at
+            ``positions`` (row indices) seen as those views.
+        batch_size: samples per teacher call.
+        progress, log: progress bar and messages.
+    """
+    final = Path(path)
+    partial = final.with_name(final.name + ".partial")
+    n, k = views.shape
+    chunks = [(lo, min(lo + CHUNK_SAMPLES, n)) for lo in range(0, n, CHUNK_SAMPLES)]
+    done = _resume_state(partial, fingerprint, log)
+    arrays = _allocate(partial, layout, sample_ids, views, fresh=not done)
+    todo = [i for i in range(len(chunks)) if i not in done]
+    total = sum((chunks[i][1] - chunks[i][0]) * k for i in todo)
+    with tqdm(
+        total=total, desc="teacher cache", unit="img", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        for i in todo:
+            lo, hi = chunks[i]
+            _fill_chunk(arrays, layout, views, lo, hi, compute, batch_size, bar)
+            for array in arrays.values():
+                array.flush()
+            done.add(i)
+            _write_json_atomic(
+                partial / PROGRESS, {"fingerprint": fingerprint, "done_chunks": sorted(done)}
+            )
+    del arrays  # close the memory maps before the rename
+    _write_json_atomic(
+        partial / MANIFEST,
+        {
+            "format_version": CACHE_FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "description": dict(description),
+            "layout": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in layout.__dict__.items()
+            },
+        },
+    )
+    (partial / PROGRESS).unlink(missing_ok=True)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return TeacherCache(final)
+
+
+def _resume_state(partial: Path, fingerprint: str, log: Callable[[str], None]) -> set[int]:
+    progress = partial / PROGRESS
+    if not progress.is_file():
+        if partial.exists():
+            shutil.rmtree(partial)
+        return set()
+    try:
+        state = json.loads(progress.read_text())
+    except json.JSONDecodeError:
+        state = {}
+    if state.get("fingerprint") != fingerprint:
+        log(f"discarding an interrupted cache build of something else in {partial}")
+        shutil.rmtree(partial)
+        return set()
+    done = set(state.get("done_chunks", []))
+    log(f"resuming the interrupted cache build in {partial} ({len(done)} chunks already done)")
+    return done
+
+
+def _allocate(
+    partial: Path, layout: CacheLayout, sample_ids: np.ndarray, views: np.ndarray, *, fresh: bool
+) -> dict[str, np.memmap]:
+    n, k = views.shape
+    dtype = np.float16 if layout.dtype == "float16" else np.float32
+    shapes: dict[str, tuple[tuple[int, ...], Any]] = (
+        {"logits": ((n, k, layout.members, layout.num_classes), dtype)}
+        if layout.topk is None
+        else {
+            "topk_values": ((n, k, layout.topk), dtype),
+            "topk_indices": ((n, k, layout.topk), np.int32),
+        }
+    )
+    if fresh:
+        partial.mkdir(parents=True, exist_ok=True)
+        np.save(partial / "sample_ids.npy", sample_ids.astype(np.int64))
+        np.save(partial / "views.npy", views.astype(np.int32))
+        return {
+            name: open_memmap(partial / f"{name}.npy", mode="w+", dtype=dt, shape=shape)
+            for name, (shape, dt) in shapes.items()
+        }
+    return {name: open_memmap(partial / f"{name}.npy", mode="r+") for name in shapes}
+
+
+def _fill_chunk(
+    arrays: dict[str, np.memmap],
+    layout: CacheLayout,
+    views: np.ndarray,
+    lo: int,
+    hi: int,
+    compute: Callable[[np.ndarray, np.ndarray], Tensor],
+    batch_size: int,
+    bar: tqdm,
+) -> None:
+    k = views.shape[1]
+    # every (row, slot) pair of the chunk, in batches of batch_size
+    rows = np.repeat(np.arange(lo, hi), k)
+    slots = np.tile(np.arange(k), hi - lo)
+    for start in range(0, len(rows), batch_size):
+        r, s = rows[start : start + batch_size], slots[start : start + batch_size]
+        logits = compute(r, views[r, s]).float()  # (B, M, C)
+        if layout.topk is None:
+            arrays["logits"][r, s] = logits.cpu().numpy()
+        else:
+            weights = None if layout.weights is None else torch.tensor(layout.weights)
+            probs = merge_members(logits, layout.reduce, weights, layout.temperature)  # type: ignore[arg-type]
+            values, indices = probs.topk(layout.topk, dim=1)
+            arrays["topk_values"][r, s] = values.cpu().numpy()
+            arrays["topk_indices"][r, s] = indices.cpu().numpy()
+        bar.update(len(r))
+
+
+def merge_members(
+    logits: Tensor, reduce: str, weights: Tensor | None, temperature: float
+) -> Tensor:
+    """``(B, M, C)`` member logits -> ``(B, C)`` probabilities at temperature T: the weighted
+    mean of the members' softmax (``"probs"``) or the softmax of their weighted mean logits
+    (``"logits"``), as :class:`kdistill.EnsembleTeacher` combines them."""
+    m = logits.shape[1]
+    w = torch.full((m,), 1.0 / m) if weights is None else weights / weights.sum()
+    w = w.to(logits.device, logits.dtype).view(1, -1, 1)
+    if reduce == "logits":
+        return torch.softmax((logits * w).sum(dim=1) / temperature, dim=-1)
+    return (torch.softmax(logits / temperature, dim=-1) * w).sum(dim=1)
+
+
+def topk_to_distribution(values: Tensor, indices: Tensor, num_classes: int) -> Tensor:
+    """Full ``(B, C)`` distributions from top-k probabilities: the remaining mass
+    ``1 - sum(top-k)`` is spread evenly over the other classes, so each row sums to 1."""
+    b, k = values.shape
+    rest = (1.0 - values.sum(dim=1, keepdim=True)).clamp(min=0.0)
+    others = num_classes - k
+    fill = rest / others if others > 0 else torch.zeros_like(rest)
+    probs = fill.expand(b, num_classes).clone()
+    probs.scatter_(1, indices, values)
+    if others == 0:
+        probs = probs / probs.sum(dim=1, keepdim=True)
+    return probs

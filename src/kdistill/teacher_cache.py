@@ -1,0 +1,219 @@
+"""The run's side of the teacher-output cache: what it is keyed on, where it lives, building it.
+
+:mod:`kdistill.cache` stores and reads outputs; this module decides *which* outputs a run needs
+(teacher weights, data, preprocessing, augmentation views, storage settings), computes them
+through exactly the data pipeline the student trains on, and hands back an open cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from kdistill.cache import (
+    CacheError,
+    CacheLayout,
+    TeacherCache,
+    build_cache,
+    fingerprint,
+    open_cache,
+)
+from kdistill.cache.fingerprint import array_digest, module_digest
+from kdistill.cache.store import CACHE_FORMAT_VERSION
+from kdistill.config.schema import RunConfig
+from kdistill.data import BatchLoader, CropFlip, DataBundle
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kdistill.experiment import TeacherSetup
+
+Log = Callable[[str], None]
+VIEW_SELECTION_SEED = 0
+
+
+def select_views(num_samples: int, augment: CropFlip | None, per_sample: int | None) -> np.ndarray:
+    """``(N, K)`` the views to store for each sample: every view when ``per_sample`` is null or
+    covers them all, else ``per_sample`` distinct views per sample (seeded, fixed)."""
+    if augment is None:
+        return np.zeros((num_samples, 1), np.int32)
+    total = augment.num_views
+    if per_sample is None or per_sample >= total:
+        return np.tile(np.arange(total, dtype=np.int32), (num_samples, 1))
+    rng = np.random.default_rng(VIEW_SELECTION_SEED)
+    keys = rng.random((num_samples, total))
+    return np.sort(np.argsort(keys, axis=1)[:, :per_sample], axis=1).astype(np.int32)
+
+
+def describe_cache(
+    cfg: RunConfig,
+    data: DataBundle,
+    teacher: TeacherSetup,
+    augment: CropFlip | None,
+    views: np.ndarray,
+) -> dict[str, Any]:
+    """Everything that determines the cached outputs (the fingerprint's input)."""
+    kd = cfg.kd
+    assert kd is not None
+    settings = kd.teacher_cache
+    members = []
+    for member, (_model, spec, path) in zip(teacher.members, teacher.loaded, strict=True):
+        members.append(
+            {
+                "arch": spec.arch,
+                "args": dict(spec.args),
+                "weights": module_digest(member.model),
+                "input_transform": None
+                if member.input_transform is None
+                else module_digest(member.input_transform),
+                "bn_policy": member.bn_policy,
+                "dtype": str(member.dtype),
+                "channels_last": member.channels_last,
+                "checkpoint": path,  # for humans; the weights digest is what counts
+            }
+        )
+    storage: dict[str, Any] = {"dtype": settings.dtype, "topk": settings.topk}
+    if settings.topk is not None:  # probabilities at one temperature, members merged at build
+        storage.update(
+            temperature=kd.temperature, reduce=kd.ensemble_reduce, weights=kd.ensemble_weights
+        )
+    train = data.train
+    return {
+        "format_version": CACHE_FORMAT_VERSION,
+        "teachers": members,
+        "data": {
+            "name": data.name,
+            "source": data.source,
+            "num_samples": len(train),
+            "sample_shape": list(data.input_shape),
+            "ids": array_digest(train.ids),
+            "images": array_digest(train.images),
+        },
+        "preprocessing": {
+            "normalize": cfg.data.normalize,
+            "mean": list(data.mean) if cfg.data.normalize else None,
+            "std": list(data.std) if cfg.data.normalize else None,
+        },
+        "augmentation": None if augment is None else augment.describe(),
+        "views": {"per_sample": int(views.shape[1]), "table": array_digest(views)},
+        "storage": storage,
+    }
+
+
+def cache_path(cfg: RunConfig, fp: str) -> Path:
+    kd = cfg.kd
+    assert kd is not None
+    if kd.teacher_cache.dir is not None:
+        return Path(kd.teacher_cache.dir)
+    return Path(cfg.out_dir) / "teacher-cache" / fp[:16]
+
+
+def prepare_teacher_cache(
+    cfg: RunConfig,
+    data: DataBundle,
+    teacher: TeacherSetup | None,
+    device: torch.device,
+    *,
+    progress: bool = True,
+    log: Log = print,
+    force_build: bool = False,
+) -> TeacherCache | None:
+    """The open cache this run reads its teacher outputs from, built if needed; ``None`` when
+    the run uses no cache (or cannot: then the online teacher is used and the log says why)."""
+    kd = cfg.kd
+    if kd is None or teacher is None or not kd.teacher_cache.enabled:
+        return None
+    if kd.bn_policy == "batch_stats":
+        log(
+            "teacher cache NOT used: kd.bn_policy=batch_stats makes each teacher output depend on "
+            "the rest of its batch, which cannot be replayed; the teacher runs online"
+        )
+        return None
+    from kdistill.experiment import build_augment
+
+    augment = build_augment(cfg)
+    views = select_views(len(data.train), augment, kd.teacher_cache.views)
+    description = describe_cache(cfg, data, teacher, augment, views)
+    fp = fingerprint(description)
+    path = cache_path(cfg, fp)
+    if not force_build:
+        try:
+            cache = open_cache(path, fp)
+        except CacheError as e:
+            if kd.teacher_cache.on_mismatch == "error":
+                raise CacheError(
+                    f"{e}. Set kd.teacher_cache.on_mismatch=rebuild to rebuild it."
+                ) from None
+            log(f"{e}: rebuilding it")
+            cache = None
+        if cache is not None:
+            log(f"teacher cache: reading {path} ({views.shape[1]} view(s) per sample)")
+            return cache
+    return _build(cfg, data, teacher, augment, views, description, fp, path, device, progress, log)
+
+
+def _build(
+    cfg: RunConfig,
+    data: DataBundle,
+    teacher: TeacherSetup,
+    augment: CropFlip | None,
+    views: np.ndarray,
+    description: dict[str, Any],
+    fp: str,
+    path: Path,
+    device: torch.device,
+    progress: bool,
+    log: Log,
+) -> TeacherCache:
+    kd = cfg.kd
+    assert kd is not None
+    settings = kd.teacher_cache
+    stats = {"mean": data.mean, "std": data.std} if cfg.data.normalize else {}
+    # The same pipeline as training (augmentation, normalization), so cached outputs are
+    # exactly the teacher's outputs on the inputs the student will see.
+    pipeline = BatchLoader(
+        data.train, cfg.data.eval_batch_size, device=device, augment=augment, **stats
+    )
+    members = teacher.members
+
+    def compute(positions: np.ndarray, view_ids: np.ndarray) -> torch.Tensor:
+        batch = pipeline.make_batch(
+            torch.from_numpy(positions), torch.from_numpy(view_ids.astype(np.int64))
+        )
+        return torch.stack([m(batch.inputs).logits.float() for m in members], dim=1)
+
+    layout = CacheLayout(
+        num_samples=len(data.train),
+        views_per_sample=int(views.shape[1]),
+        members=len(members),
+        num_classes=data.num_classes,
+        dtype=settings.dtype,
+        topk=settings.topk,
+        temperature=kd.temperature if settings.topk is not None else None,
+        reduce=kd.ensemble_reduce,
+        weights=kd.ensemble_weights,
+    )
+    n_out = layout.num_samples * layout.views_per_sample
+    log(
+        f"teacher cache: computing {n_out:,} teacher outputs ({layout.views_per_sample} view(s) x {layout.num_samples:,} samples) into {path}"
+    )
+    started = time.perf_counter()
+    cache = build_cache(
+        path,
+        fingerprint=fp,
+        description=description,
+        layout=layout,
+        sample_ids=data.train.ids.numpy(),
+        views=views,
+        compute=compute,
+        batch_size=cfg.data.eval_batch_size,
+        progress=progress,
+        log=log,
+    )
+    log(
+        f"teacher cache: built in {time.perf_counter() - started:.1f}s, {cache.size_bytes() / 2**20:.1f} MiB"
+    )
+    return cache
