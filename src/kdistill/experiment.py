@@ -36,7 +36,7 @@ from kdistill.engine.checkpoint import (
     save_model_file,
 )
 from kdistill.engine.metrics import ClassificationMeter
-from kdistill.engine.profile import count_macs, count_params
+from kdistill.engine.profile import count_macs, count_params, cpu_latency_ms
 from kdistill.engine.recorder import RunRecorder
 from kdistill.engine.schedule import build_lr_factor
 from kdistill.engine.trainer import (
@@ -55,6 +55,7 @@ from kdistill.teachers import EnsembleTeacher, FrozenTeacher, Renormalize, logit
 from kdistill.teachers.cached import CachedTeacher
 
 Log = Callable[[str], None]
+LATENCY_BATCHES = (1, 128)
 TEACHER_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -697,6 +698,10 @@ def _summary(
         "kdistill_version": __version__,
         "torch_version": torch.__version__,
     }
+    if cfg.train.measure_latency:
+        summary["cpu_latency_ms"] = {
+            f"batch_{b}": cpu_latency_ms(student, data.input_shape, b) for b in LATENCY_BATCHES
+        }
     if "agreement" in last["test"]:
         summary["test_agreement"] = last["test"]["agreement"]
     if "val" in last:

@@ -14,7 +14,7 @@ EXIT_FAILED = 1
 
 def build_parser() -> argparse.ArgumentParser:
     # Verb modules import torch only inside their handlers, so --help and --version stay fast.
-    from kdistill.cli import cache, demo, evaluate, info, train
+    from kdistill.cli import cache, demo, evaluate, info, report, sweep, train
 
     parser = argparse.ArgumentParser(
         prog="kdistill",
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         info.register_models,
         info.register_config,
         cache.register,
+        sweep.register,
+        report.register,
     ):
         register(sub)
     return parser

@@ -103,6 +103,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if len(value) != len(args):
             raise ConfigError(f"{path} must be a list of {len(args)} values, got {len(value)}")
         return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {_describe(value)}")
+        (item_type,) = get_args(tp)
+        return [_coerce(v, item_type, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path} must be a mapping, got {_describe(value)}")

@@ -386,6 +386,9 @@ class TrainConfig:
         "how many epoch checkpoints to keep (the best weights are kept too)", 2
     )
     tensorboard: bool = doc("write TensorBoard event files into the run directory", True)
+    measure_latency: bool = doc(
+        "time the final model's CPU inference at batch 1 and 128 for the summary", True
+    )
     on_collapse: CollapseAction = doc(
         "when the student predicts (almost) one class for everything: warn, stop or ignore",
         "warn",

@@ -48,3 +48,24 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             h.remove()
         model.train(was_training)
     return total
+
+
+def cpu_latency_ms(
+    model: nn.Module, input_shape: tuple[int, ...], batch_size: int, *, reps: int = 5
+) -> float:
+    """Median wall time (ms) of one inference forward pass of a batch on the CPU, after one
+    warm-up pass. Timing on a shared machine is noisy: compare values from the same run."""
+    import copy
+    import statistics
+    import time
+
+    cpu_model = copy.deepcopy(model).to("cpu").eval()
+    x = torch.randn(batch_size, *input_shape)
+    times = []
+    with torch.inference_mode():
+        cpu_model(x)
+        for _ in range(reps):
+            started = time.perf_counter()
+            cpu_model(x)
+            times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)

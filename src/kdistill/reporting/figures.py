@@ -1,0 +1,164 @@
+"""Report figures, drawn with matplotlib (Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from kdistill.reporting.collect import Group
+
+COLORS = {"teacher": "#444444", "scratch": "#1f77b4", "distilled": "#d62728"}
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def learning_curves(groups: Sequence[Group], path: Path) -> Path:
+    """Test top-1 per epoch, mean over seeds with the min-max band."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for g in groups:
+        xs, mean, lo, hi = g.curve("test", "top1")
+        color = COLORS.get(g.role)
+        ax.plot(
+            xs,
+            [100 * v for v in mean],
+            label=f"{g.label} ({g.role}, {len(g.runs)} seed{'s' if len(g.runs) > 1 else ''})",
+            color=color,
+        )
+        if len(g.runs) > 1:
+            ax.fill_between(
+                xs, [100 * v for v in lo], [100 * v for v in hi], alpha=0.15, color=color
+            )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Learning curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def agreement_curves(groups: Sequence[Group], path: Path) -> Path:
+    """Student-teacher agreement on the test split per epoch (distilled groups)."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for g in groups:
+        xs, mean, _, _ = g.curve("test", "agreement")
+        if xs:
+            ax.plot(xs, [100 * v for v in mean], label=g.label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("agreement with teacher (%)")
+    ax.set_title("Student-teacher agreement (test)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def calibration(groups: Sequence[Group], path: Path) -> Path:
+    """Expected calibration error of each group's final models (mean and std over seeds)."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    labels, means, stds, colors = [], [], [], []
+    for g in groups:
+        stat = g.stat("test_ece")
+        if stat is None:
+            continue
+        labels.append(f"{g.label}\n({g.role})")
+        means.append(100 * stat["mean"])
+        stds.append(100 * stat["std"])
+        colors.append(COLORS.get(g.role, "#888888"))
+    ax.bar(range(len(labels)), means, yerr=stds, color=colors, capsize=4)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel("ECE (%) - lower is better")
+    ax.set_title("Calibration (expected calibration error, 15 bins)")
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def sweep_lines(summary: dict[str, Any], path: Path) -> Path:
+    """Mean test top-1 (error bars: std over seeds) against the first swept key, one line per
+    value of the second key."""
+    keys = summary["keys"]
+    rows = [r for r in summary["rows"] if r["test_top1_mean"] is not None]
+    x_key = keys[0]
+    series_key = keys[1] if len(keys) > 1 else None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    series = sorted({r[series_key] for r in rows}, key=str) if series_key else [None]
+    for s in series:
+        pts = sorted(
+            (r for r in rows if series_key is None or r[series_key] == s), key=lambda r: r[x_key]
+        )
+        xs = [r[x_key] for r in pts]
+        ax.errorbar(
+            xs if _numeric(xs) else [str(x) for x in xs],
+            [100 * r["test_top1_mean"] for r in pts],
+            yerr=[100 * r["test_top1_std"] for r in pts],
+            marker="o",
+            capsize=3,
+            label=None if series_key is None else f"{series_key}={s}",
+        )
+    if summary.get("teacher_test_top1") is not None:
+        ax.axhline(
+            100 * summary["teacher_test_top1"],
+            color=COLORS["teacher"],
+            linestyle="--",
+            linewidth=1,
+            label="teacher",
+        )
+    xs_all = [r[x_key] for r in rows]
+    if _numeric(xs_all) and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10:
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(set(xs_all)), [f"{v:g}" for v in sorted(set(xs_all))])
+    ax.set_xlabel(x_key)
+    ax.set_ylabel("test top-1 (%), mean ± std over seeds")
+    ax.set_title(f"Sweep {summary['name']}")
+    ax.grid(alpha=0.3)
+    if series_key or summary.get("teacher_test_top1") is not None:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def sweep_heatmap(summary: dict[str, Any], path: Path) -> Path | None:
+    """Mean test top-1 over the grid of two swept keys (``None`` unless exactly two keys)."""
+    keys = summary["keys"]
+    if len(keys) != 2 or summary.get("kind") != "grid":
+        return None
+    rows = summary["rows"]
+    xs = sorted({r[keys[0]] for r in rows}, key=lambda v: (str(type(v)), v))
+    ys = sorted({r[keys[1]] for r in rows}, key=lambda v: (str(type(v)), v))
+    grid = [[float("nan")] * len(xs) for _ in ys]
+    for r in rows:
+        if r["test_top1_mean"] is not None:
+            grid[ys.index(r[keys[1]])][xs.index(r[keys[0]])] = 100 * r["test_top1_mean"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(xs) + 2.5, 0.8 * len(ys) + 1.8))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            value = grid[i][j]
+            ax.text(
+                j,
+                i,
+                "failed" if value != value else f"{value:.2f}",
+                ha="center",
+                va="center",
+                color="white",
+                fontsize=8,
+            )
+    ax.set_xticks(range(len(xs)), [f"{v:g}" if isinstance(v, float) else str(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [f"{v:g}" if isinstance(v, float) else str(v) for v in ys])
+    ax.set_xlabel(keys[0])
+    ax.set_ylabel(keys[1])
+    ax.set_title(f"Sweep {summary['name']}: mean test top-1 (%)")
+    fig.colorbar(im, ax=ax)
+    return _save(fig, path)

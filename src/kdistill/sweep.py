@@ -1,0 +1,316 @@
+"""Sweeps: many settings of one run config, each for several seeds, resumable.
+
+Every (setting, seed) is an ordinary run with its own run directory under
+``<sweep dir>/runs/``; a finished run is never trained again, an interrupted one resumes from
+its checkpoint. With ``share_teacher`` the teacher-output cache is on in every run, so all
+settings that share the teacher's outputs (temperature, weights, learning rate, ...) read the
+outputs computed once. A search keeps its Optuna study in ``<sweep dir>/optuna.db``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from kdistill.config import RunConfig, apply_overrides, apply_values, from_dict
+from kdistill.config.loader import read_yaml
+from kdistill.config.sweep import ParamSpec, SweepConfig, parse_param
+from kdistill.engine.checkpoint import atomic_write_text
+from kdistill.reporting.aggregate import describe
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One run of the sweep: a setting and a seed."""
+
+    trial: int
+    setting: dict[str, Any]
+    seed: int
+    config: RunConfig
+
+
+def resolve_base(sweep: SweepConfig, base_dir: Path) -> RunConfig:
+    """The base run config of a sweep, with its overrides applied."""
+    from kdistill.cli.commands import resolve_config_path
+
+    candidate = base_dir / sweep.base
+    path = candidate if candidate.is_file() else resolve_config_path(sweep.base)
+    cfg = apply_overrides(from_dict(RunConfig, read_yaml(path)), sweep.overrides)
+    if sweep.share_teacher and cfg.kd is not None and cfg.kd.teacher_weight == 0:
+        cfg = apply_values(cfg, {"kd.teacher_cache.enabled": True})
+    return cfg
+
+
+def sweep_dir(sweep: SweepConfig) -> Path:
+    return Path(sweep.out_dir) / sweep.name
+
+
+def default_parallel() -> int:
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def make_task(
+    base: RunConfig, sweep: SweepConfig, trial: int, setting: Mapping[str, Any], seed: int
+) -> Task:
+    cfg = apply_values(
+        base, {**setting, "train.seed": seed, "out_dir": str(sweep_dir(sweep) / "runs")}
+    )
+    return Task(trial, dict(setting), seed, cfg)
+
+
+def _execute(task: Task, threads: int) -> dict[str, Any]:
+    """Run (or resume, or read) one task; runs in a worker process when trials are parallel.
+
+    A run that fails (NaN loss, collapse with ``train.on_collapse=stop``) is recorded as
+    failed with its message, and the sweep goes on.
+    """
+    import torch
+
+    from kdistill.engine.checkpoint import latest_checkpoint
+    from kdistill.engine.trainer import TrainingError
+    from kdistill.experiment import run, run_dir_for
+
+    torch.set_num_threads(threads)
+    run_dir = run_dir_for(task.config)
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text())
+    resume = (run_dir / "checkpoints").is_dir() and latest_checkpoint(run_dir) is not None
+    try:
+        return run(
+            task.config, resume=resume, force=not resume, progress=False, log=lambda _: None
+        ).summary
+    except TrainingError as e:
+        return {"failed": str(e), "run_dir": str(run_dir), "seed": task.seed}
+
+
+def run_tasks(tasks: Sequence[Task], parallel: int, log: Log) -> list[dict[str, Any]]:
+    """Summaries of ``tasks`` (in order), ``parallel`` at a time."""
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    results: list[dict[str, Any]] = []
+    if parallel == 1:
+        for task in tasks:
+            results.append(_execute(task, threads))
+            _log_task(task, results[-1], log)
+        return results
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_execute, task, threads) for task in tasks]
+        for task, future in zip(tasks, futures, strict=True):
+            results.append(future.result())
+            _log_task(task, results[-1], log)
+    return results
+
+
+def _log_task(task: Task, summary: Mapping[str, Any], log: Log) -> None:
+    setting = ", ".join(f"{k}={v}" for k, v in task.setting.items())
+    if "failed" in summary:
+        log(f"trial {task.trial} seed {task.seed} [{setting}]: FAILED: {summary['failed']}")
+    else:
+        log(
+            f"trial {task.trial} seed {task.seed} [{setting}]: test top-1 {summary['test_top1']:.2%} ({summary['total_time_s']:.0f}s)"
+        )
+
+
+def metric_name(sweep: SweepConfig, base: RunConfig) -> str:
+    if sweep.metric != "auto":
+        return sweep.metric
+    return "val_top1" if base.data.val_fraction > 0 else "test_top1"
+
+
+def run_sweep(sweep: SweepConfig, base_dir: Path, *, log: Log = print) -> dict[str, Any]:
+    """Run (or resume) a sweep; returns and writes its summary."""
+    base = resolve_base(sweep, base_dir)
+    out = sweep_dir(sweep)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        out / "sweep.json", json.dumps({"sweep": _plain(sweep), "base": _plain(base)}, indent=2)
+    )
+    parallel = sweep.parallel or default_parallel()
+    started = time.perf_counter()
+    if sweep.search is None:
+        settings = sweep.grid_settings()
+        tasks = [
+            make_task(base, sweep, i, s, seed)
+            for i, s in enumerate(settings)
+            for seed in sweep.seeds
+        ]
+        log(
+            f"sweep {sweep.name}: {len(settings)} settings x {len(sweep.seeds)} seeds, {parallel} at a time"
+        )
+        summaries = run_tasks(tasks, parallel, log)
+    else:
+        tasks, summaries = _run_search(sweep, base, parallel, log)
+    rows = summarize(tasks, summaries, metric_name(sweep, base))
+    result = {
+        "name": sweep.name,
+        "kind": "grid" if sweep.search is None else "search",
+        "metric": metric_name(sweep, base),
+        "keys": list(sweep.grid) if sweep.search is None else list(sweep.search.space),
+        "seeds": list(sweep.seeds),
+        "rows": rows,
+        "elapsed_s": time.perf_counter() - started,
+    }
+    teacher = next((s["teacher_test_top1"] for s in summaries if "teacher_test_top1" in s), None)
+    if teacher is not None:
+        result["teacher_test_top1"] = teacher
+    write_summary(out, result)
+    log(format_rows(result))
+    log(f"sweep summary written to {out / 'summary.csv'} and {out / 'summary.json'}")
+    return result
+
+
+def _run_search(
+    sweep: SweepConfig, base: RunConfig, parallel: int, log: Log
+) -> tuple[list[Task], list[dict[str, Any]]]:
+    import optuna
+    from optuna.trial import TrialState
+
+    search = sweep.search
+    assert search is not None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    params = [parse_param(k, v) for k, v in search.space.items()]
+    distributions = {p.key: _distribution(p) for p in params}
+    sampler = (
+        optuna.samplers.TPESampler(seed=search.seed)
+        if search.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=search.seed)
+    )
+    storage = f"sqlite:///{(sweep_dir(sweep) / 'optuna.db').resolve()}"
+    study = optuna.create_study(
+        study_name=sweep.name,
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=sampler,
+    )
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # interrupted by a previous invocation: propose the same setting again (its runs resume)
+        study.tell(stale.number, state=TrialState.FAIL)
+        study.enqueue_trial(stale.params)
+    metric = metric_name(sweep, base)
+    completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    log(f"search {sweep.name}: {completed} of {search.trials} trials done, {parallel} at a time")
+    while completed < search.trials:
+        batch = [study.ask(distributions) for _ in range(min(parallel, search.trials - completed))]
+        tasks = [
+            make_task(base, sweep, t.number, t.params, seed) for t in batch for seed in sweep.seeds
+        ]
+        summaries = run_tasks(tasks, parallel, log)
+        for t in batch:
+            runs = [s for task, s in zip(tasks, summaries, strict=True) if task.trial == t.number]
+            if any("failed" in s for s in runs):
+                study.tell(t, state=TrialState.FAIL)
+            else:
+                study.tell(t, sum(s[metric] for s in runs) / len(runs))
+        completed += len(batch)
+    all_tasks, all_summaries = [], []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for seed in sweep.seeds:
+            task = make_task(base, sweep, t.number, t.params, seed)
+            all_tasks.append(task)
+            all_summaries.append(_execute(task, 1))  # finished: reads its summary.json
+    return all_tasks, all_summaries
+
+
+def _distribution(p: ParamSpec):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if p.choices is not None:
+        return CategoricalDistribution(p.choices)
+    if p.integer:
+        return IntDistribution(int(p.low), int(p.high), log=p.log)  # type: ignore[arg-type]
+    return FloatDistribution(p.low, p.high, log=p.log)  # type: ignore[arg-type]
+
+
+def summarize(
+    tasks: Sequence[Task], summaries: Sequence[Mapping[str, Any]], metric: str
+) -> list[dict[str, Any]]:
+    """One row per setting: mean, std, best and worst of test top-1 over seeds; time."""
+    by_trial: dict[int, list[tuple[Task, Mapping[str, Any]]]] = {}
+    for task, summary in zip(tasks, summaries, strict=True):
+        by_trial.setdefault(task.trial, []).append((task, summary))
+    rows = []
+    for trial, items in sorted(by_trial.items()):
+        ok = [s for _, s in items if "failed" not in s]
+        row: dict[str, Any] = {
+            "trial": trial,
+            **items[0][0].setting,
+            "n_seeds": len(ok),
+            "n_failed": len(items) - len(ok),
+        }
+        if ok:
+            top1 = describe([s["test_top1"] for s in ok])
+            row.update(
+                test_top1_mean=top1["mean"],
+                test_top1_std=top1["std"],
+                test_top1_best=top1["best"],
+                test_top1_worst=top1["worst"],
+                time_s_mean=describe([s["total_time_s"] for s in ok])["mean"],
+            )
+            if metric != "test_top1":
+                row[f"{metric}_mean"] = describe([s[metric] for s in ok])["mean"]
+        else:
+            row.update(
+                test_top1_mean=None,
+                test_top1_std=None,
+                test_top1_best=None,
+                test_top1_worst=None,
+                time_s_mean=None,
+            )
+        row["failures"] = [s["failed"] for _, s in items if "failed" in s]
+        row["run_dirs"] = [s["run_dir"] for _, s in items]
+        rows.append(row)
+    return rows
+
+
+def write_summary(out: Path, result: Mapping[str, Any]) -> None:
+    atomic_write_text(out / "summary.json", json.dumps(result, indent=2, default=str) + "\n")
+    rows = result["rows"]
+    fields = [k for k in rows[0] if k not in ("run_dirs", "failures")] if rows else []
+    tmp = out / ".summary.csv.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, out / "summary.csv")
+
+
+def format_rows(result: Mapping[str, Any]) -> str:
+    keys = result["keys"]
+    header = [*keys, "seeds", "mean", "std", "best", "worst", "time"]
+    lines = [header]
+
+    def pct(v: float | None) -> str:
+        return "failed" if v is None else f"{v:.2%}"
+
+    for r in sorted(result["rows"], key=lambda r: -(r["test_top1_mean"] or -1.0)):
+        lines.append(
+            [
+                *(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys),
+                f"{r['n_seeds']}" + (f" (+{r['n_failed']} failed)" if r["n_failed"] else ""),
+                pct(r["test_top1_mean"]),
+                pct(r["test_top1_std"]),
+                pct(r["test_top1_best"]),
+                pct(r["test_top1_worst"]),
+                "-" if r["time_s_mean"] is None else f"{r['time_s_mean']:.0f}s",
+            ]
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    text = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in lines]
+    return "test top-1 over seeds, best setting first:\n" + "\n".join(text)
+
+
+def _plain(obj: Any) -> Any:
+    from kdistill.config import to_dict
+
+    return to_dict(obj)
