@@ -6,13 +6,16 @@ that the CLI, sweeps and tests can reuse them.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import math
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from torch import nn
 
 from kdistill._version import __version__
 from kdistill.cache import TeacherCache
+from kdistill.compression.callbacks import build_callbacks as build_compression_callbacks
 from kdistill.config.loader import config_hash, dump_yaml
 from kdistill.config.schema import DataConfig, KDConfig, ModelConfig, RunConfig
 from kdistill.data import BatchLoader, CropFlip, DataBundle, build_data
@@ -32,6 +36,7 @@ from kdistill.engine.checkpoint import (
     load_model,
     load_training_state,
     load_weights,
+    resolve_model_path,
     save_checkpoint,
     save_model_file,
 )
@@ -109,9 +114,31 @@ def git_sha() -> str | None:
 # ----------------------------------------------------------------------------- run directories
 
 
+def run_identity(cfg: RunConfig) -> str:
+    """A hash of what determines a run's result apart from its seed: the config values, and the
+    contents of the weight files it names (teachers, initial weights). A config that names a
+    teacher as ``runs/teacher`` therefore gets a new run directory when that teacher is
+    retrained, instead of being mistaken for the finished run with the old teacher."""
+    files = [t.checkpoint for t in cfg.kd.teachers] if cfg.kd is not None else []
+    files.append(cfg.model.checkpoint)
+    digests = [file_digest(resolve_model_path(f)) if f is not None else None for f in files]
+    base = config_hash(cfg, exclude=("out_dir", "train.seed"))
+    if all(d is None for d in digests):
+        return base
+    return hashlib.sha256(json.dumps([base, digests]).encode()).hexdigest()[:10]
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def group_dir(cfg: RunConfig) -> Path:
-    """``<out_dir>/<name>-<hash>``: one directory per config, shared by its seeds."""
-    return Path(cfg.out_dir) / f"{cfg.name}-{config_hash(cfg, exclude=('out_dir', 'train.seed'))}"
+    """``<out_dir>/<name>-<identity>``: one directory per config, shared by its seeds."""
+    return Path(cfg.out_dir) / f"{cfg.name}-{run_identity(cfg)}"
 
 
 def run_dir_for(cfg: RunConfig) -> Path:
@@ -309,7 +336,10 @@ def build_objective(
             weights=kd.ensemble_weights,
             temperature=kd.temperature,
         )
-    return Distiller(student, source, build_loss(kd), kd_start_epoch=kd.start_epoch)
+    window = next((p for p in cfg.policies if p.kind == "distillation"), None)
+    start = window.starting_epoch if window is not None else kd.start_epoch
+    end = window.ending_epoch if window is not None else None
+    return Distiller(student, source, build_loss(kd), kd_start_epoch=start, kd_end_epoch=end)
 
 
 def build_optimizer(cfg: RunConfig, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
@@ -371,14 +401,16 @@ def build_eval_loaders(
 
 
 def evaluate_model(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     loader: BatchLoader,
     num_classes: int,
     *,
     input_transform: nn.Module | None = None,
 ) -> dict[str, float]:
-    """Top-1/top-5/loss/ECE of a network on a split (for teachers and ``kdistill eval``)."""
-    model.eval()
+    """Top-1/top-5/loss/ECE of a network (or any ``inputs -> logits`` function, e.g. an
+    onnxruntime session) on a split."""
+    if isinstance(model, nn.Module):
+        model.eval()
     meter = ClassificationMeter(num_classes)
     with torch.inference_mode():
         for batch in loader:
@@ -419,6 +451,7 @@ def run(
     data = build_data(cfg.data)
     student, spec = build_student(cfg, data)
     eval_loaders = build_eval_loaders(cfg, data, device)
+
     teacher = build_teacher(cfg, data, log) if cfg.kd is not None else None
     teacher_info: dict[str, Any] = {}
     teacher_test_preds: list[torch.Tensor] = []
@@ -431,9 +464,10 @@ def run(
     cache = prepare_teacher_cache(cfg, data, teacher, device, progress=progress, log=log)
     if cache is not None:
         teacher_info["teacher_cache"] = str(cache.path)
+    joint = teacher is not None and teacher.joint
+
     objective = build_objective(cfg, student, teacher, cache)
     objective.to(device)
-    optimizer = build_optimizer(cfg, list(objective.parameters()))
     train_loader = build_train_loader(
         cfg, data, device, view_sampler=cache.view_sampler() if cache is not None else None
     )
@@ -446,36 +480,46 @@ def run(
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     recorder = RunRecorder(run_dir, tensorboard=cfg.train.tensorboard)
 
-    teacher_info: dict[str, Any] = {}
-    teacher_predictor = None
-    teacher_test_preds: list[torch.Tensor] = []
-    if teacher is not None:
-        teacher_info, teacher_test_preds = check_teacher(
-            cfg, teacher, eval_loaders["test"], data, log
-        )
-        teacher_predictor = _teacher_predictor(teacher)
-        if cache is not None:
-            teacher_info["teacher_cache"] = str(cache.path)
-    joint = teacher is not None and teacher.joint
+    def current_spec(trainer: Trainer) -> ModelSpec:
+        """The spec of the student as it is now: compression may have changed its structure."""
+        extra = dict(spec.extra)
+        for cb in trainer.callbacks:
+            extra.update(cb.model_extra())
+        return replace(spec, extra=extra)
 
     def save(trainer: Trainer, epoch: int, is_best: bool) -> None:
-        files = {"model": (student.state_dict(), spec)}
+        model_spec_now = current_spec(trainer)
+        files = {"model": (trainer.student.state_dict(), model_spec_now)}
         if joint:
             files["teacher"] = (_joint_teacher_net(teacher).state_dict(), teacher.loaded[0][1])
         state = {
             "train_state": trainer.state.to_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
             "rng": rng_state(),
             "callbacks": callback_states(trainer.callbacks),
             "config_hash": config_hash(cfg),
         }
         save_checkpoint(run_dir, epoch, files, state, keep=cfg.train.keep_checkpoints)
         if is_best:
-            save_model_file(run_dir / "best.safetensors", student.state_dict(), spec)
+            save_model_file(
+                run_dir / "best.safetensors", trainer.student.state_dict(), model_spec_now
+            )
 
+    def evaluate_predictor(predict: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        return evaluate_model(predict, eval_loaders["test"], data.num_classes)
+
+    compression = build_compression_callbacks(
+        cfg.policies,
+        epochs=cfg.train.epochs,
+        input_shape=data.input_shape,
+        out_dir=run_dir,
+        evaluate=evaluate_predictor,
+        onnx_metadata=lambda: {"kdistill": current_spec(trainer).to_json()},
+        log=log,
+    )
     trainer = Trainer(
         objective,
-        optimizer,
+        build_optimizer(cfg, list(objective.parameters())),
         train_loader,
         epochs=cfg.train.epochs,
         lr_factor=lr_factor,
@@ -485,21 +529,20 @@ def run(
         precision=cfg.train.precision,
         grad_clip=cfg.optim.grad_clip,
         grad_accumulation=cfg.train.grad_accumulation,
-        callbacks=callbacks,
+        callbacks=[*compression, *callbacks],
         on_collapse=cfg.train.on_collapse,
         save_checkpoint=save,
         log_epoch=recorder.log_epoch,
         progress=progress,
         log=log,
-        teacher_predictor=teacher_predictor,
+        teacher_predictor=_teacher_predictor(teacher) if teacher is not None else None,
         teacher_is_frozen=not joint,
+        optimizer_factory=lambda params: build_optimizer(cfg, params),
     )
     if teacher_test_preds:
         trainer.set_teacher_predictions("test", teacher_test_preds)
     if resume:
-        _restore(
-            trainer, run_dir, cfg, student, _joint_teacher_net(teacher) if joint else None, log
-        )
+        _restore(trainer, run_dir, cfg, _joint_teacher_net(teacher) if joint else None, log)
     recorder.start(trainer.state.epoch, trainer.state.step)
     fit_started = time.perf_counter()
     try:
@@ -507,16 +550,24 @@ def run(
     finally:
         recorder.close()
 
-    size = save_model_file(run_dir / "model.safetensors", student.state_dict(), spec)
+    final_spec = current_spec(trainer)
+    size = save_model_file(run_dir / "model.safetensors", trainer.student.state_dict(), final_spec)
     if joint:
         save_model_file(
             run_dir / "teacher.safetensors",
             _joint_teacher_net(teacher).state_dict(),
             teacher.loaded[0][1],
         )
-    setup_time = fit_started - started
     summary = _summary(
-        cfg, run_dir, state, spec, student, data, size, teacher_info, setup_time + state.wall_time_s
+        cfg,
+        run_dir,
+        state,
+        final_spec,
+        trainer,
+        data,
+        size,
+        teacher_info,
+        fit_started - started + state.wall_time_s,
     )
     recorder.write_json("summary.json", summary)
     link_latest(cfg, run_dir)
@@ -610,13 +661,10 @@ def check_teacher(
 
 
 def _restore(
-    trainer: Trainer,
-    run_dir: Path,
-    cfg: RunConfig,
-    student: nn.Module,
-    joint_teacher: nn.Module | None,
-    log: Log,
+    trainer: Trainer, run_dir: Path, cfg: RunConfig, joint_teacher: nn.Module | None, log: Log
 ) -> None:
+    """Continue from the newest checkpoint: compression state first (it may change the
+    student's structure), then weights, optimizer, training state and RNG states."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise RunDirError(
@@ -625,13 +673,15 @@ def _restore(
     state = load_training_state(ckpt)
     if state.get("config_hash") != config_hash(cfg):
         raise RunDirError(f"--resume: the checkpoint in {ckpt} was made with a different config")
-    load_weights(student, ckpt / "model.safetensors")
+    load_callback_states(trainer.callbacks, state["callbacks"])
+    for cb in trainer.callbacks:
+        cb.on_restore(trainer)
+    load_weights(trainer.student, ckpt / "model.safetensors")
     if joint_teacher is not None:
         load_weights(joint_teacher, ckpt / "teacher.safetensors")
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.state = TrainState.from_dict(state["train_state"])
     set_rng_state(state["rng"])
-    load_callback_states(trainer.callbacks, state["callbacks"])
     log(f"resuming {run_dir} after epoch {trainer.state.epoch} ({ckpt.name})")
 
 
@@ -662,7 +712,7 @@ def _summary(
     run_dir: Path,
     state: TrainState,
     spec: ModelSpec,
-    student: nn.Module,
+    trainer: Trainer,
     data: DataBundle,
     size_bytes: int,
     teacher_info: dict[str, Any],
@@ -671,6 +721,8 @@ def _summary(
     from kdistill.engine.recorder import read_metrics
 
     history = read_metrics(run_dir)
+    # Sizes and compute of the architecture itself (an exported QAT graph runs no hooks).
+    structure = spec.build(quantized=False)
     last = history[-1]
     tests = [h["test"]["top1"] for h in history]
     summary: dict[str, Any] = {
@@ -689,8 +741,8 @@ def _summary(
         "test_ece": last["test"]["ece"],
         "best_test_top1": max(tests),
         "best_epoch": state.best_epoch,
-        "params": count_params(student),
-        "macs": count_macs(student, data.input_shape),
+        "params": count_params(structure),
+        "macs": count_macs(structure, data.input_shape),
         "size_bytes": size_bytes,
         "epoch_times_s": state.epoch_times,
         "total_time_s": total_time,
@@ -700,8 +752,20 @@ def _summary(
     }
     if cfg.train.measure_latency:
         summary["cpu_latency_ms"] = {
-            f"batch_{b}": cpu_latency_ms(student, data.input_shape, b) for b in LATENCY_BATCHES
+            f"batch_{b}": cpu_latency_ms(trainer.student, data.input_shape, b)
+            for b in LATENCY_BATCHES
         }
+    compression: dict[str, Any] = {}
+    for cb in trainer.callbacks:
+        compression.update(cb.summary_extra(trainer))
+    if compression:
+        compression["description"] = ", ".join(
+            p.kind for p in cfg.policies if p.kind != "distillation"
+        )
+        compression["size_gzip_bytes"] = len(
+            gzip.compress((run_dir / "model.safetensors").read_bytes(), 9)
+        )
+        summary["compression"] = compression
     if "agreement" in last["test"]:
         summary["test_agreement"] = last["test"]["agreement"]
     if "val" in last:

@@ -15,7 +15,8 @@ SHAPES = {
     "fashion-mnist": ((1, 28, 28), 10),
     "cifar10": ((3, 32, 32), 10),
 }
-RECIPES = sorted(recipes_root().rglob("*.yaml"))
+RECIPES = sorted(p for p in recipes_root().rglob("*.yaml") if p.parent.name != "sweeps")
+SWEEPS = sorted((recipes_root() / "sweeps").glob("*.yaml"))
 
 
 def test_recipes_are_found_and_the_repo_link_points_at_them():
@@ -35,3 +36,17 @@ def test_recipe_loads_and_its_models_build(path):
         for teacher in cfg.kd.teachers:
             assert teacher.checkpoint, "a shipped distillation recipe names its teacher's run"
     assert path.read_text().startswith("#"), "each recipe starts with a comment saying what it is"
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_shipped_sweeps_load_and_their_settings_validate(path):
+    from kdistill.config import apply_values
+    from kdistill.config.sweep import load_sweep
+    from kdistill.sweep import resolve_base
+
+    sweep, base_dir = load_sweep(path)
+    base = resolve_base(sweep, base_dir)
+    assert base.kd is not None and base.kd.teacher_cache.enabled  # share_teacher
+    for setting in sweep.grid_settings():
+        apply_values(base, setting)  # every combination is a valid run config
+    assert len(sweep.grid_settings()) == 10 and sweep.seeds == (0, 1, 2)

@@ -26,7 +26,11 @@ def recipes_root() -> Path:
 
 def list_recipes() -> list[str]:
     root = recipes_root()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return sorted(
+        str(p.relative_to(root).with_suffix(""))
+        for p in root.rglob("*.yaml")
+        if p.parent.name != "sweeps"
+    )
 
 
 def resolve_config_path(text: str) -> Path:

@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "told otherwise."
         ),
     )
-    p.add_argument("checkpoint", help="model .safetensors, run directory or checkpoint directory")
+    p.add_argument(
+        "checkpoint", help="model .safetensors, int8 .onnx, run directory or checkpoint directory"
+    )
     p.add_argument(
         "--dataset", help="evaluate on another dataset with the same classes and input shape"
     )
@@ -34,7 +36,10 @@ def handle(args: argparse.Namespace) -> int:
     from kdistill.engine.checkpoint import load_model
     from kdistill.experiment import check_model_fits_data, evaluate_model, resolve_device
 
-    model, spec = load_model(args.checkpoint)
+    if str(args.checkpoint).endswith(".onnx"):
+        model, spec = _onnx_model(args.checkpoint)
+    else:
+        model, spec = load_model(args.checkpoint)
     recorded = dict(spec.extra.get("data", {}))
     if args.dataset is not None and args.dataset != recorded.get("name"):
         recorded = {"name": args.dataset}
@@ -53,7 +58,9 @@ def handle(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     loader = BatchLoader(split, args.batch_size, device=device, mean=spec.mean, std=spec.std)
-    metrics = evaluate_model(model.to(device), loader, data.num_classes)
+    metrics = evaluate_model(
+        model.to(device) if hasattr(model, "to") else model, loader, data.num_classes
+    )
     result = {
         "checkpoint": str(args.checkpoint),
         "arch": spec.arch,
@@ -70,3 +77,19 @@ def handle(args: argparse.Namespace) -> int:
             f"top-5 {metrics['top5']:.2%}  loss {metrics['loss']:.4f}  ECE {metrics['ece']:.3f}"
         )
     return 0
+
+
+def _onnx_model(path: str):
+    """An int8 ONNX model written by kdistill, as an ``inputs -> logits`` function, and its spec."""
+    from pathlib import Path
+
+    from kdistill.compression.quantization import onnx_predictor, onnx_session
+    from kdistill.engine.checkpoint import CheckpointError, ModelSpec
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"ONNX model {path} does not exist")
+    session = onnx_session(path)
+    meta = session.get_modelmeta().custom_metadata_map
+    if "kdistill" not in meta:
+        raise CheckpointError(f"{path} has no kdistill metadata: it was not exported by kdistill")
+    return onnx_predictor(session), ModelSpec.from_json(meta["kdistill"], path)

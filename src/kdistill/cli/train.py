@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from kdistill.cli.commands import (
@@ -135,7 +136,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def handle(args: argparse.Namespace) -> int:
     from kdistill.config import apply_values
-    from kdistill.experiment import group_dir, run
+    from kdistill.experiment import group_dir, run, run_dir_for
     from kdistill.reporting.aggregate import aggregate_runs, format_aggregate
 
     cfg = build_config(args)
@@ -145,9 +146,16 @@ def handle(args: argparse.Namespace) -> int:
     summaries = []
     for seed in seeds:
         seed_cfg = apply_values(cfg, {"train.seed": seed})
-        log = print
+        finished = run_dir_for(seed_cfg) / "summary.json"
+        if len(seeds) > 1 and finished.is_file() and not args.force:
+            # --seeds tops up: seeds that already finished with this config are reused
+            print(
+                f"seed {seed}: already finished in {finished.parent}, reusing it (--force trains it again)"
+            )
+            summaries.append(json.loads(finished.read_text()))
+            continue
         result = run(
-            seed_cfg, resume=args.resume, force=args.force, progress=not args.quiet, log=log
+            seed_cfg, resume=args.resume, force=args.force, progress=not args.quiet, log=print
         )
         s = result.summary
         line = f"{result.run_dir}: test top-1 {s['test_top1']:.2%} (best {s['best_test_top1']:.2%}), {s['params']:,} params, {s['total_time_s']:.1f}s"

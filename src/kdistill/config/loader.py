@@ -41,6 +41,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return value
     if origin in (Union, types.UnionType):
         options = get_args(tp)
+        tagged = _tagged_options(options)
+        if tagged:
+            return _coerce_tagged(value, tagged, path)
         if value is None:
             if type(None) in options:
                 return None
@@ -117,6 +120,36 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             for k, v in value.items()
         }
     raise TypeError(f"unsupported config type {tp!r} at {path}")  # a schema bug, not user input
+
+
+def _tagged_options(options: tuple[Any, ...]) -> dict[str, type]:
+    """``{kind: dataclass}`` when every option is a dataclass with a ``kind`` literal, else {}."""
+    table: dict[str, type] = {}
+    for option in options:
+        if not dataclasses.is_dataclass(option):
+            return {}
+        kind = get_type_hints(option).get("kind")
+        if get_origin(kind) is not Literal:
+            return {}
+        (name,) = get_args(kind)
+        table[name] = option
+    return table
+
+
+def _coerce_tagged(value: Any, table: Mapping[str, type], path: str) -> Any:
+    """A mapping with ``kind: name`` -> the dataclass registered for that name."""
+    if isinstance(value, tuple(table.values())):
+        return value
+    if not isinstance(value, Mapping) or "kind" not in value:
+        raise ConfigError(
+            f"{path} must be a mapping with kind: one of {', '.join(table)}; got {_describe(value)}"
+        )
+    kind = value["kind"]
+    if kind not in table:
+        close = difflib.get_close_matches(str(kind), list(table), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{path}.kind must be one of {', '.join(table)}; got {kind!r}{hint}")
+    return from_dict(table[kind], value, path)
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
@@ -283,6 +316,17 @@ def field_docs(cls: type) -> list[tuple[str, str, str, str]]:
             tp = h[f.name]
             key = f"{prefix}{f.name}"
             inner = [a for a in get_args(tp) if dataclasses.is_dataclass(a)]
+            if (
+                get_origin(tp) is tuple
+                and get_args(tp)
+                and get_origin(get_args(tp)[0]) in (Union, types.UnionType)
+            ):
+                # a list of tagged policies: document every kind
+                rows.append((key, "list[policy]", "[]", f.metadata.get("doc", "")))
+                for option in get_args(get_args(tp)[0]):
+                    (kind,) = get_args(get_type_hints(option)["kind"])
+                    walk(option, f"{key}[kind={kind}].")
+                continue
             target = tp if dataclasses.is_dataclass(tp) else (inner[0] if inner else None)
             if f.default is not dataclasses.MISSING:
                 default = f.default

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,9 +82,16 @@ class ModelSpec:
                 data[key] = tuple(data[key])
         return cls(**data)
 
-    def build(self) -> nn.Module:
-        """A freshly initialized network of this architecture."""
-        return build_model(self.arch, self.num_classes, self.input_shape, self.args)
+    def build(self, *, quantized: bool = True) -> nn.Module:
+        """A freshly initialized network of this architecture, with the structure its
+        compression record describes (pruned channels; the fake-quantized graph unless
+        ``quantized=False``)."""
+        model = build_model(self.arch, self.num_classes, self.input_shape, self.args)
+        if self.extra.get("layer_shapes") or self.extra.get("qat"):
+            from kdistill.compression.rebuild import rebuild
+
+            model = rebuild(model, self.extra, tuple(self.input_shape), quantized=quantized)
+        return model
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -206,7 +214,12 @@ def load_model(
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a model file's tensors into ``model`` (all keys must match)."""
-    state = load_state_file(path)
+    tensors = load_state_file(path)
+    # safetensors keeps tensors only, not the per-module version numbers a state_dict carries in
+    # ``_metadata``; some modules (torchao's observers) treat a missing version as "old format"
+    # and overwrite buffers such as eps. Our files are written by this code: use its versions.
+    state: OrderedDict[str, Tensor] = OrderedDict(tensors)
+    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -86,6 +86,23 @@ class Callback:
 
     def on_fit_end(self, trainer: Trainer) -> None: ...
 
+    def on_eval_start(self, trainer: Trainer) -> None:
+        """Before the student is evaluated: nothing evaluation does may change the model."""
+
+    def on_eval_end(self, trainer: Trainer) -> None: ...
+
+    def on_restore(self, trainer: Trainer) -> None:
+        """After :meth:`load_state_dict` on resume, before the weights are loaded: give the
+        student the architecture the checkpoint was saved from (e.g. pruned channels)."""
+
+    def model_extra(self) -> dict[str, Any]:
+        """What a model file must record to rebuild the student's current architecture."""
+        return {}
+
+    def summary_extra(self, trainer: Trainer) -> dict[str, Any]:
+        """Entries for the run's ``summary.json`` (under ``compression``)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -178,6 +195,7 @@ class Trainer:
         log: Callable[[str], None] = print,
         teacher_predictor: Callable[[Tensor], Tensor] | None = None,
         teacher_is_frozen: bool = True,
+        optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
     ) -> None:
         self.objective = objective
         self.optimizer = optimizer
@@ -198,6 +216,7 @@ class Trainer:
         self.log = log
         self.teacher_predictor = teacher_predictor
         self.teacher_is_frozen = teacher_is_frozen
+        self.optimizer_factory = optimizer_factory
         self.state = TrainState()
         self._peak_lrs = [group["lr"] for group in optimizer.param_groups]
         self._teacher_preds: dict[str, list[Tensor]] = {}
@@ -205,6 +224,23 @@ class Trainer:
     @property
     def student(self) -> nn.Module:
         return self.objective.student
+
+    def replace_student(self, student: nn.Module) -> None:
+        """Swap the network being trained (compression changes its structure), keeping its
+        train/eval mode, and rebuild the optimizer over the new parameters."""
+        student.to(self.device)
+        student.train(self.objective.training)
+        self.objective.student = student
+        self.rebuild_optimizer()
+
+    def rebuild_optimizer(self) -> None:
+        """A fresh optimizer over the objective's current parameters (same hyper-parameters;
+        momentum restarts), at the learning rate the schedule gives for the current step."""
+        if self.optimizer_factory is None:
+            raise TrainingError("this trainer cannot rebuild its optimizer (no optimizer_factory)")
+        self.optimizer = self.optimizer_factory(list(self.objective.parameters()))
+        self._peak_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self._set_lr()
 
     def set_teacher_predictions(self, split: str, per_batch: list[Tensor]) -> None:
         """Reuse a frozen teacher's predictions on an eval split (one tensor per batch, in the
@@ -336,6 +372,8 @@ class Trainer:
         loader = self.eval_loaders[name]
         student = self.student
         was_training = student.training
+        for cb in self.callbacks:
+            cb.on_eval_start(self)
         student.eval()
         meter = ClassificationMeter(self.num_classes)
         reuse = name in self._teacher_preds and self.teacher_is_frozen
@@ -355,6 +393,8 @@ class Trainer:
         if self.teacher_predictor is not None:
             self._teacher_preds[name] = teacher_preds
         student.train(was_training)
+        for cb in self.callbacks:
+            cb.on_eval_end(self)
         return meter.result()
 
     # ------------------------------------------------------------------------- health

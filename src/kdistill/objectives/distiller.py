@@ -25,6 +25,7 @@ class Distiller(nn.Module):
         loss: the :class:`DistillationLoss` (temperature and weights).
         kd_start_epoch: before this epoch (see :meth:`set_epoch`) the teacher is not run and the
             loss is the student's plain cross-entropy, as with Distiller's ``--kd-start-epoch``.
+        kd_end_epoch: from this epoch on the loss is plain cross-entropy again (``None``: never).
 
     ``parameters()`` yields the trainable parameters only (the student's, plus the teacher's in
     joint mode), so ``torch.optim.SGD(distiller.parameters(), ...)`` is right. ``state_dict()``
@@ -38,6 +39,7 @@ class Distiller(nn.Module):
         loss: DistillationLoss,
         *,
         kd_start_epoch: int = 0,
+        kd_end_epoch: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(student, nn.Module):
@@ -50,6 +52,10 @@ class Distiller(nn.Module):
             or kd_start_epoch < 0
         ):
             raise ValueError(f"kd_start_epoch must be an integer >= 0, got {kd_start_epoch!r}")
+        if kd_end_epoch is not None and kd_end_epoch <= kd_start_epoch:
+            raise ValueError(
+                f"kd_end_epoch ({kd_end_epoch}) must be after kd_start_epoch ({kd_start_epoch}) or None"
+            )
         self.joint = loss.teacher_weight > 0
         if self.joint:
             if getattr(teacher, "is_teacher", False) or not isinstance(teacher, nn.Module):
@@ -63,6 +69,7 @@ class Distiller(nn.Module):
         self.student = student
         self.loss_fn = loss
         self.kd_start_epoch = kd_start_epoch
+        self.kd_end_epoch = kd_end_epoch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -72,7 +79,8 @@ class Distiller(nn.Module):
     @property
     def kd_active(self) -> bool:
         """Whether the distillation loss is on for the current epoch."""
-        return self.epoch >= self.kd_start_epoch
+        before_end = self.kd_end_epoch is None or self.epoch < self.kd_end_epoch
+        return self.epoch >= self.kd_start_epoch and before_end
 
     def forward(
         self,
@@ -93,8 +101,8 @@ class Distiller(nn.Module):
         if not self.kd_active:
             if targets is None:
                 raise ValueError(
-                    f"epoch {self.epoch} is before kd_start_epoch={self.kd_start_epoch}: the loss "
-                    "is plain cross-entropy and needs targets"
+                    f"epoch {self.epoch} is outside the distillation epochs: the loss is plain "
+                    "cross-entropy and needs targets"
                 )
             ce = student_cross_entropy(
                 student_logits, targets, ignore_index=self.loss_fn.ignore_index

@@ -1,0 +1,202 @@
+"""Pruning: unstructured magnitude masks (exact sparsity, AGP schedule) and structured channel
+pruning with torch-pruning, plus recording/replaying the pruned architecture.
+
+Unstructured pruning holds explicit masks keyed by parameter name and re-applies them after every
+optimizer step, instead of ``torch.nn.utils.prune``'s re-parametrization: that works the same on
+eager modules and on the exported graphs of quantization-aware training (where prune hooks never
+run), and it hits the requested sparsity exactly (``prune.*(amount=float)`` prunes a fraction
+of the *remaining* weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def agp_sparsity(epoch: int, *, initial: float, final: float, start: int, span: int) -> float:
+    """Zhu and Gupta (2017): ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3``, clamped to
+    ``[t0, t0 + n dt]``; ``span`` is ``n dt`` in epochs (0 = reach ``final`` at once)."""
+    if span <= 0:
+        return final if epoch >= start else initial
+    progress = min(max((epoch - start) / span, 0.0), 1.0)
+    return final + (initial - final) * (1.0 - progress) ** 3
+
+
+class MaskPruner:
+    """Magnitude masks over the weights ``param_names`` of a model.
+
+    Args:
+        param_names: the weights to prune (``"features.3.weight"``, ...).
+        scope: ``"global"`` (one threshold over all of them) or ``"per_layer"``.
+    """
+
+    def __init__(self, param_names: Sequence[str], scope: str = "global") -> None:
+        if scope not in ("global", "per_layer"):
+            raise ValueError(f"scope must be global or per_layer, got {scope!r}")
+        self.param_names = list(param_names)
+        self.scope = scope
+        self.masks: dict[str, Tensor] = {}
+
+    def _params(self, model: nn.Module) -> dict[str, Tensor]:
+        params = dict(model.named_parameters())
+        missing = [n for n in self.param_names if n not in params]
+        if missing:
+            raise ValueError(f"pruning: the model has no parameter(s) {missing}")
+        return {n: params[n] for n in self.param_names}
+
+    @torch.no_grad()
+    def prune_to(self, model: nn.Module, sparsity: float) -> None:
+        """Masks with exactly ``round(sparsity * N)`` zeros (per layer, or over all layers);
+        weights pruned earlier stay pruned (they are the first to go)."""
+        params = self._params(model)
+        scores = {}
+        for name, p in params.items():
+            s = p.detach().abs().float().flatten()
+            if name in self.masks:
+                s = torch.where(
+                    self.masks[name].flatten().to(s.device), s, torch.full_like(s, -1.0)
+                )
+            scores[name] = s
+        groups = [list(params)] if self.scope == "global" else [[n] for n in params]
+        for names in groups:
+            flat = torch.cat([scores[n] for n in names])
+            k = round(sparsity * flat.numel())
+            keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+            if k > 0:
+                keep[torch.topk(flat, k, largest=False).indices] = False
+            offset = 0
+            for n in names:
+                size = scores[n].numel()
+                self.masks[n] = keep[offset : offset + size].view_as(params[n]).cpu()
+                offset += size
+        self.apply(model)
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> None:
+        """Zero the pruned weights (after every optimizer step they may have moved)."""
+        if not self.masks:
+            return
+        for name, p in self._params(model).items():
+            if name in self.masks:
+                p.mul_(self.masks[name].to(p.device, p.dtype))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "param_names": list(self.param_names),
+            "masks": {n: m.clone() for n, m in self.masks.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.param_names = list(state["param_names"])
+        self.masks = {n: m.bool() for n, m in state["masks"].items()}
+
+
+def sparsity_report(model: nn.Module, param_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Per-layer and total fraction of exactly-zero weights of Conv2d/Linear layers (or of
+    ``param_names``), with total and non-zero parameter counts of the whole model."""
+    params = dict(model.named_parameters())
+    names = (
+        list(param_names)
+        if param_names is not None
+        else [n for n, p in params.items() if n.endswith("weight") and p.dim() in (2, 4)]
+    )
+    layers = {}
+    zeros = total = 0
+    for n in names:
+        p = params[n]
+        z = int((p == 0).sum())
+        layers[n] = z / p.numel()
+        zeros += z
+        total += p.numel()
+    all_params = sum(p.numel() for p in params.values())
+    all_zeros = sum(int((p == 0).sum()) for p in params.values())
+    return {
+        "layers": layers,
+        "pruned_weights_sparsity": zeros / total if total else 0.0,
+        "params_total": all_params,
+        "params_nonzero": all_params - all_zeros,
+    }
+
+
+# ----------------------------------------------------------------------------- structured
+
+
+def channel_prune(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    ratio: float,
+    ignore: Sequence[str],
+    round_to: int | None = None,
+) -> None:
+    """Remove ``ratio`` of the channels of every prunable layer group (in place), choosing the
+    groups with the smallest L2 magnitude; residual-coupled layers are pruned consistently."""
+    import torch_pruning as tp
+
+    modules = dict(model.named_modules())
+    missing = [n for n in ignore if n not in modules]
+    if missing:
+        raise ValueError(f"channel pruning: no module(s) named {missing} to leave alone")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pruner = tp.pruner.BasePruner(
+        model,
+        torch.zeros(1, *input_shape, device=device),
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        iterative_steps=1,
+        round_to=round_to,
+        ignored_layers=[modules[n] for n in ignore],
+    )
+    pruner.step()
+    model.train(was_training)
+
+
+def step_ratio(total_ratio: float, step: int, steps: int) -> float:
+    """The fraction of the *current* channels to remove at ``step`` (1-based) so that after
+    ``step`` steps ``total_ratio * step / steps`` of the original channels are gone."""
+    before = total_ratio * (step - 1) / steps
+    after = total_ratio * step / steps
+    return 1.0 - (1.0 - after) / (1.0 - before)
+
+
+def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
+    """The channel counts of every Conv2d, Linear and BatchNorm (what structured pruning changes)."""
+    shapes: dict[str, dict[str, int]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            shapes[name] = {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+        elif isinstance(m, nn.Linear):
+            shapes[name] = {"in": m.in_features, "out": m.out_features}
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            shapes[name] = {"features": m.num_features}
+    return shapes
+
+
+def apply_layer_shapes(model: nn.Module, shapes: Mapping[str, Mapping[str, int]]) -> nn.Module:
+    """Replace layers of a freshly built model with ones of the recorded channel counts, so a
+    pruned checkpoint's weights load into it (safely, with no pickled model)."""
+    for name, shape in shapes.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, child)
+        if isinstance(old, nn.Conv2d):
+            new: nn.Module = nn.Conv2d(
+                shape["in"], shape["out"], old.kernel_size, old.stride, old.padding, old.dilation,
+                shape["groups"], old.bias is not None, old.padding_mode,
+            )  # fmt: skip
+        elif isinstance(old, nn.Linear):
+            new = nn.Linear(shape["in"], shape["out"], bias=old.bias is not None)
+        elif isinstance(old, nn.modules.batchnorm._BatchNorm):
+            new = type(old)(
+                shape["features"], old.eps, old.momentum, old.affine, old.track_running_stats
+            )
+        else:
+            raise ValueError(f"recorded shape for {name!r}, which is a {type(old).__name__}")
+        setattr(parent, child, new)
+    return model

@@ -1,0 +1,248 @@
+"""Quantization-aware training with torchao's PT2E flow, and conversion to an int8 ONNX model.
+
+One path for every student (convolutional or MLP): the model is exported with
+``torch.export``, fake quantization is inserted by torchao's ``prepare_qat_pt2e`` with an
+``X86InductorQuantizer`` carrying our bit widths (BatchNorm folding into the preceding conv is
+simulated), it trains like any module, and at the end ``convert_pt2e`` produces a graph of
+quantize/dequantize ops with int8 weights (sub-8-bit weights are int8 containers holding only
+the low-bit values) that ``torch.onnx`` exports and onnxruntime runs with int8 kernels.
+torchao's eager ``QATConfig`` (Linear layers only) is not used: it cannot quantize convolutions
+and has no fast CPU path for sub-8-bit weights (``shared/research/compression-stack.md``).
+
+Costs and limits (measured there): a QAT step is about 1.8x an FP32 step on CPU; the prepared
+model is a graph, so forward hooks on its submodules do not run; activations quantized to fewer
+than 8 bits are simulated in training but held in 8-bit containers by ONNX, which does not clamp
+them to the lower range; the accuracy after conversion is measured and reported for that reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdistill.compression.selection import PRUNABLE, matches
+
+SETTINGS = (
+    "weight_bits",
+    "activation_bits",
+    "weight_symmetric",
+    "activation_symmetric",
+    "weight_per_channel",
+)
+
+
+def layer_settings(model: nn.Module, policy: Any) -> dict[str, dict[str, Any] | None]:
+    """Each Conv2d/Linear layer's quantization settings (``None``: stays FP32) after overrides.
+
+    Overrides apply in the order given; a later match wins for the keys it sets.
+    """
+    base = {k: getattr(policy, k) for k in SETTINGS}
+    layers: dict[str, dict[str, Any] | None] = {}
+    names = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+    for pattern in policy.overrides:
+        if not any(matches(n, pattern) for n in names):
+            raise ValueError(
+                f"quantization policy: override {pattern!r} matches no Conv2d/Linear layer; "
+                f"layers: {', '.join(names)}"
+            )
+    for name in names:
+        settings: dict[str, Any] | None = dict(base)
+        for pattern, value in policy.overrides.items():
+            if matches(name, pattern):
+                settings = None if value is None else {**(settings or base), **value}
+        layers[name] = settings
+    return layers
+
+
+def _quantization_config(settings: Mapping[str, Any]):
+    from torchao.quantization.pt2e import (
+        FusedMovingAvgObsFakeQuantize,
+        MovingAverageMinMaxObserver,
+        MovingAveragePerChannelMinMaxObserver,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        get_default_x86_inductor_quantization_config,
+    )
+
+    wb, ab = settings["weight_bits"], settings["activation_bits"]
+    per_channel = settings["weight_per_channel"]
+    if settings["weight_symmetric"]:
+        w_scheme = torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric
+    else:
+        w_scheme = torch.per_channel_affine if per_channel else torch.per_tensor_affine
+    weight = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-(2 ** (wb - 1)),
+        quant_max=2 ** (wb - 1) - 1,
+        qscheme=w_scheme,
+        ch_axis=0 if per_channel else None,
+        observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
+            observer=MovingAveragePerChannelMinMaxObserver
+            if per_channel
+            else MovingAverageMinMaxObserver,
+            eps=2**-12,
+        ),
+    )
+    act_observer = FusedMovingAvgObsFakeQuantize.with_args(
+        observer=MovingAverageMinMaxObserver, eps=2**-12
+    )
+    if settings["activation_symmetric"]:
+        act = QuantizationSpec(
+            dtype=torch.int8, quant_min=-(2 ** (ab - 1)), quant_max=2 ** (ab - 1) - 1,
+            qscheme=torch.per_tensor_symmetric, observer_or_fake_quant_ctr=act_observer,
+        )  # fmt: skip
+    else:
+        act = QuantizationSpec(
+            dtype=torch.uint8, quant_min=0, quant_max=2**ab - 1,
+            qscheme=torch.per_tensor_affine, observer_or_fake_quant_ctr=act_observer,
+        )  # fmt: skip
+    base = get_default_x86_inductor_quantization_config(is_qat=True)
+    return dataclasses.replace(base, input_activation=act, output_activation=act, weight=weight)
+
+
+def _quantizer(layers: Mapping[str, Mapping[str, Any] | None]):
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
+
+    class _Quantizer(X86InductorQuantizer):
+        # torchao 0.18 leaves empty annotations on a conv+BN whose conv is excluded, which makes
+        # prepare_qat_pt2e fail with an IndexError (compression-stack.md, pitfall 1): drop them.
+        def annotate(self, model):
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                a = node.meta.get("quantization_annotation")
+                if a is not None and not a.input_qspec_map and a.output_qspec is None:
+                    del node.meta["quantization_annotation"]
+            return model
+
+    quantizer = _Quantizer()
+    for name, settings in layers.items():
+        quantizer.set_module_name_qconfig(
+            name, None if settings is None else _quantization_config(settings)
+        )
+    return quantizer
+
+
+def prepare_qat(model: nn.Module, policy: Any, input_shape: tuple[int, ...]) -> nn.Module:
+    """A fake-quantized, trainable copy of ``model`` (an exported graph module).
+
+    The batch dimension stays dynamic. The returned module supports ``.train()`` / ``.eval()``.
+    """
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    layers = layer_settings(model, policy)
+    device = next(model.parameters()).device
+    example = torch.randn(2, *input_shape, device=device)
+    was_training = model.training
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # export's notes on dynamic shapes and deprecations
+        exported = torch.export.export(
+            model.train(), (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)
+        ).module()
+        prepared = prepare_qat_pt2e(exported, _quantizer(layers))
+    allow_exported_model_train_eval(prepared)
+    prepared.train(was_training)
+    return prepared
+
+
+def is_prepared(model: nn.Module) -> bool:
+    return isinstance(model, torch.fx.GraphModule)
+
+
+def freeze_observers(model: nn.Module) -> None:
+    """Stop the fake quantizers' observers: scales and zero points stay as they are. Needed for
+    evaluation too: observers also update in eval mode, so evaluating would change the model."""
+    from torchao.quantization.pt2e import disable_observer
+
+    model.apply(disable_observer)
+
+
+def unfreeze_observers(model: nn.Module) -> None:
+    from torchao.quantization.pt2e import enable_observer
+
+    model.apply(enable_observer)
+
+
+def convert_to_onnx(
+    model: nn.Module, input_shape: tuple[int, ...], path: str | Path, metadata: Mapping[str, str]
+) -> Path:
+    """Convert a trained QAT model to int8 and export it as one ONNX file (atomically)."""
+    import copy
+    import os
+    import tempfile
+
+    import onnx
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    path = Path(path)
+    prepared = copy.deepcopy(model).to("cpu")
+    move_exported_model_to_eval(prepared)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = convert_pt2e(prepared)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.onnx.export(
+                converted,
+                (torch.randn(2, *input_shape),),
+                tmp,
+                dynamo=True,
+                dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+                external_data=False,
+                verbose=False,
+            )
+            proto = onnx.load(tmp)
+            for key, value in metadata.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, value
+            onnx.save(proto, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return path
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session (graph optimizations fuse Q/DQ pairs into int8 kernels)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_predictor(session: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``inputs -> logits`` through an onnxruntime session."""
+    name = session.get_inputs()[0].name
+
+    def run(inputs: torch.Tensor) -> torch.Tensor:
+        out = session.run(None, {name: inputs.detach().cpu().numpy().astype(np.float32)})[0]
+        return torch.from_numpy(out)
+
+    return run
+
+
+def packed_size_bytes(model: nn.Module, layers: Mapping[str, Mapping[str, Any] | None]) -> int:
+    """Bytes of the weights if each quantized layer's weights were packed at its bit width
+    (FP32 layers, biases and everything else at 32 bits): the size a low-bit format would have."""
+    total = 0
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        layer = name.rsplit(".", 1)[0]
+        settings = layers.get(layer)
+        bits = settings["weight_bits"] if settings is not None and name.endswith("weight") else 32
+        total += p.numel() * bits
+    return total // 8

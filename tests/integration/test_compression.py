@@ -1,0 +1,168 @@
+"""Compression with distillation in one schedule, end to end on the digits."""
+
+import json
+
+import pytest
+import torch
+
+from kdistill.cli.main import main
+from kdistill.config import ConfigError
+from kdistill.engine.checkpoint import load_model, load_state_file
+from kdistill.experiment import run
+
+from .conftest import digits_config
+from .test_engine import QUIET, StopAt, metric_lines
+
+LENET = ["model.arch=lenet5", "model.args={}", "data.augment.crop_padding=1"]
+
+
+def policies(*items):
+    return "policies=[" + ", ".join(items) + "]"
+
+
+def test_qat_with_distillation_converts_to_int8(tmp_path, teacher_run, capsys):
+    cfg = digits_config(
+        tmp_path, *LENET, "train.epochs=4", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        policies("{kind: quantization, starting_epoch: 1, weight_bits: 4, activation_bits: 8, overrides: {features.0: null, classifier.5: null}}"),
+    )  # fmt: skip
+    result = run(cfg, **QUIET)
+    q = result.summary["compression"]["quantization"]
+    assert q["layers"] == {
+        "features.0": "fp32",
+        "features.3": "w4a8",
+        "classifier.1": "w4a8",
+        "classifier.3": "w4a8",
+        "classifier.5": "fp32",
+    }
+    assert q["fake_quant_test_top1"] == pytest.approx(result.summary["test_top1"])
+    assert abs(q["int8_test_top1"] - q["fake_quant_test_top1"]) < 0.05
+    assert q["packed_weight_bytes"] < result.summary["params"] * 4
+    assert set(q["int8_cpu_latency_ms"]) == {"batch_1", "batch_128"}
+    # the model file rebuilds the fake-quantized graph; the ONNX file runs without torch code
+    _model, spec = load_model(result.run_dir)
+    assert "qat" in spec.extra
+    assert main(["eval", str(result.run_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(result.summary["test_top1"])
+    assert main(["eval", q["onnx_path"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(q["int8_test_top1"])
+
+
+def test_mlp_qat_path(tmp_path):
+    cfg = digits_config(
+        tmp_path,
+        "train.epochs=2",
+        policies("{kind: quantization, weight_bits: 2, activation_bits: 4}"),
+    )
+    q = run(cfg, **QUIET).summary["compression"]["quantization"]
+    assert set(q["layers"].values()) == {"w2a4"} and q["int8_test_top1"] > 0.3
+
+
+@pytest.mark.parametrize("scope", ["global", "per_layer"])
+def test_agp_reaches_its_target_exactly(tmp_path, scope):
+    cfg = digits_config(
+        tmp_path, *LENET, "train.epochs=5",
+        policies(f"{{kind: pruning, target_sparsity: 0.8, scope: {scope}, starting_epoch: 0, ending_epoch: 3}}"),
+    )  # fmt: skip
+    result = run(cfg, **QUIET)
+    report = result.summary["compression"]["pruning"]
+    assert report["pruned_weights_sparsity"] == pytest.approx(0.8, abs=1e-4)
+    if scope == "per_layer":
+        assert all(s == pytest.approx(0.8, abs=0.01) for s in report["layers"].values())
+    weights = load_state_file(result.run_dir)
+    zeros = sum(int((weights[f"{n}"] == 0).sum()) for n in report["layers"])
+    total = sum(weights[n].numel() for n in report["layers"])
+    assert zeros / total == pytest.approx(0.8, abs=1e-4)  # permanent in the saved weights
+    assert result.summary["compression"]["size_gzip_bytes"] < result.summary["size_bytes"]
+
+
+def test_one_shot_pruning_with_distillation_and_group_lasso(tmp_path, teacher_run):
+    cfg = digits_config(
+        tmp_path, *LENET, "train.epochs=3", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        policies(
+            "{kind: distillation, starting_epoch: 1}",
+            "{kind: pruning, schedule: one_shot, target_sparsity: 0.5, starting_epoch: 1, modules: ['re:classifier\\..*']}",
+            "{kind: regularization, type: group_lasso, weight: 0.001, ending_epoch: 2}",
+        ),
+    )  # fmt: skip
+    result = run(cfg, **QUIET)
+    layers = result.summary["compression"]["pruning"]["layers"]
+    assert set(layers) == {"classifier.1.weight", "classifier.3.weight", "classifier.5.weight"}
+    rows = [
+        json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert (
+        "loss_reg_group_lasso" in rows[0]["train"]
+        and "loss_reg_group_lasso" not in rows[2]["train"]
+    )
+    assert "loss_distill" not in rows[0]["train"] and "loss_distill" in rows[1]["train"]
+
+
+def test_channel_pruning_taught_by_the_unpruned_self(tmp_path, teacher_run, capsys):
+    cfg = digits_config(
+        tmp_path, *LENET, "train.epochs=3", f"model.checkpoint={teacher_run.run_dir}",
+        f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        policies("{kind: channel_pruning, ratio: 0.5, starting_epoch: 0, iterative_steps: 2}"),
+    )  # fmt: skip
+    result = run(cfg, **QUIET)
+    c = result.summary["compression"]["channel_pruning"]
+    assert c["steps"] == 2 and c["params_after"] < 0.5 * c["params_before"]
+    assert (
+        result.summary["params"] == c["params_after"]
+        and result.summary["macs"] < teacher_run.summary["macs"]
+    )
+    model, _spec = load_model(result.run_dir)  # reloads into the pruned shapes, no pickle
+    assert sum(p.numel() for p in model.parameters()) == c["params_after"]
+    assert main(["eval", str(result.run_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(result.summary["test_top1"])
+
+
+def test_resume_mid_schedule_equals_uninterrupted(tmp_path, teacher_run):
+    extra = [
+        *LENET, "train.epochs=5", "train.deterministic=true", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        policies(
+            "{kind: channel_pruning, ratio: 0.25, starting_epoch: 0}",
+            "{kind: quantization, starting_epoch: 1, weight_bits: 4, overrides: {features.0: null}, convert: false}",
+            "{kind: pruning, target_sparsity: 0.6, starting_epoch: 1, ending_epoch: 4}",
+        ),
+    ]  # fmt: skip
+    whole = run(digits_config(tmp_path / "a", *extra), **QUIET)
+    cfg = digits_config(tmp_path / "b", *extra)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, callbacks=[StopAt(3)], **QUIET)
+    resumed = run(cfg, resume=True, **QUIET)
+    assert metric_lines(resumed.run_dir) == metric_lines(whole.run_dir)
+    a, b = load_state_file(whole.run_dir), load_state_file(resumed.run_dir)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.summary["compression"]["pruning"]["pruned_weights_sparsity"] == pytest.approx(
+        0.6, abs=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["{kind: quantization}", "{kind: quantization}"], "2 quantization policies"),
+        (["{kind: pruning, target_sparsity: 1.0}"], "target_sparsity must be in"),
+        (["{kind: distillation}"], "needs the kd section"),
+        (
+            [
+                "{kind: quantization, starting_epoch: 1}",
+                "{kind: channel_pruning, starting_epoch: 2}",
+            ],
+            "structure first",
+        ),
+        (["{kind: pruning, starting_epoch: 9}"], "not before train.epochs"),
+        (["{kind: sparsify}"], "kind must be one of"),
+    ],
+)
+def test_bad_schedules(tmp_path, items, message):
+    with pytest.raises(ConfigError, match=message):
+        digits_config(tmp_path, *LENET, policies(*items))
+
+
+def test_unknown_layer_names_are_reported(tmp_path):
+    cfg = digits_config(tmp_path, *LENET, policies("{kind: pruning, modules: [conv9]}"))
+    with pytest.raises(
+        ValueError, match="'conv9' matches no Conv2d/Linear module; candidates: features.0"
+    ):
+        run(cfg, **QUIET)
