@@ -24,3 +24,18 @@ def teacher_run(tmp_path_factory):
         [f"out_dir={out}", "name=teacher", "model.arch=lenet5", "train.epochs=8", *FAST],
     )
     return run(cfg, progress=False, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """``kdistill demo`` run once: (output directory, what it printed)."""
+    import contextlib
+    import io
+
+    from kdistill.cli.main import main
+
+    out = tmp_path_factory.mktemp("demo")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--out", str(out), "-q"]) == 0
+    return out, printed.getvalue()

@@ -20,9 +20,8 @@ def test_version_from_the_console_script():
     assert out.stdout.startswith("kdistill ")
 
 
-def test_demo(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "-q"]) == 0
-    out = capsys.readouterr().out
+def test_demo(demo_run):
+    tmp_path, out = demo_run
     assert "distilled student" in out and "scratch student" in out and "Distillation " in out
     for name in ("digits-teacher", "digits-scratch", "digits-distill"):
         run_dir = (tmp_path / name).resolve()  # the link to the newest run of that name
