@@ -32,6 +32,15 @@ def test_recipe_loads_and_its_models_build(path):
     model = build_model(cfg.model.arch, classes, shape, cfg.model.args)
     with torch.no_grad():
         assert model.eval()(torch.zeros(2, *shape)).shape == (2, classes)
+    for policy in cfg.policies:  # layer names in the recipe exist in its model
+        if policy.kind == "quantization":
+            from kdistill.compression.quantization import layer_settings
+
+            assert any(v is not None for v in layer_settings(model, policy).values())
+        if policy.kind in ("pruning", "regularization"):
+            from kdistill.compression.selection import select_layers
+
+            assert select_layers(model, policy.modules)
     if cfg.kd is not None:
         for teacher in cfg.kd.teachers:
             assert teacher.checkpoint, "a shipped distillation recipe names its teacher's run"
