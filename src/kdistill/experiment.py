@@ -40,6 +40,7 @@ from kdistill.engine.checkpoint import (
     save_checkpoint,
     save_model_file,
 )
+from kdistill.engine.distributed import DistContext, barrier, init_from_env, shutdown
 from kdistill.engine.metrics import ClassificationMeter
 from kdistill.engine.profile import count_macs, count_params, cpu_latency_ms
 from kdistill.engine.recorder import RunRecorder
@@ -75,8 +76,11 @@ class TeacherCheckError(TrainingError):
 # ----------------------------------------------------------------------------- environment
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is an error."""
+def resolve_device(name: str, dist_ctx: DistContext | None = None) -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is an error. In a
+    data-parallel run on GPUs each process takes the GPU of its local rank."""
+    if dist_ctx is not None and dist_ctx.backend == "nccl":
+        return torch.device("cuda", dist_ctx.local_rank)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -85,10 +89,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def configure_torch(cfg: RunConfig) -> None:
-    """Threads, determinism and the seed of initialization and dropout."""
+def configure_torch(cfg: RunConfig, dist_ctx: DistContext | None = None) -> None:
+    """Threads, determinism and the seed of initialization and dropout. Processes sharing a
+    machine share its cores rather than each taking all of them."""
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
+    elif dist_ctx is not None:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_ctx.local_world_size))
     if cfg.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -379,6 +386,7 @@ def build_train_loader(
         augment=build_augment(cfg),
         view_sampler=view_sampler,
         seed=cfg.train.seed,
+        drop_last=cfg.data.drop_last or world_size > 1,
         rank=rank,
         world_size=world_size,
         **_stats(cfg, data),
@@ -386,17 +394,17 @@ def build_train_loader(
 
 
 def build_eval_loaders(
-    cfg: RunConfig, data: DataBundle, device: torch.device
+    cfg: RunConfig, data: DataBundle, device: torch.device, *, rank: int = 0, world_size: int = 1
 ) -> dict[str, BatchLoader]:
-    """``{"val": ..., "test": ...}`` (val only when there is a validation split)."""
+    """``{"val": ..., "test": ...}`` (val only when there is a validation split); with several
+    processes each evaluates its share and the metrics are summed."""
+    batch = cfg.data.eval_batch_size
+    batch += (-batch) % world_size  # a multiple of the number of processes
+    shard = {"rank": rank, "world_size": world_size}
     evals = {}
     if data.val is not None:
-        evals["val"] = BatchLoader(
-            data.val, cfg.data.eval_batch_size, device=device, **_stats(cfg, data)
-        )
-    evals["test"] = BatchLoader(
-        data.test, cfg.data.eval_batch_size, device=device, **_stats(cfg, data)
-    )
+        evals["val"] = BatchLoader(data.val, batch, device=device, **shard, **_stats(cfg, data))
+    evals["test"] = BatchLoader(data.test, batch, device=device, **shard, **_stats(cfg, data))
     return evals
 
 
@@ -406,9 +414,11 @@ def evaluate_model(
     num_classes: int,
     *,
     input_transform: nn.Module | None = None,
+    across_processes: bool = True,
 ) -> dict[str, float]:
     """Top-1/top-5/loss/ECE of a network (or any ``inputs -> logits`` function, e.g. an
-    onnxruntime session) on a split."""
+    onnxruntime session) on a split (the process's share of it, reduced over all processes when
+    ``across_processes``)."""
     if isinstance(model, nn.Module):
         model.eval()
     meter = ClassificationMeter(num_classes)
@@ -421,7 +431,7 @@ def evaluate_model(
                 batch.targets,
                 float(nn.functional.cross_entropy(logits, batch.targets, reduction="sum")),
             )
-    return meter.result()
+    return meter.result(across_processes=across_processes)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -442,15 +452,59 @@ def run(
     log: Log = print,
     callbacks: Sequence[Callback] = (),
 ) -> RunResult:
-    """Train one run of ``cfg`` (one seed) and write its directory. See ``docs/cli.md``."""
+    """Train one run of ``cfg`` (one seed) and write its directory. See ``docs/cli.md``.
+
+    Launched by ``torchrun`` with several processes, the student trains data-parallel (DDP) and
+    only the first process writes files and logs; the others return an empty summary.
+    """
+    dist_ctx = init_from_env(cfg.train.device, cfg.train.dist_timeout_s)
+    try:
+        return _run(
+            cfg,
+            dist_ctx,
+            resume=resume,
+            force=force,
+            progress=progress,
+            log=log,
+            callbacks=callbacks,
+        )
+    finally:
+        if dist_ctx is not None:
+            shutdown()
+
+
+def _quiet(_message: str) -> None:
+    return None
+
+
+def _run(
+    cfg: RunConfig,
+    dist_ctx: DistContext | None,
+    *,
+    resume: bool,
+    force: bool,
+    progress: bool,
+    log: Log,
+    callbacks: Sequence[Callback],
+) -> RunResult:
     started = time.perf_counter()
+    main = dist_ctx is None or dist_ctx.is_main
+    rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
+    if not main:
+        log, progress = _quiet, False
     run_dir = run_dir_for(cfg)
-    prepare_run_dir(run_dir, resume=resume, force=force)
-    configure_torch(cfg)
-    device = resolve_device(cfg.train.device)
+    if main:
+        prepare_run_dir(run_dir, resume=resume, force=force)
+    barrier()  # the others wait until the directory has been checked (and cleared with --force)
+    configure_torch(cfg, dist_ctx)
+    device = resolve_device(cfg.train.device, dist_ctx)
     data = build_data(cfg.data)
     student, spec = build_student(cfg, data)
-    eval_loaders = build_eval_loaders(cfg, data, device)
+    eval_loaders = build_eval_loaders(cfg, data, device, rank=rank, world_size=world)
+    if world > 1:
+        log(
+            f"data-parallel training on {world} processes ({dist_ctx.backend}); global batch {cfg.data.batch_size}"
+        )  # type: ignore[union-attr]
 
     teacher = build_teacher(cfg, data, log) if cfg.kd is not None else None
     teacher_info: dict[str, Any] = {}
@@ -461,7 +515,9 @@ def run(
         teacher_info, teacher_test_preds = check_teacher(
             cfg, teacher, eval_loaders["test"], data, log
         )
-    cache = prepare_teacher_cache(cfg, data, teacher, device, progress=progress, log=log)
+    cache = prepare_teacher_cache(
+        cfg, data, teacher, device, progress=progress, log=log, dist_ctx=dist_ctx
+    )
     if cache is not None:
         teacher_info["teacher_cache"] = str(cache.path)
     joint = teacher is not None and teacher.joint
@@ -469,16 +525,22 @@ def run(
     objective = build_objective(cfg, student, teacher, cache)
     objective.to(device)
     train_loader = build_train_loader(
-        cfg, data, device, view_sampler=cache.view_sampler() if cache is not None else None
+        cfg,
+        data,
+        device,
+        view_sampler=cache.view_sampler() if cache is not None else None,
+        rank=rank,
+        world_size=world,
     )
     steps_per_epoch = -(-len(train_loader) // cfg.train.grad_accumulation)
     lr_factor = build_lr_factor(
         cfg.schedule, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs
     )
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    recorder = RunRecorder(run_dir, tensorboard=cfg.train.tensorboard)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    recorder = RunRecorder(run_dir, tensorboard=cfg.train.tensorboard, enabled=main)
 
     def current_spec(trainer: Trainer) -> ModelSpec:
         """The spec of the student as it is now: compression may have changed its structure."""
@@ -488,6 +550,8 @@ def run(
         return replace(spec, extra=extra)
 
     def save(trainer: Trainer, epoch: int, is_best: bool) -> None:
+        if not main:  # one writer; every process holds the same weights
+            return
         model_spec_now = current_spec(trainer)
         files = {"model": (trainer.student.state_dict(), model_spec_now)}
         if joint:
@@ -505,8 +569,11 @@ def run(
                 run_dir / "best.safetensors", trainer.student.state_dict(), model_spec_now
             )
 
+    whole_test = build_eval_loaders(cfg, data, device)["test"]
+
     def evaluate_predictor(predict: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
-        return evaluate_model(predict, eval_loaders["test"], data.num_classes)
+        # used by the one process that converts: the whole test split, no collectives
+        return evaluate_model(predict, whole_test, data.num_classes, across_processes=False)
 
     compression = build_compression_callbacks(
         cfg.policies,
@@ -516,6 +583,7 @@ def run(
         evaluate=evaluate_predictor,
         onnx_metadata=lambda: {"kdistill": current_spec(trainer).to_json()},
         log=log,
+        writes_files=main,
     )
     trainer = Trainer(
         objective,
@@ -529,7 +597,7 @@ def run(
         precision=cfg.train.precision,
         grad_clip=cfg.optim.grad_clip,
         grad_accumulation=cfg.train.grad_accumulation,
-        callbacks=[*compression, *callbacks],
+        callbacks=[*compression, *load_callbacks(cfg.train.callbacks), *callbacks],
         on_collapse=cfg.train.on_collapse,
         save_checkpoint=save,
         log_epoch=recorder.log_epoch,
@@ -538,6 +606,8 @@ def run(
         teacher_predictor=_teacher_predictor(teacher) if teacher is not None else None,
         teacher_is_frozen=not joint,
         optimizer_factory=lambda params: build_optimizer(cfg, params),
+        data_parallel=world > 1,
+        sync_batchnorm=cfg.train.sync_batchnorm,
     )
     if teacher_test_preds:
         trainer.set_teacher_predictions("test", teacher_test_preds)
@@ -549,6 +619,9 @@ def run(
         state = trainer.fit()
     finally:
         recorder.close()
+    if not main:
+        barrier()  # until the first process has written the results
+        return RunResult(run_dir, {})
 
     final_spec = current_spec(trainer)
     size = save_model_file(run_dir / "model.safetensors", trainer.student.state_dict(), final_spec)
@@ -571,6 +644,8 @@ def run(
     )
     recorder.write_json("summary.json", summary)
     link_latest(cfg, run_dir)
+    if dist_ctx is not None:
+        barrier()
     return RunResult(run_dir, summary)
 
 
@@ -683,6 +758,26 @@ def _restore(
     trainer.state = TrainState.from_dict(state["train_state"])
     set_rng_state(state["rng"])
     log(f"resuming {run_dir} after epoch {trainer.state.epoch} ({ckpt.name})")
+
+
+def load_callbacks(paths: Sequence[str]) -> list[Callback]:
+    """Instances of the ``package.module:Name`` callbacks of ``train.callbacks``."""
+    import importlib
+
+    out = []
+    for path in paths:
+        module_name, _, attr = path.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"train.callbacks: cannot load {path!r} ({e})") from None
+        callback = factory()
+        if not isinstance(callback, Callback):
+            raise ValueError(
+                f"train.callbacks: {path!r} made a {type(callback).__name__}, not a kdistill Callback"
+            )
+        out.append(callback)
+    return out
 
 
 def _callback_keys(callbacks: Sequence[Callback]) -> list[str]:

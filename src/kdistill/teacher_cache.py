@@ -7,8 +7,10 @@ through exactly the data pipeline the student trains on, and hands back an open 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,7 @@ from kdistill.cache.fingerprint import array_digest, module_digest
 from kdistill.cache.store import CACHE_FORMAT_VERSION
 from kdistill.config.schema import RunConfig
 from kdistill.data import BatchLoader, CropFlip, DataBundle
+from kdistill.engine.distributed import DistContext, barrier
 
 if TYPE_CHECKING:  # pragma: no cover
     from kdistill.experiment import TeacherSetup
@@ -120,6 +123,7 @@ def prepare_teacher_cache(
     progress: bool = True,
     log: Log = print,
     force_build: bool = False,
+    dist_ctx: DistContext | None = None,
 ) -> TeacherCache | None:
     """The open cache this run reads its teacher outputs from, built if needed; ``None`` when
     the run uses no cache (or cannot: then the online teacher is used and the log says why)."""
@@ -139,20 +143,51 @@ def prepare_teacher_cache(
     description = describe_cache(cfg, data, teacher, augment, views)
     fp = fingerprint(description)
     path = cache_path(cfg, fp)
-    if not force_build:
+    # One builder at a time per cache directory: runs of a sweep that start together wait for
+    # the first to finish building, then read what it built. The processes of one
+    # data-parallel run build together instead, coordinated by barriers.
+    with _exclusive(path) if dist_ctx is None else contextlib.nullcontext():
+        if not force_build:
+            try:
+                cache = open_cache(path, fp)
+            except CacheError as e:
+                if kd.teacher_cache.on_mismatch == "error":
+                    raise CacheError(
+                        f"{e}. Set kd.teacher_cache.on_mismatch=rebuild to rebuild it."
+                    ) from None
+                log(f"{e}: rebuilding it")
+                cache = None
+            if cache is not None:
+                log(f"teacher cache: reading {path} ({views.shape[1]} view(s) per sample)")
+                return cache
+        if dist_ctx is not None:
+            barrier()  # every process has looked before process 0 may clear a stale cache
+        return _build(
+            cfg,
+            data,
+            teacher,
+            augment,
+            views,
+            description,
+            fp,
+            path,
+            device,
+            progress,
+            log,
+            dist_ctx,
+        )
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An advisory lock on ``<path>.lock`` (released when the process ends, even by a crash)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            cache = open_cache(path, fp)
-        except CacheError as e:
-            if kd.teacher_cache.on_mismatch == "error":
-                raise CacheError(
-                    f"{e}. Set kd.teacher_cache.on_mismatch=rebuild to rebuild it."
-                ) from None
-            log(f"{e}: rebuilding it")
-            cache = None
-        if cache is not None:
-            log(f"teacher cache: reading {path} ({views.shape[1]} view(s) per sample)")
-            return cache
-    return _build(cfg, data, teacher, augment, views, description, fp, path, device, progress, log)
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _build(
@@ -167,6 +202,7 @@ def _build(
     device: torch.device,
     progress: bool,
     log: Log,
+    dist_ctx: DistContext | None,
 ) -> TeacherCache:
     kd = cfg.kd
     assert kd is not None
@@ -212,6 +248,9 @@ def _build(
         batch_size=cfg.data.eval_batch_size,
         progress=progress,
         log=log,
+        rank=dist_ctx.rank if dist_ctx is not None else 0,
+        world_size=dist_ctx.world_size if dist_ctx is not None else 1,
+        barrier=barrier,
     )
     log(
         f"teacher cache: built in {time.perf_counter() - started:.1f}s, {cache.size_bytes() / 2**20:.1f} MiB"

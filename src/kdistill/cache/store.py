@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 
 CACHE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-PROGRESS = "progress.json"
-CHUNK_SAMPLES = 2048  # samples per resumable chunk (all their views)
+PROGRESS = "progress.json"  # one per process: progress.json.<rank>
+# Samples per resumable chunk (with all their views); KDISTILL_CACHE_CHUNK overrides it (tests).
+CHUNK_SAMPLES = int(os.environ.get("KDISTILL_CACHE_CHUNK", "2048"))
 
 
 class CacheError(ValueError):
@@ -201,6 +202,9 @@ def build_cache(
     batch_size: int,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] = lambda: None,
 ) -> TeacherCache:
     """Compute and store the teacher's outputs for every ``(sample, stored view)``.
 
@@ -215,61 +219,90 @@ def build_cache(
             ``positions`` (row indices) seen as those views.
         batch_size: samples per teacher call.
         progress, log: progress bar and messages.
+        rank, world_size, barrier: in a data-parallel run every process calls this; each
+            computes every ``world_size``-th missing chunk, writing its own rows of the shared
+            files, and process 0 finishes the cache.
     """
     final = Path(path)
     partial = final.with_name(final.name + ".partial")
     n, k = views.shape
     chunks = [(lo, min(lo + CHUNK_SAMPLES, n)) for lo in range(0, n, CHUNK_SAMPLES)]
-    done = _resume_state(partial, fingerprint, log)
-    arrays = _allocate(partial, layout, sample_ids, views, fresh=not done)
-    todo = [i for i in range(len(chunks)) if i not in done]
-    total = sum((chunks[i][1] - chunks[i][0]) * k for i in todo)
+    if rank == 0:
+        done = _resume_state(partial, fingerprint, log)
+        if not done:  # a fresh build: create the files (every process then opens them)
+            _allocate(partial, layout, sample_ids, views, fresh=True)
+    barrier()
+    done = _done_chunks(partial, fingerprint)
+    arrays = _allocate(partial, layout, sample_ids, views, fresh=False)
+    mine = [i for i in range(len(chunks)) if i not in done][rank::world_size]
+    recorded = _done_chunks(partial, fingerprint, only_rank=rank)
+    total = sum((chunks[i][1] - chunks[i][0]) * k for i in mine)
     with tqdm(
         total=total, desc="teacher cache", unit="img", disable=not progress, dynamic_ncols=True
     ) as bar:
-        for i in todo:
+        for i in mine:
             lo, hi = chunks[i]
             _fill_chunk(arrays, layout, views, lo, hi, compute, batch_size, bar)
             for array in arrays.values():
                 array.flush()
-            done.add(i)
+            recorded.add(i)
             _write_json_atomic(
-                partial / PROGRESS, {"fingerprint": fingerprint, "done_chunks": sorted(done)}
+                partial / f"{PROGRESS}.{rank}",
+                {"fingerprint": fingerprint, "done_chunks": sorted(recorded)},
             )
     del arrays  # close the memory maps before the rename
-    _write_json_atomic(
-        partial / MANIFEST,
-        {
-            "format_version": CACHE_FORMAT_VERSION,
-            "fingerprint": fingerprint,
-            "description": dict(description),
-            "layout": {
-                k: list(v) if isinstance(v, tuple) else v for k, v in layout.__dict__.items()
+    barrier()
+    if rank == 0:
+        missing = set(range(len(chunks))) - _done_chunks(partial, fingerprint)
+        if missing:
+            raise CacheError(
+                f"teacher cache build in {partial} is missing chunks {sorted(missing)[:5]}"
+            )
+        _write_json_atomic(
+            partial / MANIFEST,
+            {
+                "format_version": CACHE_FORMAT_VERSION,
+                "fingerprint": fingerprint,
+                "description": dict(description),
+                "layout": {
+                    k: list(v) if isinstance(v, tuple) else v for k, v in layout.__dict__.items()
+                },
             },
-        },
-    )
-    (partial / PROGRESS).unlink(missing_ok=True)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
+        )
+        for p in partial.glob(f"{PROGRESS}.*"):
+            p.unlink()
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+    barrier()
     return TeacherCache(final)
 
 
+def _done_chunks(partial: Path, fingerprint: str, only_rank: int | None = None) -> set[int]:
+    """Chunks recorded as finished by the processes of earlier or current builds."""
+    pattern = f"{PROGRESS}.{only_rank}" if only_rank is not None else f"{PROGRESS}.*"
+    done: set[int] = set()
+    for p in partial.glob(pattern):
+        try:
+            state = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            continue
+        if state.get("fingerprint") == fingerprint:
+            done |= set(state.get("done_chunks", []))
+    return done
+
+
 def _resume_state(partial: Path, fingerprint: str, log: Callable[[str], None]) -> set[int]:
-    progress = partial / PROGRESS
-    if not progress.is_file():
-        if partial.exists():
-            shutil.rmtree(partial)
+    """What an interrupted build left: its finished chunks, or nothing (then it is cleared)."""
+    if not partial.exists():
         return set()
-    try:
-        state = json.loads(progress.read_text())
-    except json.JSONDecodeError:
-        state = {}
-    if state.get("fingerprint") != fingerprint:
-        log(f"discarding an interrupted cache build of something else in {partial}")
+    records = list(partial.glob(f"{PROGRESS}.*"))
+    done = _done_chunks(partial, fingerprint)
+    if not done:
+        if records:
+            log(f"discarding an interrupted cache build of something else in {partial}")
         shutil.rmtree(partial)
         return set()
-    done = set(state.get("done_chunks", []))
     log(f"resuming the interrupted cache build in {partial} ({len(done)} chunks already done)")
     return done
 

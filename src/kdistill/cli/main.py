@@ -40,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kdistill`` console script; returns the exit status."""
     parser = build_parser()
     # key=value overrides may come after flags; argparse leaves those to us.
-    args, extra = parser.parse_known_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(raw)
+    args.raw_argv = raw
     if extra:
         if not hasattr(args, "items") or any(item.startswith("-") for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -114,6 +114,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--quiet", "-q", action="store_true", help="no progress bars; one line per epoch"
     )
+    run.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train data-parallel on N processes of this machine (launches torchrun --standalone)",
+    )
     p.set_defaults(handler=handle)
 
 
@@ -134,7 +140,40 @@ def build_config(args: argparse.Namespace) -> Any:
     return apply_overrides(cfg, overrides)
 
 
+def launch_torchrun(args: argparse.Namespace) -> int:
+    """Re-run this command under ``torchrun --standalone --nproc-per-node N``."""
+    import subprocess
+    import sys
+
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    argv, skip = [], False
+    for item in args.raw_argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            argv.append(item)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.nproc}",
+        "-m",
+        "kdistill",
+        *argv,
+    ]
+    print("launching: " + " ".join(cmd[1:]), flush=True)
+    return subprocess.run(cmd, check=False).returncode
+
+
 def handle(args: argparse.Namespace) -> int:
+    from kdistill.engine.distributed import launched_by_torchrun
+
+    if args.nproc is not None and not launched_by_torchrun():
+        return launch_torchrun(args)
     from kdistill.config import apply_values
     from kdistill.experiment import group_dir, run, run_dir_for
     from kdistill.reporting.aggregate import aggregate_runs, format_aggregate
@@ -158,12 +197,14 @@ def handle(args: argparse.Namespace) -> int:
             seed_cfg, resume=args.resume, force=args.force, progress=not args.quiet, log=print
         )
         s = result.summary
+        if not s:  # a secondary process of a data-parallel run: the first one reports
+            continue
         line = f"{result.run_dir}: test top-1 {s['test_top1']:.2%} (best {s['best_test_top1']:.2%}), {s['params']:,} params, {s['total_time_s']:.1f}s"
         if "teacher_test_top1" in s:
             line += f"; teacher {s['teacher_test_top1']:.2%}"
         print(line)
         summaries.append(s)
-    if len(seeds) > 1:
+    if len(seeds) > 1 and summaries:
         from kdistill.engine.recorder import RunRecorder
 
         agg = aggregate_runs(summaries)

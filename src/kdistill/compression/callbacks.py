@@ -60,7 +60,7 @@ class ChannelPruning(Callback):
         )
         self.steps_done = step
         self.shapes = pruning.layer_shapes(student)
-        trainer.rebuild_optimizer()  # parameters were replaced by smaller ones
+        trainer.replace_student(student)  # new, smaller parameters: re-wrap, new optimizer
         after = sum(p.numel() for p in student.parameters())
         self.log(
             f"channel pruning step {step}/{self.policy.iterative_steps}: {self.params_before:,} -> {after:,} parameters"
@@ -109,8 +109,10 @@ class Quantization(Callback):
         evaluate: Callable[[Any], dict[str, float]],
         onnx_metadata: Callable[[], Mapping[str, str]],
         log: Callable[[str], None],
+        writes_files: bool = True,
     ) -> None:
         self.policy = policy
+        self.writes_files = writes_files
         self.input_shape = input_shape
         self.out_dir = out_dir
         self.evaluate = evaluate
@@ -164,7 +166,7 @@ class Quantization(Callback):
         student = trainer.student
         quantization.freeze_observers(student)  # training is over: ranges are final
         self.frozen = True
-        if not self.policy.convert:
+        if not self.policy.convert or not self.writes_files:  # one process converts
             return
         fake = self.evaluate(student)
         path = self.out_dir / "model.int8.onnx"
@@ -348,9 +350,10 @@ def build_callbacks(
     epochs: int,
     input_shape: tuple[int, ...],
     out_dir: Path,
-    evaluate: Callable[[Callable[[torch.Tensor], torch.Tensor]], dict[str, float]],
+    evaluate: Callable[[Any], dict[str, float]],
     onnx_metadata: Callable[[], Mapping[str, str]],
     log: Callable[[str], None],
+    writes_files: bool = True,
 ) -> list[Callback]:
     """The callbacks of a run's compression policies, in the order they must act."""
     by_kind = {p.kind: p for p in policies}

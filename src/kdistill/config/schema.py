@@ -90,6 +90,11 @@ class DataConfig:
         "standardize inputs with the training split's per-channel mean and std", True
     )
     augment: AugmentConfig = doc("training augmentation", factory=AugmentConfig)
+    drop_last: bool = doc(
+        "drop the last training batch when it is smaller than batch_size (always on with several "
+        "processes, so that every process gets an equal share)",
+        False,
+    )
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
@@ -393,6 +398,20 @@ class TrainConfig:
         "when the student predicts (almost) one class for everything: warn, stop or ignore",
         "warn",
     )
+    sync_batchnorm: bool = doc(
+        "with several processes, compute the student's BatchNorm statistics over the global batch",
+        False,
+    )
+    dist_timeout_s: float = doc(
+        "with several processes, how long one waits for the others before the run stops "
+        "(a process that died makes the rest stop within this time)",
+        300.0,
+    )
+    callbacks: tuple[str, ...] = doc(
+        "extra trainer callbacks, as import paths 'package.module:Name' of zero-argument classes "
+        "or factories (see kdistill.engine.Callback)",
+        (),
+    )
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
@@ -415,6 +434,12 @@ class TrainConfig:
             self.keep_checkpoints >= 1,
             f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}",
         )
+        _positive("train.dist_timeout_s", self.dist_timeout_s)
+        for path in self.callbacks:
+            _require(
+                ":" in path,
+                f"train.callbacks entries must look like 'package.module:Name', got {path!r}",
+            )
 
 
 # ----------------------------------------------------------------------------- policies

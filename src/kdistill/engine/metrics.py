@@ -75,17 +75,37 @@ class ClassificationMeter:
             self.agree += int((pred == teacher_pred.to(pred.device)).sum())
             self.agree_count += int(targets.numel())
 
-    def result(self) -> dict[str, float]:
-        n = max(1, self.count)
+    def result(self, *, across_processes: bool = True) -> dict[str, float]:
+        """The metrics over every batch seen by this process and, in a data-parallel run with
+        ``across_processes``, by all the others (each evaluates its share of the split; every
+        process must then call this)."""
+        from kdistill.engine.distributed import all_gather_tensor, all_reduce_sum
+
+        counts = [
+            float(self.top1),
+            float(self.top5),
+            self.loss_sum,
+            float(self.count),
+            float(self.agree),
+            float(self.agree_count),
+        ]
+        predicted_counts = [float(v) for v in self.predicted]
+        conf = torch.cat(self.confidences) if self.confidences else torch.zeros(0)
+        correct = torch.cat(self.corrects) if self.corrects else torch.zeros(0, dtype=torch.bool)
+        if across_processes:
+            counts = all_reduce_sum(counts, torch.device("cpu"))
+            predicted_counts = all_reduce_sum(predicted_counts, torch.device("cpu"))
+            conf, correct = all_gather_tensor(conf), all_gather_tensor(correct)
+        top1, top5, loss_sum, count, agree, agree_count = counts
+        predicted = torch.tensor(predicted_counts)
+        n = max(1.0, count)
         out = {
-            "top1": self.top1 / n,
-            "top5": self.top5 / n,
-            "loss": self.loss_sum / n,
-            "ece": expected_calibration_error(torch.cat(self.confidences), torch.cat(self.corrects))
-            if self.confidences
-            else 0.0,
-            "top_class_share": float(self.predicted.max()) / n,
+            "top1": top1 / n,
+            "top5": top5 / n,
+            "loss": loss_sum / n,
+            "ece": expected_calibration_error(conf, correct),
+            "top_class_share": float(predicted.max()) / n,
         }
-        if self.agree_count:
-            out["agreement"] = self.agree / self.agree_count
+        if agree_count:
+            out["agreement"] = agree / agree_count
         return out

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from kdistill.data.loader import BatchLoader
@@ -137,11 +138,24 @@ class _EpochSums:
             self.agree_samples += n
 
     def result(self) -> dict[str, float]:
-        n = max(1, self.samples)
-        out = {f"loss_{k}" if k != "total" else "loss": v / n for k, v in self.parts.items()}
-        out["top1"] = self.correct / n
-        if self.agree_samples:
-            out["agreement"] = self.agree / self.agree_samples
+        """Means over the epoch, over every process of a data-parallel run."""
+        from kdistill.engine.distributed import all_reduce_sum
+
+        keys = sorted(self.parts)
+        totals = all_reduce_sum(
+            [float(self.samples), float(self.correct), float(self.agree), float(self.agree_samples)]
+            + [self.parts[k] for k in keys],
+            torch.device("cpu"),
+        )
+        samples, correct, agree, agree_samples = totals[:4]
+        n = max(1.0, samples)
+        out = {
+            f"loss_{k}" if k != "total" else "loss": v / n
+            for k, v in zip(keys, totals[4:], strict=True)
+        }
+        out["top1"] = correct / n
+        if agree_samples:
+            out["agreement"] = agree / agree_samples
         return out
 
 
@@ -196,6 +210,8 @@ class Trainer:
         teacher_predictor: Callable[[Tensor], Tensor] | None = None,
         teacher_is_frozen: bool = True,
         optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
+        data_parallel: bool = False,
+        sync_batchnorm: bool = False,
     ) -> None:
         self.objective = objective
         self.optimizer = optimizer
@@ -217,20 +233,33 @@ class Trainer:
         self.teacher_predictor = teacher_predictor
         self.teacher_is_frozen = teacher_is_frozen
         self.optimizer_factory = optimizer_factory
+        self.data_parallel = data_parallel
+        self.sync_batchnorm = sync_batchnorm
+        if data_parallel:
+            objective.student = self._wrap(objective.student)
         self.state = TrainState()
         self._peak_lrs = [group["lr"] for group in optimizer.param_groups]
         self._teacher_preds: dict[str, list[Tensor]] = {}
 
     @property
     def student(self) -> nn.Module:
-        return self.objective.student
+        """The network being trained, without its DistributedDataParallel wrapper."""
+        student = self.objective.student
+        return student.module if isinstance(student, DistributedDataParallel) else student
+
+    def _wrap(self, student: nn.Module) -> nn.Module:
+        """Only the student is data-parallel: the teacher has no gradients to synchronize."""
+        if self.sync_batchnorm:
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(student, device_ids=device_ids)
 
     def replace_student(self, student: nn.Module) -> None:
         """Swap the network being trained (compression changes its structure), keeping its
         train/eval mode, and rebuild the optimizer over the new parameters."""
         student.to(self.device)
         student.train(self.objective.training)
-        self.objective.student = student
+        self.objective.student = self._wrap(student) if self.data_parallel else student
         self.rebuild_optimizer()
 
     def rebuild_optimizer(self) -> None:

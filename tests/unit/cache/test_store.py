@@ -93,7 +93,7 @@ def test_interrupted_build_resumes(tmp_path, monkeypatch):
         make(tmp_path / "c", calls=calls, fail_after=4)  # dies inside the third chunk
     assert not (tmp_path / "c").exists(), "an unfinished cache is never visible"
     assert open_cache(tmp_path / "c", "fp") is None
-    progress = json.loads((tmp_path / "c.partial" / "progress.json").read_text())
+    progress = json.loads((tmp_path / "c.partial" / "progress.json.0").read_text())
     assert progress["done_chunks"] == [0, 1]
     resumed_calls = []
     cache = make(tmp_path / "c", calls=resumed_calls)

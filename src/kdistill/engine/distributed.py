@@ -1,0 +1,103 @@
+"""Data-parallel training on PyTorch's own engine: ``torch.distributed`` + DDP, launched by
+``torchrun`` (gloo on CPU, nccl on GPU). Nothing here is home-made beyond reading torchrun's
+environment and summing metrics across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a data-parallel run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def init_from_env(device_name: str, timeout_s: float) -> DistContext | None:
+    """Join the process group torchrun set up (``None`` when not launched by torchrun or with a
+    world of one). ``timeout_s`` bounds how long a collective waits for a process that died."""
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return None
+    local_rank = int(os.environ["LOCAL_RANK"])
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    ctx = DistContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())),
+        backend=backend,
+    )
+    _stop_cleanly_on_sigterm(ctx)
+    return ctx
+
+
+def _stop_cleanly_on_sigterm(ctx: DistContext) -> None:
+    """torchrun sends SIGTERM to every process when one fails: turn it into a clear message
+    (checkpoints are written atomically, so whatever is on disk is complete)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if ctx.is_main:
+            print(
+                "kdistill: another process of this distributed run failed (its error is above); "
+                "stopping all processes. The last complete checkpoint is intact: continue with --resume.",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of a list of numbers over all processes (identity without a group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Concatenation of every process's 1-D tensor (lengths may differ)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, t.cpu())
+    return torch.cat(gathered)
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

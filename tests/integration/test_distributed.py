@@ -1,0 +1,148 @@
+"""Data-parallel training with torch.distributed (gloo, 2 CPU processes) on the digits."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+KDISTILL = [sys.executable, "-m", "kdistill"]
+COMMON = [
+    "--dataset",
+    "digits",
+    "model.args.hidden=[32]",
+    "train.tensorboard=false",
+    "data.drop_last=true",
+    "train.deterministic=true",
+    "train.measure_latency=false",
+    "-q",
+]
+
+
+def train(out, name, *extra, nproc=None, env=None, timeout=300):
+    cmd = [*KDISTILL, "train", *COMMON, "--out", str(out), "--name", name, *extra]
+    if nproc:
+        cmd += ["--nproc", str(nproc)]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+def summary(out, name):
+    return json.loads((Path(out) / name / "summary.json").read_text())
+
+
+def metrics(out, name):
+    rows = [
+        json.loads(line) for line in (Path(out) / name / "metrics.jsonl").read_text().splitlines()
+    ]
+    return [{"train": r["train"], "test": r["test"]} for r in rows]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, teacher_run):
+    args = [
+        "--epochs",
+        "3",
+        "-b",
+        "64",
+        f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "data.augment.crop_padding=1",
+    ]
+    one = train(tmp_path, "one", *args)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = train(tmp_path, "two", *args, nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "data-parallel training on 2 processes (gloo)" in two.stdout
+    reports = [
+        line for line in two.stdout.splitlines() if "/two-" in line and ": test top-1" in line
+    ]
+    assert len(reports) == 1  # only the first process reports
+    a, b = metrics(tmp_path, "one"), metrics(tmp_path, "two")
+    for ra, rb in zip(a, b, strict=True):  # float reduction order differs: tolerance 1e-4
+        for split in ("train", "test"):
+            for key, value in ra[split].items():
+                assert rb[split][key] == pytest.approx(value, abs=1e-4), (split, key)
+    assert summary(tmp_path, "two")["test_top1"] == pytest.approx(
+        summary(tmp_path, "one")["test_top1"], abs=1e-4
+    )
+
+
+KILLER = '''
+import os, signal
+from pathlib import Path
+from kdistill.engine import Callback
+
+class KillRank1Once(Callback):
+    """Simulates a crashed machine: rank 1 dies in the middle of epoch 2, once."""
+    def on_step_end(self, trainer, step):
+        marker = Path(os.environ["KILL_MARKER"])
+        if os.environ.get("RANK") == "1" and trainer.state.epoch == 1 and step % 22 == 5 and not marker.exists():
+            marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_a_dead_process_stops_the_run_and_it_resumes(tmp_path):
+    (tmp_path / "killer.py").write_text(KILLER)
+    env = {
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "KILL_MARKER": str(tmp_path / "marker"),
+    }
+    args = ["--epochs", "3", "train.callbacks=[killer:KillRank1Once]", "train.dist_timeout_s=60"]
+    started = time.monotonic()
+    crashed = train(tmp_path, "k", *args, nproc=2, env=env)
+    elapsed = time.monotonic() - started
+    assert crashed.returncode != 0
+    assert elapsed < 60 + 45, f"the launcher took {elapsed:.0f}s to give up"
+    assert "another process of this distributed run failed" in crashed.stderr
+    run_dirs = list(tmp_path.glob("k-*/seed-0"))
+    assert len(run_dirs) == 1 and not (run_dirs[0] / "summary.json").exists()
+    latest = json.loads((run_dirs[0] / "checkpoints" / "latest.json").read_text())
+    assert latest["epoch"] == 0  # the last complete checkpoint; nothing half-written is visible
+    assert not [p for p in (run_dirs[0] / "checkpoints").iterdir() if p.name.startswith(".")]
+    resumed = train(tmp_path, "k", *args, "--resume", nproc=2, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    assert len((run_dirs[0] / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_the_teacher_cache_is_built_in_parallel(tmp_path, teacher_run, monkeypatch):
+    import numpy as np
+
+    from kdistill.cache import TeacherCache
+
+    cache = [
+        "kd.teacher_cache.enabled=true",
+        "data.augment.crop_padding=1",
+        f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "kd.teacher_cache.dtype=float32",
+    ]
+    # small chunks so that both processes get several
+    env = {"KDISTILL_CACHE_CHUNK": "128"}
+    two = train(
+        tmp_path / "two",
+        "c",
+        "--epochs",
+        "1",
+        *cache,
+        f"kd.teacher_cache.dir={tmp_path / 'cache2'}",
+        nproc=2,
+        env=env,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = train(
+        tmp_path / "one",
+        "c",
+        "--epochs",
+        "1",
+        *cache,
+        f"kd.teacher_cache.dir={tmp_path / 'cache1'}",
+        env=env,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = TeacherCache(tmp_path / "cache1"), TeacherCache(tmp_path / "cache2")
+    assert a.fingerprint == b.fingerprint
+    np.testing.assert_allclose(np.asarray(a.logits), np.asarray(b.logits), rtol=1e-5, atol=1e-5)
