@@ -20,10 +20,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from kdistill.atomic import atomic_path, atomic_write_text
 from kdistill.config import RunConfig, apply_overrides, apply_values, from_dict
 from kdistill.config.loader import read_yaml
 from kdistill.config.sweep import ParamSpec, SweepConfig, parse_param
-from kdistill.engine.checkpoint import atomic_write_text
 from kdistill.reporting.aggregate import describe
 
 Log = Callable[[str], None]
@@ -277,12 +277,10 @@ def write_summary(out: Path, result: Mapping[str, Any]) -> None:
     atomic_write_text(out / "summary.json", json.dumps(result, indent=2, default=str) + "\n")
     rows = result["rows"]
     fields = [k for k in rows[0] if k not in ("run_dirs", "failures")] if rows else []
-    tmp = out / ".summary.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out / "summary.csv")
 
 
 def format_rows(result: Mapping[str, Any]) -> str:

@@ -31,6 +31,8 @@ from numpy.lib.format import open_memmap
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kdistill.atomic import atomic_write_text
+
 CACHE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"  # one per process: progress.json.<rank>
@@ -43,12 +45,7 @@ class CacheError(ValueError):
 
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdistill.atomic import atomic_path
 from kdistill.compression.selection import PRUNABLE, matches
 
 SETTINGS = (
@@ -176,8 +177,6 @@ def convert_to_onnx(
 ) -> Path:
     """Convert a trained QAT model to int8 and export it as one ONNX file (atomically)."""
     import copy
-    import os
-    import tempfile
 
     import onnx
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -189,27 +188,21 @@ def convert_to_onnx(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converted = convert_pt2e(prepared)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.onnx.export(
                 converted,
                 (torch.randn(2, *input_shape),),
-                tmp,
+                str(tmp),
                 dynamo=True,
                 dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
                 external_data=False,
                 verbose=False,
             )
-            proto = onnx.load(tmp)
+            proto = onnx.load(str(tmp))
             for key, value in metadata.items():
                 entry = proto.metadata_props.add()
                 entry.key, entry.value = key, value
-            onnx.save(proto, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            onnx.save(proto, str(tmp))
     return path
 
 

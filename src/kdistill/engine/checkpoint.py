@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from kdistill.atomic import atomic_path, atomic_write_text, fsync_dir
 from kdistill.models import build_model
 
 MODEL_FORMAT_VERSION = 1
@@ -97,34 +98,6 @@ class ModelSpec:
 # ----------------------------------------------------------------------------- atomic files
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _state_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     # Clones make every tensor own its memory: safetensors refuses shared storage.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
@@ -132,20 +105,9 @@ def _state_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def save_model_file(path: str | Path, state_dict: Mapping[str, Tensor], spec: ModelSpec) -> int:
     """Atomically write a self-describing ``.safetensors`` model file; returns its size in bytes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(_state_tensors(state_dict), tmp, metadata={_META_KEY: spec.to_json()})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path.stat().st_size
+    with atomic_path(path) as tmp:
+        save_file(_state_tensors(state_dict), str(tmp), metadata={_META_KEY: spec.to_json()})
+    return Path(path).stat().st_size
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -268,7 +230,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_text(root / "latest.json", json.dumps({"epoch": epoch, "dir": name}))
     epochs = sorted(p for p in root.glob("epoch-*") if p.is_dir())
     for old in epochs[:-keep]:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kdistill.engine.checkpoint import atomic_write_text
+from kdistill.atomic import atomic_write_text
 
 
 def _jsonable(value: Any) -> Any:

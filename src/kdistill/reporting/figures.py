@@ -23,43 +23,45 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def learning_curves(groups: Sequence[Group], path: Path) -> Path:
-    """Test top-1 per epoch, mean over seeds with the min-max band."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+def _curves(
+    groups: Sequence[Group], metric: str, ylabel: str, title: str, path: Path, height: float
+) -> Path:
+    """``metrics[test][metric]`` per epoch for each group: mean over seeds, min-max band."""
+    fig, ax = plt.subplots(figsize=(7, height))
     for g in groups:
-        xs, mean, lo, hi = g.curve("test", "top1")
+        xs, mean, lo, hi = g.curve("test", metric)
+        if not xs:
+            continue
         color = COLORS.get(g.role)
-        ax.plot(
-            xs,
-            [100 * v for v in mean],
-            label=f"{g.label} ({g.role}, {len(g.runs)} seed{'s' if len(g.runs) > 1 else ''})",
-            color=color,
-        )
+        seeds = f"{len(g.runs)} seed{'s' if len(g.runs) > 1 else ''}"
+        ax.plot(xs, [100 * v for v in mean], label=f"{g.label} ({g.role}, {seeds})", color=color)
         if len(g.runs) > 1:
             ax.fill_between(
                 xs, [100 * v for v in lo], [100 * v for v in hi], alpha=0.15, color=color
             )
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title("Learning curves")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def learning_curves(groups: Sequence[Group], path: Path) -> Path:
+    """Test top-1 per epoch, mean over seeds with the min-max band."""
+    return _curves(groups, "top1", "test top-1 (%)", "Learning curves", path, 4)
 
 
 def agreement_curves(groups: Sequence[Group], path: Path) -> Path:
     """Student-teacher agreement on the test split per epoch (distilled groups)."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for g in groups:
-        xs, mean, _, _ = g.curve("test", "agreement")
-        if xs:
-            ax.plot(xs, [100 * v for v in mean], label=g.label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("agreement with teacher (%)")
-    ax.set_title("Student-teacher agreement (test)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _curves(
+        groups,
+        "agreement",
+        "agreement with teacher (%)",
+        "Student-teacher agreement (test)",
+        path,
+        3.5,
+    )
 
 
 def calibration(groups: Sequence[Group], path: Path) -> Path:
