@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.atomic import atomic_path, atomic_write_text
-from kdistill.config import RunConfig, apply_overrides, apply_values, from_dict
+from kdistill.config import RunConfig, apply_overrides, apply_values, from_dict, to_dict
 from kdistill.config.loader import read_yaml
 from kdistill.config.sweep import ParamSpec, SweepConfig, parse_param
 from kdistill.reporting.aggregate import describe
@@ -65,7 +65,15 @@ def make_task(
     cfg = apply_values(
         base, {**setting, "train.seed": seed, "out_dir": str(sweep_dir(sweep) / "runs")}
     )
-    return Task(trial, dict(setting), seed, cfg)
+    # the setting as the config holds it (typed: "1e-3" given on a command line is 0.001)
+    values = to_dict(cfg)
+    typed = {}
+    for key in setting:
+        node: Any = values
+        for part in key.split("."):
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        typed[key] = node
+    return Task(trial, typed, seed, cfg)
 
 
 def _execute(task: Task, threads: int) -> dict[str, Any]:
@@ -133,7 +141,7 @@ def run_sweep(sweep: SweepConfig, base_dir: Path, *, log: Log = print) -> dict[s
     out = sweep_dir(sweep)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
-        out / "sweep.json", json.dumps({"sweep": _plain(sweep), "base": _plain(base)}, indent=2)
+        out / "sweep.json", json.dumps({"sweep": to_dict(sweep), "base": to_dict(base)}, indent=2)
     )
     parallel = sweep.parallel or default_parallel()
     started = time.perf_counter()
@@ -306,9 +314,3 @@ def format_rows(result: Mapping[str, Any]) -> str:
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     text = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in lines]
     return "test top-1 over seeds, best setting first:\n" + "\n".join(text)
-
-
-def _plain(obj: Any) -> Any:
-    from kdistill.config import to_dict
-
-    return to_dict(obj)

@@ -186,3 +186,24 @@ def test_teacher_with_other_normalization_is_adapted(tmp_path, teacher_run):
     )
     result = run(cfg, **QUIET)
     assert result.summary["teacher_test_top1"] == pytest.approx(teacher_run.summary["test_top1"])
+
+
+def test_callbacks_by_import_path(tmp_path, monkeypatch):
+    (tmp_path / "my_callbacks.py").write_text(
+        "from kdistill.engine import Callback\n"
+        "seen = []\n"
+        "class Count(Callback):\n"
+        "    def on_epoch_end(self, trainer, epoch, record):\n"
+        "        seen.append(epoch)\n"
+        "def not_a_callback():\n"
+        "    return 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run(digits_config(tmp_path / "a", "train.callbacks=[my_callbacks:Count]"), **QUIET)
+    import my_callbacks
+
+    assert my_callbacks.seen == [0, 1, 2]
+    with pytest.raises(ValueError, match="not a kdistill Callback"):
+        run(digits_config(tmp_path / "b", "train.callbacks=[my_callbacks:not_a_callback]"), **QUIET)
+    with pytest.raises(ValueError, match="cannot load"):
+        run(digits_config(tmp_path / "c", "train.callbacks=[my_callbacks:Nope]"), **QUIET)

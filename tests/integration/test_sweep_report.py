@@ -144,3 +144,20 @@ def test_report_renders_runs_and_sweeps(tmp_path, grid_args, teacher_run, capsys
 def test_report_of_nothing_is_an_error(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 1
     assert "no finished kdistill run" in capsys.readouterr().err
+
+
+def test_a_failing_setting_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    args = [
+        "sweep", "--base", "digits/scratch", "--grid", "optim.lr=0.05,1e12", "--out", str(tmp_path), "--name", "f",
+        "--set", "train.epochs=2", "--set", "train.tensorboard=false", "--set", "train.measure_latency=false",
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "failed" in out
+    rows = json.loads((tmp_path / "f" / "summary.json").read_text())["rows"]
+    good, bad = sorted(rows, key=lambda r: r["optim.lr"])
+    assert good["n_seeds"] == 1 and good["test_top1_mean"] > 0.5
+    assert bad["n_failed"] == 1 and bad["test_top1_mean"] is None and "became" in bad["failures"][0]
+    report = tmp_path / "r"
+    assert main(["report", str(tmp_path / "f"), "--out", str(report)]) == 0
+    assert "failed" in (report / "report.md").read_text()
