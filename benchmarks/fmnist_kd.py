@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 MODES = ("student", "online", "cached", "teacher_inference")
+THROUGHPUT_BATCHES = (128, 512)
 
 
 def config(teacher: str, mode: str, out: str, *, precision: str, views: int | None):
@@ -140,6 +141,35 @@ def measure(args: argparse.Namespace) -> dict:
     return result
 
 
+def teacher_throughput(teacher_path: str) -> dict:
+    """Teacher images per second at the student's batch and at a larger one, fp32 and bf16:
+    does running the teacher on bigger batches than the student's pay on this machine?"""
+    import torch
+
+    from kdistill.engine.checkpoint import load_model
+
+    torch.set_num_threads(2)
+    model, _ = load_model(teacher_path)
+    model.eval()
+    x = torch.randn(1024, 1, 28, 28)
+    out: dict = {}
+    for precision in ("fp32", "bf16"):
+        for batch in THROUGHPUT_BATCHES:
+            rates = []
+            with (
+                torch.inference_mode(),
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"),
+            ):
+                model(x[:batch])
+                for _ in range(3):
+                    started = time.perf_counter()
+                    for i in range(0, len(x), batch):
+                        model(x[i : i + batch])
+                    rates.append(len(x) / (time.perf_counter() - started))
+            out[f"{precision}_batch_{batch}"] = statistics.median(rates)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -156,8 +186,11 @@ def main() -> int:
     p.add_argument("--views", type=int, default=None, help="cached views per sample (default: all)")
     p.add_argument("--work", default="runs/bench", help="where the cache is kept")
     p.add_argument("--out", help="write the results as JSON here")
-    p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # internal: one measurement
+    p.add_argument("--mode", choices=(*MODES, "throughput"), help=argparse.SUPPRESS)  # internal
     args = p.parse_args()
+    if args.mode == "throughput":
+        print(json.dumps(teacher_throughput(args.teacher)))
+        return 0
     if args.mode:
         print(json.dumps(measure(args)))
         return 0
@@ -192,6 +225,11 @@ def main() -> int:
             )
             runs[mode].append(json.loads(out.stdout.splitlines()[-1]))
     median = {m: statistics.median(t for r in runs[m] for t in r["epoch_s"]) for m in MODES}
+    throughput = json.loads(
+        subprocess.run(
+            [*base, "--mode", "throughput"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()[-1]
+    )
     report = {
         "command": " ".join(["python", "benchmarks/fmnist_kd.py", *sys.argv[1:]]),
         "machine": {
@@ -204,6 +242,7 @@ def main() -> int:
         "median_epoch_s": median,
         "peak_rss_mib": {m: max(r["peak_rss_mib"] for r in runs[m]) for m in MODES},
         "cache_build_s": first["cache_ready_s"] if first["cache_built"] else None,
+        "teacher_images_per_s": throughput,
         "cache_bytes": first["cache_bytes"],
         "ratios": {
             "cached_over_student": median["cached"] / median["student"],
