@@ -53,7 +53,9 @@ from kdistill.experiment.components import (
     teacher_predictor,
 )
 from kdistill.experiment.rundir import RunDirError, link_latest, prepare_run_dir, run_dir_for
+from kdistill.losses.functional import gradient_norms
 from kdistill.teacher_cache import prepare_teacher_cache
+from kdistill.teachers import logits_of
 
 LATENCY_BATCHES = (1, 128)
 
@@ -153,6 +155,8 @@ def _run(
         rank=rank,
         world_size=world,
     )
+    if teacher is not None and not joint:
+        teacher_info.update(gradient_balance(cfg, objective, train_loader, log))
     steps_per_epoch = -(-len(train_loader) // cfg.train.grad_accumulation)
     lr_factor = build_lr_factor(
         cfg.schedule, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs
@@ -293,6 +297,52 @@ def _restore(
     trainer.state = TrainState.from_dict(state["train_state"])
     set_rng_state(state["rng"])
     log(f"resuming {run_dir} after epoch {trainer.state.epoch} ({ckpt.name})")
+
+
+# Above this ratio of the distillation loss's gradient to a plain cross-entropy gradient
+# (w.r.t. the logits, first batch), a student trained with a learning rate tuned for
+# cross-entropy is at risk (shared/research/peer-findings.md: 3.6x collapsed a LeNet-5 or left it
+# 4.5 points below scratch).
+GRADIENT_RATIO_WARNING = 3.0
+
+
+def gradient_balance(
+    cfg: RunConfig, objective: nn.Module, loader: Any, log: Log
+) -> dict[str, float]:
+    """How hard the distillation loss pulls on the student compared with plain cross-entropy,
+    on the first batch (a learning rate tuned without a teacher assumes the latter).
+
+    The student runs in eval mode without gradients (nothing in it changes and no random number
+    is drawn), then the loss is differentiated with respect to its logits only.
+    """
+    kd = cfg.kd
+    assert kd is not None
+    loader.set_epoch(0)
+    batch = next(iter(loader))
+    student = objective.student
+    was_training = student.training
+    student.eval()
+    with torch.no_grad():
+        logits = logits_of(student(batch.inputs)).detach().float()
+    student.train(was_training)
+    logits.requires_grad_(True)
+    teacher_out = objective.teacher(batch.inputs, sample_ids=batch.sample_ids, views=batch.views)
+    loss = objective.loss_fn(logits, teacher_out, batch.targets)
+    norms = gradient_norms({"total": loss.total, "labels": loss.parts["student"]}, logits)
+    if norms["labels"] <= 0.0:
+        return {}
+    ratio = norms["total"] / norms["labels"]
+    log(
+        f"the distillation loss's gradient is {ratio:.1f}x a plain cross-entropy gradient (first batch)"
+    )
+    if ratio > GRADIENT_RATIO_WARNING and cfg.optim.grad_clip is None:
+        log(
+            f"WARNING: with kd.alpha={kd.alpha}, beta={kd.resolved_beta}, T={kd.temperature} the "
+            f"steps are about {ratio:.0f}x those optim.lr={cfg.optim.lr} takes without a teacher; if "
+            "the student trains worse than from scratch or collapses, set optim.grad_clip (2.0 "
+            "worked for LeNet-5 on Fashion-MNIST), lower optim.lr, or lower kd.beta / kd.temperature"
+        )
+    return {"kd_gradient_ratio": ratio}
 
 
 def load_callbacks(paths: Sequence[str]) -> list[Callback]:

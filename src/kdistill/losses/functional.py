@@ -374,3 +374,19 @@ def distillation_loss(
     if not isinstance(total, Tensor):  # every weight was 0 for the parts present
         total = parts["distill"] * 0.0
     return LossOutput(total=total, parts=parts, weights=weights)
+
+
+def gradient_norms(terms: dict[str, Tensor], student_logits: Tensor) -> dict[str, float]:
+    """The norm of each term's gradient with respect to the student's logits.
+
+    Used to compare how hard the distillation loss pulls on the student with a plain
+    cross-entropy gradient: with a confident teacher the ``T**2``-scaled soft term can give
+    gradients several times larger, which a learning rate tuned for cross-entropy may not
+    survive. ``student_logits`` must be the tensor the terms were computed from, with
+    ``requires_grad=True``.
+    """
+    norms = {}
+    for name, term in terms.items():
+        (grad,) = torch.autograd.grad(term, student_logits, retain_graph=True, allow_unused=True)
+        norms[name] = 0.0 if grad is None else float(grad.norm())
+    return norms

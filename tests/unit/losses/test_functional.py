@@ -317,3 +317,18 @@ def test_loss_output_logging_helpers():
     assert floats["total"] == pytest.approx(
         floats["student_weighted"] + floats["distill_weighted"], rel=1e-6
     )
+
+
+def test_gradient_norms():
+    zs = torch.randn(16, 10, dtype=torch.float64, requires_grad=True)
+    zt = torch.randn(16, 10, dtype=torch.float64) * 10  # a confident teacher
+    y = torch.randint(0, 10, (16,))
+    out = DistillationLoss(4.0, 0.1)(zs, zt, y)
+    norms = KF.gradient_norms({"total": out.total, "labels": out.parts["student"]}, zs)
+    (g_ce,) = torch.autograd.grad(torch.nn.functional.cross_entropy(zs, y), zs)
+    assert norms["labels"] == pytest.approx(float(g_ce.norm()), rel=1e-9)
+    expected = 0.1 * torch.nn.functional.cross_entropy(zs, y) + 0.9 * 16 * KF.soft_target_kl(
+        zs, teacher_logits=zt, temperature=4.0
+    )
+    (g_total,) = torch.autograd.grad(expected, zs)
+    assert norms["total"] == pytest.approx(float(g_total.norm()), rel=1e-9)
