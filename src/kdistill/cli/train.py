@@ -166,7 +166,18 @@ def launch_torchrun(args: argparse.Namespace) -> int:
         *argv,
     ]
     print("launching: " + " ".join(cmd[1:]), flush=True)
-    return subprocess.run(cmd, check=False).returncode
+    returncode = subprocess.run(cmd, check=False).returncode
+    if returncode != 0:
+        # Said here, by the launcher, because a surviving process may be stopped by torchrun
+        # before it can say anything itself.
+        print(
+            f"kdistill: the distributed run failed (torchrun exit status {returncode}); the error "
+            "of the process that failed is above. Checkpoints are written atomically, so the last "
+            "complete one is intact: continue with --resume.",
+            file=sys.stderr,
+            flush=True,
+        )
+    return returncode
 
 
 def handle(args: argparse.Namespace) -> int:
