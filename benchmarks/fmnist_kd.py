@@ -170,6 +170,20 @@ def teacher_throughput(teacher_path: str) -> dict:
     return out
 
 
+def ratios(median: dict[str, float]) -> dict[str, float]:
+    """Epoch-time ratios against student-only training, for the modes that were measured."""
+    out = {
+        f"{m}_over_student": median[m] / median["student"]
+        for m in ("cached", "online")
+        if m in median
+    }
+    if "online" in median and "teacher_inference" in median:
+        out["online_over_student_plus_teacher"] = median["online"] / (
+            median["student"] + median["teacher_inference"]
+        )
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -186,6 +200,11 @@ def main() -> int:
     p.add_argument("--views", type=int, default=None, help="cached views per sample (default: all)")
     p.add_argument("--work", default="runs/bench", help="where the cache is kept")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma-separated subset of {','.join(MODES)} (student is always measured)",
+    )
     p.add_argument("--mode", choices=(*MODES, "throughput"), help=argparse.SUPPRESS)  # internal
     args = p.parse_args()
     if args.mode == "throughput":
@@ -194,6 +213,10 @@ def main() -> int:
     if args.mode:
         print(json.dumps(measure(args)))
         return 0
+    modes = ["student", *(m for m in args.modes.split(",") if m != "student")]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        p.error(f"--modes: unknown {', '.join(unknown)}; valid: {', '.join(MODES)}")
 
     base = [
         sys.executable,
@@ -212,19 +235,21 @@ def main() -> int:
     if args.views is not None:
         base += ["--views", str(args.views)]
     # Build the cache once, outside the timed rounds (its build time is reported separately).
-    first = json.loads(
-        subprocess.run(
-            [*base, "--mode", "cached"], capture_output=True, text=True, check=True
-        ).stdout.splitlines()[-1]
-    )
-    runs: dict[str, list[dict]] = {m: [] for m in MODES}
+    first = {"cache_ready_s": None, "cache_built": False, "cache_bytes": None}
+    if "cached" in modes:
+        first = json.loads(
+            subprocess.run(
+                [*base, "--mode", "cached"], capture_output=True, text=True, check=True
+            ).stdout.splitlines()[-1]
+        )
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
     for _ in range(args.rounds):
-        for mode in MODES:
+        for mode in modes:
             out = subprocess.run(
                 [*base, "--mode", mode], capture_output=True, text=True, check=True
             )
             runs[mode].append(json.loads(out.stdout.splitlines()[-1]))
-    median = {m: statistics.median(t for r in runs[m] for t in r["epoch_s"]) for m in MODES}
+    median = {m: statistics.median(t for r in runs[m] for t in r["epoch_s"]) for m in modes}
     throughput = json.loads(
         subprocess.run(
             [*base, "--mode", "throughput"], capture_output=True, text=True, check=True
@@ -240,16 +265,11 @@ def main() -> int:
         "batches_per_epoch": args.batches,
         "teacher_precision": args.precision,
         "median_epoch_s": median,
-        "peak_rss_mib": {m: max(r["peak_rss_mib"] for r in runs[m]) for m in MODES},
+        "peak_rss_mib": {m: max(r["peak_rss_mib"] for r in runs[m]) for m in modes},
         "cache_build_s": first["cache_ready_s"] if first["cache_built"] else None,
         "teacher_images_per_s": throughput,
         "cache_bytes": first["cache_bytes"],
-        "ratios": {
-            "cached_over_student": median["cached"] / median["student"],
-            "online_over_student": median["online"] / median["student"],
-            "online_over_student_plus_teacher": median["online"]
-            / (median["student"] + median["teacher_inference"]),
-        },
+        "ratios": ratios(median),
         "raw": runs,
     }
     text = json.dumps(report, indent=2)
