@@ -14,9 +14,10 @@ class UserError(ValueError):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Failures that are explained by their message and need no traceback (exit status 1)."""
+    from kdistill.engine.distributed import PeerFailureError
     from kdistill.engine.trainer import TrainingError
 
-    return (ValueError, TrainingError, FileNotFoundError, NotADirectoryError)
+    return (ValueError, TrainingError, PeerFailureError, FileNotFoundError, NotADirectoryError)
 
 
 def recipes_root() -> Path:

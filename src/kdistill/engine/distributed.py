@@ -75,6 +75,32 @@ def _stop_cleanly_on_sigterm(ctx: DistContext) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+class PeerFailureError(RuntimeError):
+    """A collective failed because another process of the distributed run is gone."""
+
+    def __init__(self, rank: int, cause: BaseException) -> None:
+        first_line = (
+            str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        )
+        super().__init__(
+            f"process {rank} lost contact with another process of this distributed run, which "
+            f"probably failed (its own error is in the log). Checkpoints are written atomically, "
+            f"so the last complete one is intact: continue with --resume. Communication error: "
+            f"{first_line[:300]}"
+        )
+
+
+# The gloo and NCCL transports raise plain RuntimeErrors when a peer vanishes.
+_TRANSPORT_MARKERS = ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer")
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another process stopped."""
+    if isinstance(exc, dist.DistError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _TRANSPORT_MARKERS)
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

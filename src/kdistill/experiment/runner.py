@@ -26,7 +26,14 @@ from kdistill.engine.checkpoint import (
     save_checkpoint,
     save_model_file,
 )
-from kdistill.engine.distributed import DistContext, barrier, init_from_env, shutdown
+from kdistill.engine.distributed import (
+    DistContext,
+    PeerFailureError,
+    barrier,
+    init_from_env,
+    is_peer_failure,
+    shutdown,
+)
 from kdistill.engine.profile import count_macs, count_params, cpu_latency_ms
 from kdistill.engine.recorder import RunRecorder
 from kdistill.engine.schedule import build_lr_factor
@@ -91,6 +98,10 @@ def run(
             log=log,
             callbacks=callbacks,
         )
+    except RuntimeError as exc:
+        if dist_ctx is not None and is_peer_failure(exc):
+            raise PeerFailureError(dist_ctx.rank, exc) from exc
+        raise
     finally:
         if dist_ctx is not None:
             shutdown()
