@@ -13,7 +13,25 @@ import matplotlib.pyplot as plt
 
 from kdistill.reporting.collect import Group
 
-COLORS = {"teacher": "#444444", "scratch": "#1f77b4", "distilled": "#d62728"}
+# The first group of each role gets the role's first color, further groups of that role its
+# other shades, so that two distilled students (cached and online teacher) stay apart.
+SHADES = {
+    "teacher": ("#444444", "#888888", "#222222"),
+    "scratch": ("#1f77b4", "#17becf", "#0b3d91", "#6baed6"),
+    "distilled": ("#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22"),
+}
+
+
+def group_colors(groups: Sequence[Group]) -> list[str]:
+    """A color per group: the role's color, then its other shades in order."""
+    seen: dict[str, int] = {}
+    colors = []
+    for g in groups:
+        shades = SHADES.get(g.role, ("#888888",))
+        k = seen.get(g.role, 0)
+        seen[g.role] = k + 1
+        colors.append(shades[k % len(shades)])
+    return colors
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -28,11 +46,10 @@ def _curves(
 ) -> Path:
     """``metrics[test][metric]`` per epoch for each group: mean over seeds, min-max band."""
     fig, ax = plt.subplots(figsize=(7, height))
-    for g in groups:
+    for g, color in zip(groups, group_colors(groups), strict=True):
         xs, mean, lo, hi = g.curve("test", metric)
         if not xs:
             continue
-        color = COLORS.get(g.role)
         seeds = f"{len(g.runs)} seed{'s' if len(g.runs) > 1 else ''}"
         ax.plot(xs, [100 * v for v in mean], label=f"{g.label} ({g.role}, {seeds})", color=color)
         if len(g.runs) > 1:
@@ -68,14 +85,14 @@ def calibration(groups: Sequence[Group], path: Path) -> Path:
     """Expected calibration error of each group's final models (mean and std over seeds)."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels, means, stds, colors = [], [], [], []
-    for g in groups:
+    for g, color in zip(groups, group_colors(groups), strict=True):
         stat = g.stat("test_ece")
         if stat is None:
             continue
         labels.append(f"{g.label}\n({g.role})")
         means.append(100 * stat["mean"])
         stds.append(100 * stat["std"])
-        colors.append(COLORS.get(g.role, "#888888"))
+        colors.append(color)
     ax.bar(range(len(labels)), means, yerr=stds, color=colors, capsize=4)
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylabel("ECE (%) - lower is better")
@@ -113,7 +130,7 @@ def sweep_lines(summary: dict[str, Any], path: Path) -> Path:
     if summary.get("teacher_test_top1") is not None:
         ax.axhline(
             100 * summary["teacher_test_top1"],
-            color=COLORS["teacher"],
+            color=SHADES["teacher"][0],
             linestyle="--",
             linewidth=1,
             label="teacher",
