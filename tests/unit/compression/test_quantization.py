@@ -7,6 +7,7 @@ from onnx import numpy_helper
 
 from kdistill.compression.quantization import (
     convert_to_onnx,
+    freeze_observers,
     layer_settings,
     onnx_predictor,
     onnx_session,
@@ -54,6 +55,8 @@ def test_bad_policies(kwargs, message):
     ("arch", "kwargs"),
     [
         ("lenet5", {"weight_bits": 4, "activation_bits": 8}),
+        ("lenet5", {"weight_bits": 2, "activation_bits": 8}),
+        ("lenet5", {"weight_bits": 4, "activation_bits": 4}),
         (
             "mlp",
             {
@@ -81,8 +84,9 @@ def test_prepare_train_convert_export(tmp_path, arch, kwargs):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(prepared(x), y).backward()
         opt.step()
+    freeze_observers(prepared)  # as the trainer does at the end: the ranges are final
     prepared.eval()
-    fake = prepared(x)
+    fake = prepared(x).detach()
     path = convert_to_onnx(prepared, shape, tmp_path / "m.onnx", {"kdistill": "{}"})
     proto = onnx.load(path)
     assert {p.key for p in proto.metadata_props} == {"kdistill"}
@@ -100,8 +104,11 @@ def test_prepare_train_convert_export(tmp_path, arch, kwargs):
         assert w.min() >= -(2 ** (bits - 1)) and w.max() <= 2 ** (bits - 1) - 1
     out = onnx_predictor(onnx_session(path))(x)
     assert out.shape == fake.shape
-    agreement = (out.argmax(1) == fake.argmax(1)).float().mean()
-    assert agreement > 0.8
+    # The int8 model computes what training simulated: the same scales, so the same classes
+    # and logits up to the rounding of int8 kernels (a mismatch of scales once cost 2-bit
+    # students 18 points in conversion).
+    assert torch.equal(out.argmax(1), fake.argmax(1))
+    assert (out - fake).abs().max() < 0.05 * fake.abs().max()
     assert (
         packed_size_bytes(model, layer_settings(model, policy))
         < sum(p.numel() for p in model.parameters()) * 4
