@@ -127,6 +127,8 @@ def _log_task(task: Task, summary: Mapping[str, Any], log: Log) -> None:
         log(
             f"trial {task.trial} seed {task.seed} [{setting}]: test top-1 {summary['test_top1']:.2%} ({summary['total_time_s']:.0f}s)"
         )
+        for warning in summary.get("warnings", []):
+            log(f"  WARNING: {warning}")
 
 
 def metric_name(sweep: SweepConfig, base: RunConfig) -> str:

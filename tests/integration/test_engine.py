@@ -207,3 +207,19 @@ def test_callbacks_by_import_path(tmp_path, monkeypatch):
         run(digits_config(tmp_path / "b", "train.callbacks=[my_callbacks:not_a_callback]"), **QUIET)
     with pytest.raises(ValueError, match="cannot load"):
         run(digits_config(tmp_path / "c", "train.callbacks=[my_callbacks:Nope]"), **QUIET)
+
+
+def test_a_distillation_gradient_far_above_cross_entropy_is_reported(tmp_path, teacher_run):
+    """The first-batch health check: ratio recorded always, warning (log and summary) only
+    when the distillation gradient dwarfs a cross-entropy gradient and nothing clips it."""
+    common = [f"kd.teachers.0.checkpoint={teacher_run.run_dir}", "train.epochs=1"]
+    messages = []
+    mild = run(digits_config(tmp_path / "a", *common, "kd.temperature=1", "kd.alpha=0.5"), **QUIET)
+    assert 0 < mild.summary["kd_gradient_ratio"] < 2.5 and "warnings" not in mild.summary
+    strong = ["kd.temperature=20", "kd.alpha=0.0", "kd.beta=2.0"]
+    hot = run(digits_config(tmp_path / "b", *common, *strong), progress=False, log=messages.append)
+    assert hot.summary["kd_gradient_ratio"] > 2.5
+    assert any(m.startswith("WARNING:") and "optim.grad_clip" in m for m in messages)
+    assert "optim.grad_clip" in hot.summary["warnings"][0]
+    clipped = run(digits_config(tmp_path / "c", *common, *strong, "optim.grad_clip=2.0"), **QUIET)
+    assert clipped.summary["kd_gradient_ratio"] > 2.5 and "warnings" not in clipped.summary
