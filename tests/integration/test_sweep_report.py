@@ -139,6 +139,8 @@ def test_report_renders_runs_and_sweeps(tmp_path, grid_args, teacher_run, capsys
         assert (out / f).stat().st_size > 1000
     assert "| digits-teacher | teacher |" in md and "| digits-distill | distilled |" in md
     assert "Sweep g" in md
+    # the demo's scratch student is the sweep's student: drawn as the line to beat
+    assert "dotted: the same student from scratch" in md
 
 
 def test_report_of_nothing_is_an_error(tmp_path, capsys):

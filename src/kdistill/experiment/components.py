@@ -7,6 +7,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -355,8 +356,13 @@ def check_teacher(
     kd = cfg.kd
     assert kd is not None
     teachers = teacher.loaded
+    paths = {
+        "teacher_checkpoints": [t[2] for t in teachers],
+        # where they were, for reports made from another directory (runs/<name> is a link)
+        "teacher_checkpoints_resolved": [str(Path(t[2]).resolve()) for t in teachers],
+    }
     if teacher.joint:
-        return {"teacher_checkpoints": [t[2] for t in teachers]}, []
+        return paths, []
     meter = ClassificationMeter(data.num_classes)
     predictions = []
     with torch.inference_mode():
@@ -376,7 +382,7 @@ def check_teacher(
             member_top1 = top1
         members.append({"checkpoint": path, "arch": spec.arch, "test_top1": member_top1})
         log(f"teacher {i}: {spec.arch} from {path}: test top-1 {member_top1:.2%}")
-    info: dict[str, Any] = {"teacher_checkpoints": [t[2] for t in teachers], "teachers": members}
+    info: dict[str, Any] = {**paths, "teachers": members}
     info["teacher_test_top1"] = top1
     minimum = kd.min_teacher_top1 if kd.min_teacher_top1 is not None else 2.0 / data.num_classes
     if top1 < minimum:

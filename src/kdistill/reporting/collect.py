@@ -8,7 +8,7 @@ and ``summary.json``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,9 @@ def collect(paths: Sequence[str | Path]) -> Collection:
         groups.setdefault(key, Group(key)).runs.append(run)
     for group in groups.values():
         group.runs.sort(key=lambda r: r.summary.get("seed", 0))
-    _assign_roles(list(groups.values()))
+    _assign_roles(
+        list(groups.values()), [r.summary for r in runs.values()] + _sweep_run_summaries(sweeps)
+    )
     names = [g.key[0] for g in groups.values()]
     for g in groups.values():
         # several configs under one name: tell them apart by their config hash
@@ -140,15 +142,27 @@ def _group_id(run: Run) -> str:
     return run.path.parent.name
 
 
-def _assign_roles(groups: list[Group]) -> None:
+def _sweep_run_summaries(sweeps: Mapping[Path, Sweep]) -> list[dict[str, Any]]:
+    """The summaries of the runs inside sweeps: they name the teachers of the sweep."""
+    return [
+        json.loads(p.read_text())
+        for d in sweeps
+        for p in sorted((d / "runs").glob("*/seed-*/summary.json"))
+    ]
+
+
+def _assign_roles(groups: list[Group], summaries: list[dict[str, Any]]) -> None:
+    """A run that some distilled run (or sweep) was taught by is a teacher."""
     teacher_paths = set()
-    for g in groups:
-        for r in g.runs:
-            for t in r.summary.get("teacher_checkpoints", []):
-                try:
-                    teacher_paths.add(Path(t).resolve())
-                except OSError:
-                    continue
+    for summary in summaries:
+        named = summary.get("teacher_checkpoints_resolved") or summary.get(
+            "teacher_checkpoints", []
+        )
+        for t in named:
+            try:
+                teacher_paths.add(Path(t).resolve())
+            except OSError:
+                continue
     for g in groups:
         if g.first.get("mode") == "distill":
             g.role = "distilled"

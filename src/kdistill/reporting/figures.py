@@ -105,9 +105,11 @@ def _numeric(values: Sequence[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def sweep_lines(summary: dict[str, Any], path: Path) -> Path:
+def sweep_lines(
+    summary: dict[str, Any], path: Path, baselines: Sequence[tuple[str, float]] = ()
+) -> Path:
     """Mean test top-1 (error bars: std over seeds) against the first swept key, one line per
-    value of the second key."""
+    value of the second key; ``baselines`` (label, top-1) are drawn as dotted lines."""
     keys = summary["keys"]
     rows = [r for r in summary["rows"] if r["test_top1_mean"] is not None]
     x_key = keys[0]
@@ -135,6 +137,10 @@ def sweep_lines(summary: dict[str, Any], path: Path) -> Path:
             linewidth=1,
             label="teacher",
         )
+    for (label, top1), color in zip(baselines, SHADES["scratch"], strict=False):
+        ax.axhline(
+            100 * top1, color=color, linestyle=":", linewidth=1.5, label=f"{label} (scratch)"
+        )
     xs_all = [r[x_key] for r in rows]
     if _numeric(xs_all) and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10:
         ax.set_xscale("log")
@@ -143,7 +149,7 @@ def sweep_lines(summary: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("test top-1 (%), mean ± std over seeds")
     ax.set_title(f"Sweep {summary['name']}")
     ax.grid(alpha=0.3)
-    if series_key or summary.get("teacher_test_top1") is not None:
+    if series_key or baselines or summary.get("teacher_test_top1") is not None:
         ax.legend(fontsize=8)
     return _save(fig, path)
 

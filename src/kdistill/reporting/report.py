@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.reporting import figures
-from kdistill.reporting.collect import Collection, Group, collect
+from kdistill.reporting.collect import Collection, Group, Sweep, collect
 
 
 @dataclass
@@ -116,16 +117,34 @@ def build_figures(collection: Collection, fig_dir: Path) -> list[Figure]:
             )
     for sweep in collection.sweeps:
         name = sweep.summary["name"]
+        baselines = _scratch_baselines(sweep, groups)
         out.append(
             Figure(
                 f"Sweep {name}",
-                figures.sweep_lines(sweep.summary, fig_dir / f"sweep_{name}.png"),
-                f"Test top-1 against {sweep.summary['keys'][0]}; error bars: std over seeds.",
+                figures.sweep_lines(sweep.summary, fig_dir / f"sweep_{name}.png", baselines),
+                f"Test top-1 against {sweep.summary['keys'][0]}; error bars: std over seeds"
+                + ("; dotted: the same student from scratch (mean)." if baselines else "."),
             )
         )
         heat = figures.sweep_heatmap(sweep.summary, fig_dir / f"sweep_{name}_heatmap.png")
         if heat is not None:
             out.append(Figure(f"Sweep {name} (grid)", heat, "Mean test top-1 over the grid."))
+    return out
+
+
+def _scratch_baselines(sweep: Sweep, groups: Sequence[Group]) -> list[tuple[str, float]]:
+    """Scratch runs of the report with the sweep's student (same dataset, architecture and
+    parameter count): the line a distilled student has to beat."""
+    first = next(iter(sorted((sweep.path / "runs").glob("*/seed-*/summary.json"))), None)
+    if first is None:
+        return []
+    student = json.loads(first.read_text())
+    keys = ("dataset", "arch", "params")
+    out = []
+    for g in groups:
+        stat = g.stat("test_top1")
+        if g.role == "scratch" and stat and all(g.first.get(k) == student.get(k) for k in keys):
+            out.append((g.label, stat["mean"]))
     return out
 
 
