@@ -314,7 +314,7 @@ def _restore(
 # (w.r.t. the logits, first batch), a student trained with a learning rate tuned for
 # cross-entropy is at risk. Measured: 3.6x collapsed a LeNet-5 or left it 4.5 points below
 # scratch (shared/research/peer-findings.md); 2.6-2.9x killed 2x30 MLP students on
-# Fashion-MNIST at lr 0.05 in their first epoch, while 1.9x trained (docs/results.md).
+# Fashion-MNIST at lr 0.05 in their first epoch, while up to 2.0x trained (docs/results.md).
 GRADIENT_RATIO_WARNING = 2.5
 
 
