@@ -35,7 +35,7 @@ def test_qat_with_distillation_converts_to_int8(tmp_path, teacher_run, capsys):
         "classifier.5": "fp32",
     }
     assert q["fake_quant_test_top1"] == pytest.approx(result.summary["test_top1"])
-    assert abs(q["int8_test_top1"] - q["fake_quant_test_top1"]) <= 0.006  # 2 of 359 images
+    assert abs(q["int8_test_top1"] - q["fake_quant_test_top1"]) <= 0.015  # 5 of 359 images
     assert q["packed_weight_bytes"] < result.summary["params"] * 4
     assert set(q["int8_cpu_latency_ms"]) == {"batch_1", "batch_128"}
     # the model file rebuilds the fake-quantized graph; the ONNX file runs without torch code
@@ -55,7 +55,7 @@ def test_mlp_qat_path(tmp_path):
     )
     q = run(cfg, **QUIET).summary["compression"]["quantization"]
     assert set(q["layers"].values()) == {"w2a4"} and q["int8_test_top1"] > 0.3
-    assert abs(q["int8_test_top1"] - q["fake_quant_test_top1"]) <= 0.006
+    assert abs(q["int8_test_top1"] - q["fake_quant_test_top1"]) <= 0.015
 
 
 @pytest.mark.parametrize("scope", ["global", "per_layer"])

