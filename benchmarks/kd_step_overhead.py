@@ -1,0 +1,128 @@
+"""What a cached distillation step costs over a student-only step, without the data pipeline.
+
+``fmnist_kd.py`` times whole processes; its ratios carry process-to-process drift of this
+shared machine (10% and more). This script builds both objectives of the FMNIST-KD workload in
+one process, draws 100 batches once, and times the same batches through each, alternating
+modes ``--rounds`` times: student-only, cached distillation, and cached distillation with the
+loss's per-call input validation turned off. The data pipeline is timed the same way
+(random-crop batches vs cached-view batches plus the cache lookup).
+
+    python benchmarks/kd_step_overhead.py --teacher runs/fmnist-resnet20-teacher --work runs \
+        --out benchmarks/results/kd_step_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fmnist_kd import config  # the workload's config, shared
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--work", default="runs/bench", help="where the teacher cache is kept")
+    p.add_argument("--views", type=int, default=16)
+    p.add_argument("--batches", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--out")
+    args = p.parse_args()
+
+    import torch
+
+    from kdistill.data import build_data
+    from kdistill.experiment import (
+        build_objective,
+        build_optimizer,
+        build_student,
+        build_teacher,
+        build_train_loader,
+        configure_torch,
+    )
+    from kdistill.teacher_cache import prepare_teacher_cache
+
+    setups = {}
+    for mode in ("student", "cached"):
+        cfg = config(args.teacher, mode, args.work, precision="fp32", views=args.views)
+        configure_torch(cfg)
+        data = build_data(cfg.data)
+        student, _ = build_student(cfg, data)
+        teacher = build_teacher(cfg, data, lambda _: None) if cfg.kd is not None else None
+        cache = None
+        if mode == "cached":
+            cache = prepare_teacher_cache(
+                cfg, data, teacher, torch.device("cpu"), progress=False, log=lambda _: None
+            )
+        loader = build_train_loader(
+            cfg, data, torch.device("cpu"), view_sampler=cache.view_sampler() if cache else None
+        )
+        objective = build_objective(cfg, student, teacher, cache)
+        optimizer = build_optimizer(cfg, list(objective.parameters()))
+        objective.train()
+        batches = [b for _, b in zip(range(args.batches), loader, strict=False)]
+        setups[mode] = (objective, optimizer, batches, loader, cache)
+
+    def steps(mode: str, validate: bool = True) -> float:
+        objective, optimizer, batches, _, _ = setups[mode]
+        if hasattr(objective, "loss_fn"):
+            objective.loss_fn.validate = validate
+        started = time.perf_counter()
+        for b in batches:
+            out = objective(b.inputs, b.targets, sample_ids=b.sample_ids, views=b.views)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.total.backward()
+            optimizer.step()
+        return time.perf_counter() - started
+
+    def pipeline(mode: str, epoch: int) -> float:
+        _, _, _, loader, cache = setups[mode]
+        loader.set_epoch(epoch)
+        started = time.perf_counter()
+        for _, b in zip(range(args.batches), loader, strict=False):
+            if cache is not None:
+                cache.lookup(b.sample_ids, b.views)
+        return time.perf_counter() - started
+
+    times: dict[str, list[float]] = {
+        k: [] for k in ("student", "cached", "cached_no_validation", "pipeline_student", "pipeline_cached")
+    }  # fmt: skip
+    for r in range(args.rounds):
+        times["student"].append(steps("student"))
+        times["cached"].append(steps("cached"))
+        times["cached_no_validation"].append(steps("cached", validate=False))
+        times["pipeline_student"].append(pipeline("student", r))
+        times["pipeline_cached"].append(pipeline("cached", r))
+    median = {k: statistics.median(v) for k, v in times.items()}
+    report = {
+        "command": " ".join(["python", "benchmarks/kd_step_overhead.py", *sys.argv[1:]]),
+        "batches": args.batches,
+        "rounds": args.rounds,
+        "median_s": median,
+        "ratios": {
+            "step_cached_over_student": median["cached"] / median["student"],
+            "step_cached_no_validation_over_student": median["cached_no_validation"]
+            / median["student"],
+            "with_pipeline_cached_over_student": (median["cached"] + median["pipeline_cached"])
+            / (median["student"] + median["pipeline_student"]),
+        },
+        "raw": times,
+    }
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
