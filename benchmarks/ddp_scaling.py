@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from common import provenance, publish
 
 
 def one_run(nproc: int, epochs: int, work: Path, recipe: str) -> dict:
@@ -54,19 +55,14 @@ def main() -> int:
     }
     base = args.nproc[0]
     report = {
-        "command": " ".join(["python", "benchmarks/ddp_scaling.py", *sys.argv[1:]]),
-        "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()},
+        **provenance("ddp_scaling.py"),
         "recipe": args.recipe,
         "median_epoch_s": median,
         "ratio_to_first": {n: median[n] / median[base] for n in args.nproc},
         "test_top1": {n: [r["test_top1"] for r in runs[n]] for n in args.nproc},
         "raw": runs,
     }
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    publish(report, args.out)
     return 0
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from common import provenance, publish
 
 MODES = ("student", "online", "cached", "teacher_inference")
 THROUGHPUT_BATCHES = (128, 512)
@@ -256,12 +256,7 @@ def main() -> int:
         ).stdout.splitlines()[-1]
     )
     report = {
-        "command": " ".join(["python", "benchmarks/fmnist_kd.py", *sys.argv[1:]]),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "python": platform.python_version(),
-        },
+        **provenance("fmnist_kd.py"),
         "batches_per_epoch": args.batches,
         "teacher_precision": args.precision,
         "median_epoch_s": median,
@@ -272,11 +267,7 @@ def main() -> int:
         "ratios": ratios(median),
         "raw": runs,
     }
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    publish(report, args.out)
     return 0
 
 

@@ -14,7 +14,6 @@ loss's per-call input validation turned off. The data pipeline is timed the same
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from common import provenance, publish
 from fmnist_kd import config  # the workload's config, shared
 
 
@@ -103,7 +103,7 @@ def main() -> int:
         times["pipeline_cached"].append(pipeline("cached", r))
     median = {k: statistics.median(v) for k, v in times.items()}
     report = {
-        "command": " ".join(["python", "benchmarks/kd_step_overhead.py", *sys.argv[1:]]),
+        **provenance("kd_step_overhead.py"),
         "batches": args.batches,
         "rounds": args.rounds,
         "median_s": median,
@@ -116,11 +116,7 @@ def main() -> int:
         },
         "raw": times,
     }
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    publish(report, args.out)
     return 0
 
 
