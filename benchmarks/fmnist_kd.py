@@ -23,6 +23,8 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from common import provenance, publish
 
@@ -70,8 +72,22 @@ def config(teacher: str, mode: str, out: str, *, precision: str, views: int | No
     return cfg
 
 
-def measure(args: argparse.Namespace) -> dict:
-    """One process, one mode: build what the mode needs, then time ``--batches`` steps."""
+@dataclass
+class Workload:
+    """Everything one mode of the workload trains with, built as ``kdistill train`` builds it."""
+
+    teacher: Any
+    cache: Any
+    loader: Any
+    objective: Any
+    optimizer: Any
+    cache_ready_s: float | None = None
+    cache_built: bool = False
+
+
+def build_workload(
+    teacher_path: str, mode: str, work: str, *, precision: str, views: int | None
+) -> Workload:
     import torch
 
     from kdistill.data import build_data
@@ -85,26 +101,41 @@ def measure(args: argparse.Namespace) -> dict:
     )
     from kdistill.teacher_cache import prepare_teacher_cache
 
-    cfg = config(args.teacher, args.mode, args.work, precision=args.precision, views=args.views)
+    cfg = config(teacher_path, mode, work, precision=precision, views=views)
     configure_torch(cfg)
     device = torch.device("cpu")
     data = build_data(cfg.data)
     student, _ = build_student(cfg, data)
     teacher = build_teacher(cfg, data, lambda _: None) if cfg.kd is not None else None
-    result: dict = {"mode": args.mode}
-    cache = None
-    if args.mode == "cached":
+    cache, ready_s, built = None, None, False
+    if mode == "cached":
         started = time.perf_counter()
         messages: list[str] = []
         cache = prepare_teacher_cache(
             cfg, data, teacher, device, progress=False, log=messages.append
         )
-        result["cache_ready_s"] = time.perf_counter() - started
-        result["cache_built"] = any("computing" in m for m in messages)
-        result["cache_bytes"] = cache.size_bytes()
+        ready_s = time.perf_counter() - started
+        built = any("computing" in m for m in messages)
     loader = build_train_loader(
         cfg, data, device, view_sampler=cache.view_sampler() if cache else None
     )
+    objective = build_objective(cfg, student, teacher, cache)
+    optimizer = build_optimizer(cfg, list(objective.parameters()))
+    objective.train()
+    return Workload(teacher, cache, loader, objective, optimizer, ready_s, built)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One process, one mode: build what the mode needs, then time ``--batches`` steps."""
+    w = build_workload(
+        args.teacher, args.mode, args.work, precision=args.precision, views=args.views
+    )
+    loader, teacher = w.loader, w.teacher
+    result: dict = {"mode": args.mode}
+    if w.cache is not None:
+        result["cache_ready_s"] = w.cache_ready_s
+        result["cache_built"] = w.cache_built
+        result["cache_bytes"] = w.cache.size_bytes()
     if args.mode == "teacher_inference":
         # the teacher alone over the same augmented batches the student would see
         times = []
@@ -118,9 +149,7 @@ def measure(args: argparse.Namespace) -> dict:
             times.append(time.perf_counter() - started)
         result["epoch_s"] = times
     else:
-        objective = build_objective(cfg, student, teacher, cache)
-        optimizer = build_optimizer(cfg, list(objective.parameters()))
-        objective.train()
+        objective, optimizer = w.objective, w.optimizer
         times = []
         for epoch in range(args.epochs):
             loader.set_epoch(epoch)

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import provenance, publish
-from fmnist_kd import config  # the workload's config, shared
+from fmnist_kd import build_workload  # the workload, built as the benchmark builds it
 
 
 def main() -> int:
@@ -37,39 +37,11 @@ def main() -> int:
     p.add_argument("--out")
     args = p.parse_args()
 
-    import torch
-
-    from kdistill.data import build_data
-    from kdistill.experiment import (
-        build_objective,
-        build_optimizer,
-        build_student,
-        build_teacher,
-        build_train_loader,
-        configure_torch,
-    )
-    from kdistill.teacher_cache import prepare_teacher_cache
-
     setups = {}
     for mode in ("student", "cached"):
-        cfg = config(args.teacher, mode, args.work, precision="fp32", views=args.views)
-        configure_torch(cfg)
-        data = build_data(cfg.data)
-        student, _ = build_student(cfg, data)
-        teacher = build_teacher(cfg, data, lambda _: None) if cfg.kd is not None else None
-        cache = None
-        if mode == "cached":
-            cache = prepare_teacher_cache(
-                cfg, data, teacher, torch.device("cpu"), progress=False, log=lambda _: None
-            )
-        loader = build_train_loader(
-            cfg, data, torch.device("cpu"), view_sampler=cache.view_sampler() if cache else None
-        )
-        objective = build_objective(cfg, student, teacher, cache)
-        optimizer = build_optimizer(cfg, list(objective.parameters()))
-        objective.train()
-        batches = [b for _, b in zip(range(args.batches), loader, strict=False)]
-        setups[mode] = (objective, optimizer, batches, loader, cache)
+        w = build_workload(args.teacher, mode, args.work, precision="fp32", views=args.views)
+        batches = [b for _, b in zip(range(args.batches), w.loader, strict=False)]
+        setups[mode] = (w.objective, w.optimizer, batches, w.loader, w.cache)
 
     def steps(mode: str, validate: bool = True) -> float:
         objective, optimizer, batches, _, _ = setups[mode]
