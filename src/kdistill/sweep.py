@@ -76,7 +76,7 @@ def make_task(
     return Task(trial, typed, seed, cfg)
 
 
-def _execute(task: Task, threads: int) -> dict[str, Any]:
+def _execute(task: Task, threads: int, trust_code: bool = False) -> dict[str, Any]:
     """Run (or resume, or read) one task; runs in a worker process when trials are parallel.
 
     A run that fails (NaN loss, collapse with ``train.on_collapse=stop``) is recorded as
@@ -96,23 +96,30 @@ def _execute(task: Task, threads: int) -> dict[str, Any]:
     resume = (run_dir / "checkpoints").is_dir() and latest_checkpoint(run_dir) is not None
     try:
         return run(
-            task.config, resume=resume, force=not resume, progress=False, log=lambda _: None
+            task.config,
+            resume=resume,
+            force=not resume,
+            progress=False,
+            log=lambda _: None,
+            trust_code=trust_code,
         ).summary
     except TrainingError as e:
         return {"failed": str(e), "run_dir": str(run_dir), "seed": task.seed}
 
 
-def run_tasks(tasks: Sequence[Task], parallel: int, log: Log) -> list[dict[str, Any]]:
+def run_tasks(
+    tasks: Sequence[Task], parallel: int, log: Log, trust_code: bool = False
+) -> list[dict[str, Any]]:
     """Summaries of ``tasks`` (in order), ``parallel`` at a time."""
     threads = max(1, (os.cpu_count() or 1) // parallel)
     results: list[dict[str, Any]] = []
     if parallel == 1:
         for task in tasks:
-            results.append(_execute(task, threads))
+            results.append(_execute(task, threads, trust_code))
             _log_task(task, results[-1], log)
         return results
     with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_execute, task, threads) for task in tasks]
+        futures = [pool.submit(_execute, task, threads, trust_code) for task in tasks]
         for task, future in zip(tasks, futures, strict=True):
             results.append(future.result())
             _log_task(task, results[-1], log)
@@ -137,8 +144,11 @@ def metric_name(sweep: SweepConfig, base: RunConfig) -> str:
     return "val_top1" if base.data.val_fraction > 0 else "test_top1"
 
 
-def run_sweep(sweep: SweepConfig, base_dir: Path, *, log: Log = print) -> dict[str, Any]:
-    """Run (or resume) a sweep; returns and writes its summary."""
+def run_sweep(
+    sweep: SweepConfig, base_dir: Path, *, log: Log = print, trust_code: bool = False
+) -> dict[str, Any]:
+    """Run (or resume) a sweep; returns and writes its summary. ``trust_code``: as for
+    :func:`kdistill.experiment.run`, in every trial."""
     base = resolve_base(sweep, base_dir)
     out = sweep_dir(sweep)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,9 +167,9 @@ def run_sweep(sweep: SweepConfig, base_dir: Path, *, log: Log = print) -> dict[s
         log(
             f"sweep {sweep.name}: {len(settings)} settings x {len(sweep.seeds)} seeds, {parallel} at a time"
         )
-        summaries = run_tasks(tasks, parallel, log)
+        summaries = run_tasks(tasks, parallel, log, trust_code)
     else:
-        tasks, summaries = _run_search(sweep, base, parallel, log)
+        tasks, summaries = _run_search(sweep, base, parallel, log, trust_code)
     rows = summarize(tasks, summaries, metric_name(sweep, base))
     result = {
         "name": sweep.name,
@@ -180,7 +190,7 @@ def run_sweep(sweep: SweepConfig, base_dir: Path, *, log: Log = print) -> dict[s
 
 
 def _run_search(
-    sweep: SweepConfig, base: RunConfig, parallel: int, log: Log
+    sweep: SweepConfig, base: RunConfig, parallel: int, log: Log, trust_code: bool
 ) -> tuple[list[Task], list[dict[str, Any]]]:
     import optuna
     from optuna.trial import TrialState
@@ -215,7 +225,7 @@ def _run_search(
         tasks = [
             make_task(base, sweep, t.number, t.params, seed) for t in batch for seed in sweep.seeds
         ]
-        summaries = run_tasks(tasks, parallel, log)
+        summaries = run_tasks(tasks, parallel, log, trust_code)
         for t in batch:
             runs = [s for task, s in zip(tasks, summaries, strict=True) if task.trial == t.number]
             if any("failed" in s for s in runs):

@@ -51,7 +51,7 @@ def handle(args: argparse.Namespace) -> int:
         return 0
     from kdistill.config import apply_values
     from kdistill.data import build_data
-    from kdistill.experiment import build_teacher, configure_torch, resolve_device
+    from kdistill.experiment import build_teacher, code_trust, configure_torch, resolve_device
     from kdistill.teacher_cache import prepare_teacher_cache
 
     cfg = build_config(args)
@@ -61,7 +61,7 @@ def handle(args: argparse.Namespace) -> int:
     configure_torch(cfg)
     device = resolve_device(cfg.train.device)
     data = build_data(cfg.data)
-    teacher = build_teacher(cfg, data, print)
+    teacher = build_teacher(cfg, data, print, code_trust(cfg, args.trust_code))
     teacher.live.to(device)
     cache = prepare_teacher_cache(
         cfg, data, teacher, device, progress=not args.quiet, force_build=args.rebuild

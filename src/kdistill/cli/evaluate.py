@@ -27,6 +27,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument(
+        "--arch",
+        help="the architecture you expect the file to hold; an import path given here may be "
+        "imported (it is yours), one named only by the file is refused",
+    )
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="build an import-path architecture named by the file (imports and runs its code)",
+    )
     p.set_defaults(handler=handle)
 
 
@@ -35,11 +45,14 @@ def handle(args: argparse.Namespace) -> int:
     from kdistill.data import BatchLoader, build_data
     from kdistill.engine.checkpoint import load_model
     from kdistill.experiment import check_model_fits_data, evaluate_model, resolve_device
+    from kdistill.trust import CodeTrust
 
     if str(args.checkpoint).endswith(".onnx"):
         model, spec = _onnx_model(args.checkpoint)
     else:
-        model, spec = load_model(args.checkpoint)
+        model, spec = load_model(
+            args.checkpoint, arch=args.arch, trust=CodeTrust(everything=args.trust_code)
+        )
     recorded = dict(spec.extra.get("data", {}))
     if args.dataset is not None and args.dataset != recorded.get("name"):
         recorded = {"name": args.dataset}

@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="sweep name")
     p.add_argument("--out", help="directory of sweep directories")
     p.add_argument("--parallel", type=int, help="trials at a time")
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="let model files name import-path architectures the config does not write itself",
+    )
     p.set_defaults(handler=handle)
 
 
@@ -84,5 +89,5 @@ def handle(args: argparse.Namespace) -> int:
     from kdistill.sweep import run_sweep
 
     sweep, base_dir = build_sweep(args)
-    run_sweep(sweep, base_dir)
+    run_sweep(sweep, base_dir, trust_code=args.trust_code)
     return 0

@@ -48,6 +48,12 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N [train.device]")
     g.add_argument("--name", help="run name [name]")
     g.add_argument("--out", help="directory of run directories [out_dir]")
+    g.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="let model files (teachers, model.checkpoint) name import-path architectures "
+        "that this config does not write itself: that imports and runs their code",
+    )
     kd = p.add_argument_group("knowledge distillation (Distiller-compatible)")
     kd.add_argument(
         "--kd-teacher", metavar="ARCH", help="teacher architecture [kd.teachers.0.arch]"
@@ -205,7 +211,12 @@ def handle(args: argparse.Namespace) -> int:
             summaries.append(json.loads(finished.read_text()))
             continue
         result = run(
-            seed_cfg, resume=args.resume, force=args.force, progress=not args.quiet, log=print
+            seed_cfg,
+            resume=args.resume,
+            force=args.force,
+            progress=not args.quiet,
+            log=print,
+            trust_code=args.trust_code,
         )
         s = result.summary
         if not s:  # a secondary process of a data-parallel run: the first one reports

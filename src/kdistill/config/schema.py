@@ -661,6 +661,14 @@ class RunConfig:
         (),
     )
 
+    def user_code(self) -> tuple[str, ...]:
+        """The import paths written in this config (architectures, callbacks): code the user
+        asked to run, which a model file may therefore name too (see :mod:`kdistill.trust`)."""
+        archs = (
+            [self.model.arch, *(t.arch for t in self.kd.teachers)] if self.kd else [self.model.arch]
+        )
+        return tuple(a for a in archs if a is not None and ":" in a) + self.train.callbacks
+
     def __post_init__(self) -> None:
         _require(
             bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name),

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from kdistill.atomic import atomic_path, atomic_write_text, fsync_dir
 from kdistill.models import build_model
+from kdistill.trust import NO_TRUST, CodeTrust
 
 MODEL_FORMAT_VERSION = 1
 _META_KEY = "kdistill"
@@ -51,6 +52,9 @@ class ModelSpec:
         dataset: the dataset it was trained on.
         class_names: a name per class.
         extra: anything else a component needs to rebuild the model (e.g. compression state).
+        origin: the file this spec was read from (``None``: made by this process). A spec read
+            from a file names its architecture as data: :meth:`build` imports an import-path
+            architecture only when the caller's :class:`~kdistill.trust.CodeTrust` allows it.
     """
 
     arch: str
@@ -62,37 +66,101 @@ class ModelSpec:
     dataset: str | None = None
     class_names: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    origin: str | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> str:
-        return json.dumps({"format_version": MODEL_FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+        record = asdict(self)
+        del record["origin"]  # where it is read from is not part of the record
+        return json.dumps({"format_version": MODEL_FORMAT_VERSION, **record}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> ModelSpec:
+        """The spec recorded in a file, every field checked (the file may come from anyone)."""
         try:
             data = json.loads(text)
-            version = data.pop("format_version")
-        except (json.JSONDecodeError, KeyError, AttributeError):
-            raise CheckpointError(f"{where}: kdistill metadata is unreadable") from None
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{where}: kdistill metadata is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{where}: kdistill metadata must be a JSON object")
+        version = data.pop("format_version", None)
         if version != MODEL_FORMAT_VERSION:
             raise CheckpointError(
-                f"{where}: model format version {version}, this kdistill reads {MODEL_FORMAT_VERSION}"
+                f"{where}: model format version {version!r}, this kdistill reads "
+                f"{MODEL_FORMAT_VERSION}"
             )
+        known = {f.name for f in fields(cls)} - {"origin"}
+        required = {"arch", "args", "num_classes", "input_shape"}
+        unknown, missing = sorted(set(data) - known), sorted(required - set(data))
+        problems = [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
+        problems += [f"missing field(s) {', '.join(missing)}"] if missing else []
+        if problems:
+            raise CheckpointError(
+                f"{where}: kdistill metadata has {'; '.join(problems)} "
+                f"(valid fields: {', '.join(sorted(known))})"
+            )
+        _check_spec_fields(data, where)
         data["input_shape"] = tuple(data["input_shape"])
         for key in ("mean", "std", "class_names"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
-        return cls(**data)
+        return cls(**data, origin=where)
 
-    def build(self, *, quantized: bool = True) -> nn.Module:
+    def build(self, *, quantized: bool = True, trust: CodeTrust = NO_TRUST) -> nn.Module:
         """A freshly initialized network of this architecture, with the structure its
         compression record describes (pruned channels; the fake-quantized graph unless
-        ``quantized=False``)."""
+        ``quantized=False``).
+
+        Raises:
+            UntrustedCodeError: the spec was read from a file and names an import path that
+                ``trust`` does not allow.
+        """
+        if self.origin is not None:
+            trust.check(self.arch, self.origin)
         model = build_model(self.arch, self.num_classes, self.input_shape, self.args)
         if self.extra.get("layer_shapes") or self.extra.get("qat"):
             from kdistill.compression.rebuild import rebuild
 
             model = rebuild(model, self.extra, tuple(self.input_shape), quantized=quantized)
         return model
+
+
+def _check_spec_fields(data: Mapping[str, Any], where: str) -> None:
+    """Types of a model file's recorded fields (a wrong one would fail later, far from here)."""
+
+    def numbers(value: Any) -> bool:
+        return isinstance(value, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        )
+
+    checks = {
+        "arch": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+        "args": (lambda v: isinstance(v, dict), "an object"),
+        "num_classes": (
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+            "an integer >= 1",
+        ),
+        "input_shape": (
+            lambda v: (
+                isinstance(v, list)
+                and len(v) in (1, 3)
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v)
+            ),
+            "a list of 1 or 3 positive integers",
+        ),
+        "mean": (lambda v: v is None or numbers(v), "null or a list of numbers"),
+        "std": (lambda v: v is None or numbers(v), "null or a list of numbers"),
+        "dataset": (lambda v: v is None or isinstance(v, str), "null or a string"),
+        "class_names": (
+            lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+            "a list of strings",
+        ),
+        "extra": (lambda v: isinstance(v, dict), "an object"),
+    }
+    for key, (ok, expected) in checks.items():
+        if key in data and not ok(data[key]):
+            raise CheckpointError(
+                f"{where}: kdistill metadata field {key!r} must be {expected}, got {data[key]!r}"
+            )
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -153,13 +221,24 @@ def load_state_file(path: str | Path) -> dict[str, Tensor]:
 
 
 def load_model(
-    path: str | Path, *, arch: str | None = None, args: Mapping[str, Any] | None = None
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    args: Mapping[str, Any] | None = None,
+    trust: CodeTrust = NO_TRUST,
 ) -> tuple[nn.Module, ModelSpec]:
     """Rebuild a network from a model file and load its weights.
 
     Args:
         path: model file, run directory or checkpoint directory.
-        arch, args: optional expectations; a mismatch with the file's record is an error.
+        arch, args: optional expectations; a mismatch with the file's record is an error. An
+            ``arch`` given here is the caller's own, so it is trusted even if it is an import path.
+        trust: the import paths the file may name besides ``arch`` (default: none, so a file
+            can only name registered architectures).
+
+    Raises:
+        UntrustedCodeError: the file names an import path that neither ``arch`` nor ``trust``
+            allows; nothing was imported.
     """
     spec = read_model_spec(path)
     if arch is not None and arch != spec.arch:
@@ -169,7 +248,9 @@ def load_model(
         )
     if args and dict(args) != dict(spec.args):
         raise CheckpointError(f"{path} was built with args {dict(spec.args)}, not {dict(args)}")
-    model = spec.build()
+    if arch is not None:
+        trust = CodeTrust(trust.paths | {arch}, trust.everything)
+    model = spec.build(trust=trust)
     load_weights(model, path)
     return model, spec
 

@@ -32,6 +32,7 @@ from kdistill.models import build_model
 from kdistill.objectives import Distiller, Supervised
 from kdistill.teachers import EnsembleTeacher, FrozenTeacher, Renormalize, logits_of
 from kdistill.teachers.cached import CachedTeacher
+from kdistill.trust import CodeTrust, UntrustedCodeError
 
 Log = Callable[[str], None]
 
@@ -101,11 +102,21 @@ def check_model_fits_data(spec: ModelSpec, data: DataBundle, what: str) -> None:
         )
 
 
-def build_student(cfg: RunConfig, data: DataBundle) -> tuple[nn.Module, ModelSpec]:
+def code_trust(cfg: RunConfig, trust_code: bool = False) -> CodeTrust:
+    """What model files may name in a run of ``cfg``: the import paths the config itself
+    writes, or anything with ``trust_code`` (``--trust-code``)."""
+    return CodeTrust.of(cfg.user_code(), trust_code=trust_code)
+
+
+def build_student(
+    cfg: RunConfig, data: DataBundle, trust: CodeTrust | None = None
+) -> tuple[nn.Module, ModelSpec]:
     """The model being trained, freshly initialized or from ``model.checkpoint``."""
     m = cfg.model
     if m.checkpoint is not None:
-        model, spec = load_model(m.checkpoint, arch=m.arch, args=m.args or None)
+        model, spec = load_model(
+            m.checkpoint, arch=m.arch, args=m.args or None, trust=trust or code_trust(cfg)
+        )
         check_model_fits_data(spec, data, f"model.checkpoint {m.checkpoint}")
         spec = model_spec(ModelConfig(arch=spec.arch, args=dict(spec.args)), data, cfg.data)
         return model, spec
@@ -129,7 +140,7 @@ def input_adapter(spec: ModelSpec, data: DataBundle, normalize: bool) -> nn.Modu
 
 
 def load_teachers(
-    kd: KDConfig, data: DataBundle, data_cfg: DataConfig, log: Log
+    kd: KDConfig, data: DataBundle, data_cfg: DataConfig, log: Log, trust: CodeTrust
 ) -> list[tuple[nn.Module, ModelSpec, str]]:
     """The teacher networks with their specs and checkpoint paths (weights loaded)."""
     teachers = []
@@ -140,9 +151,11 @@ def load_teachers(
             model = build_model(spec.arch, data.num_classes, data.input_shape, spec.args)
         else:
             try:
-                model, spec = load_model(t.checkpoint, arch=t.arch, args=t.args or None)
-            except CheckpointError as e:
-                raise CheckpointError(f"{what}: {e}") from None
+                model, spec = load_model(
+                    t.checkpoint, arch=t.arch, args=t.args or None, trust=trust
+                )
+            except (CheckpointError, UntrustedCodeError) as e:
+                raise type(e)(f"{what}: {e}") from None
             check_model_fits_data(spec, data, f"{what} ({t.checkpoint})")
             if spec.dataset is not None and spec.dataset != data.name:
                 log(
@@ -172,11 +185,13 @@ class TeacherSetup:
         return not self.members
 
 
-def build_teacher(cfg: RunConfig, data: DataBundle, log: Log) -> TeacherSetup:
+def build_teacher(
+    cfg: RunConfig, data: DataBundle, log: Log, trust: CodeTrust | None = None
+) -> TeacherSetup:
     """Load ``kd.teachers`` and wrap them: frozen (and ensembled), or trainable in joint mode."""
     kd = cfg.kd
     assert kd is not None
-    loaded = load_teachers(kd, data, cfg.data, log)
+    loaded = load_teachers(kd, data, cfg.data, log, trust or code_trust(cfg))
     if kd.teacher_weight > 0:
         model, spec, _ = loaded[0]
         adapter = input_adapter(spec, data, cfg.data.normalize)

@@ -53,6 +53,7 @@ from kdistill.experiment.components import (
     build_teacher,
     build_train_loader,
     check_teacher,
+    code_trust,
     configure_torch,
     evaluate_model,
     joint_teacher_network,
@@ -63,6 +64,7 @@ from kdistill.experiment.rundir import RunDirError, link_latest, prepare_run_dir
 from kdistill.losses.functional import gradient_norms
 from kdistill.teacher_cache import prepare_teacher_cache
 from kdistill.teachers import logits_of
+from kdistill.trust import CodeTrust
 
 LATENCY_BATCHES = (1, 128)
 
@@ -81,8 +83,12 @@ def run(
     progress: bool = True,
     log: Log = print,
     callbacks: Sequence[Callback] = (),
+    trust_code: bool = False,
 ) -> RunResult:
     """Train one run of ``cfg`` (one seed) and write its directory. See ``docs/cli.md``.
+
+    Model files (teachers, ``model.checkpoint``) may name import-path architectures only when
+    ``cfg`` writes the same path itself, or with ``trust_code`` (see :mod:`kdistill.trust`).
 
     Launched by ``torchrun`` with several processes, the student trains data-parallel (DDP) and
     only the first process writes files and logs; the others return an empty summary.
@@ -97,6 +103,7 @@ def run(
             progress=progress,
             log=log,
             callbacks=callbacks,
+            trust=code_trust(cfg, trust_code),
         )
     except RuntimeError as exc:
         if dist_ctx is not None and is_peer_failure(exc):
@@ -120,6 +127,7 @@ def _run(
     progress: bool,
     log: Log,
     callbacks: Sequence[Callback],
+    trust: CodeTrust,
 ) -> RunResult:
     started = time.perf_counter()
     main = dist_ctx is None or dist_ctx.is_main
@@ -133,14 +141,14 @@ def _run(
     configure_torch(cfg, dist_ctx)
     device = resolve_device(cfg.train.device, dist_ctx)
     data = build_data(cfg.data)
-    student, spec = build_student(cfg, data)
+    student, spec = build_student(cfg, data, trust)
     eval_loaders = build_eval_loaders(cfg, data, device, rank=rank, world_size=world)
     if world > 1:
         log(
             f"data-parallel training on {world} processes ({dist_ctx.backend}); global batch {cfg.data.batch_size}"
         )  # type: ignore[union-attr]
 
-    teacher = build_teacher(cfg, data, log) if cfg.kd is not None else None
+    teacher = build_teacher(cfg, data, log, trust) if cfg.kd is not None else None
     teacher_info: dict[str, Any] = {}
     teacher_test_preds: list[torch.Tensor] = []
     if teacher is not None:

@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from kdistill.engine import checkpoint as ck
 from kdistill.engine.checkpoint import CheckpointError, ModelSpec
+from kdistill.trust import UntrustedCodeError
 
 
 def spec(**kw):
@@ -114,3 +115,48 @@ def test_unreadable_pointer(tmp_path):
     (root / "latest.json").write_text('{"epoch": 1, "dir": "epoch-0001"}')
     with pytest.raises(CheckpointError, match="incomplete or missing"):
         ck.latest_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"format_version": 7}', "format version 7"),
+        ('{"format_version": 1, "arch": "mlp"}', "missing field.*args, input_shape, num_classes"),
+        (
+            '{"format_version": 1, "arch": "mlp", "args": {}, "num_classes": 3, '
+            '"input_shape": [4], "origin": null}',
+            "unknown field.*origin",
+        ),
+        (
+            '{"format_version": 1, "arch": "mlp", "args": {}, "num_classes": "3", "input_shape": [4]}',
+            "'num_classes' must be an integer",
+        ),
+        (
+            '{"format_version": 1, "arch": "mlp", "args": {}, "num_classes": 3, "input_shape": [4, 4]}',
+            "'input_shape' must be a list of 1 or 3",
+        ),
+        (
+            '{"format_version": 1, "arch": 5, "args": {}, "num_classes": 3, "input_shape": [4]}',
+            "'arch' must be a non-empty string",
+        ),
+    ],
+)
+def test_metadata_is_checked_field_by_field(tmp_path, meta, message):
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "m.safetensors"), metadata={"kdistill": meta})
+    with pytest.raises(CheckpointError, match=message) as info:
+        ck.load_model(tmp_path / "m.safetensors")
+    assert "m.safetensors" in str(info.value)
+
+
+def test_a_file_cannot_make_kdistill_import_code(tmp_path):
+    s = spec()
+    planted = ModelSpec(**{**s.__dict__, "arch": "os:system", "origin": None})
+    ck.save_model_file(tmp_path / "m.safetensors", s.build().state_dict(), planted)
+    read = ck.read_model_spec(tmp_path / "m.safetensors")
+    assert read.origin is not None and read == planted  # where it came from is not data
+    with pytest.raises(UntrustedCodeError, match="'os:system', an import path"):
+        read.build()
+    with pytest.raises(UntrustedCodeError):
+        ck.load_model(tmp_path / "m.safetensors", arch=None)
