@@ -89,6 +89,7 @@ def build_workload(
     teacher_path: str, mode: str, work: str, *, precision: str, views: int | None
 ) -> Workload:
     import torch
+    from kdistill.teacher_cache import prepare_teacher_cache
 
     from kdistill.data import build_data
     from kdistill.experiment import (
@@ -99,7 +100,6 @@ def build_workload(
         build_train_loader,
         configure_torch,
     )
-    from kdistill.teacher_cache import prepare_teacher_cache
 
     cfg = config(teacher_path, mode, work, precision=precision, views=views)
     configure_torch(cfg)
@@ -175,7 +175,7 @@ def teacher_throughput(teacher_path: str) -> dict:
     does running the teacher on bigger batches than the student's pay on this machine?"""
     import torch
 
-    from kdistill.engine.checkpoint import load_model
+    from kdistill.experiment import load_model
 
     torch.set_num_threads(2)
     model, _ = load_model(teacher_path)

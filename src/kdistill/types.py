@@ -104,19 +104,60 @@ class LossOutput:
         """Each weighted part as it enters ``total``."""
         return {k: self.parts[k] * w for k, w in self.weights.items()}
 
-    def as_floats(self) -> dict[str, float]:
-        """Total, unweighted and weighted parts as Python floats, for logging."""
-        out = {"total": float(self.total.detach())}
+    def detached(self) -> dict[str, Tensor]:
+        """Total, unweighted and weighted parts as detached tensors (no host synchronization:
+        the trainer sums these on the device and reads them once per logging interval)."""
+        out = {"total": self.total.detach()}
         for k, v in self.parts.items():
-            out[k] = float(v.detach())
+            out[k] = v.detach()
         for k, v in self.weighted_parts().items():
-            out[f"{k}_weighted"] = float(v.detach())
+            out[f"{k}_weighted"] = v.detach()
         return out
+
+    def as_floats(self) -> dict[str, float]:
+        """Total, unweighted and weighted parts as Python floats, for logging (each value is a
+        host synchronization: in a loop, prefer :meth:`detached`)."""
+        return {k: float(v) for k, v in self.detached().items()}
 
 
 class DistillerOutput(NamedTuple):
-    """What :class:`kdistill.Distiller` returns for a batch."""
+    """What an objective (:class:`kdistill.Distiller`, :class:`kdistill.Supervised`) returns for
+    a batch: the student's output, the loss, and the teacher's output (``None`` without one)."""
 
     student: StudentOutput
     loss: LossOutput
     teacher: TeacherOutput | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch, ready for the model.
+
+    Attributes:
+        inputs: float32, augmented and normalized, on the training device.
+        targets: ``(N,)`` int64 labels.
+        sample_ids: ``(N,)`` int64 stable ids of the samples (CPU).
+        views: ``(N,)`` int64 augmentation view of each sample, or ``None`` without augmentation.
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    sample_ids: Tensor
+    views: Tensor | None
+
+
+def logits_of(output: object) -> Tensor:
+    """Class scores from a model's output: a tensor, the first item of a tuple, or ``["logits"]``
+    (also an attribute ``.logits``, as Hugging Face models return)."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    if isinstance(output, dict) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    if isinstance(getattr(output, "logits", None), Tensor):
+        return output.logits  # type: ignore[attr-defined]
+    raise ValueError(
+        f"cannot find logits in a model output of type {type(output).__name__}: return a "
+        "tensor, a tuple whose first item is the logits, or a dict with a 'logits' key"
+    )

@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdistill.cli.commands import list_recipes, recipes_root
-from kdistill.config import load_config
+from kdistill.config import list_recipes, load_config, recipes_root
 from kdistill.models import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +50,7 @@ def test_recipe_loads_and_its_models_build(path):
 def test_shipped_sweeps_load_and_their_settings_validate(path):
     from kdistill.config import apply_values
     from kdistill.config.sweep import load_sweep
-    from kdistill.sweep import resolve_base
+    from kdistill.experiment.sweep import resolve_base
 
     sweep, base_dir = load_sweep(path)
     base = resolve_base(sweep, base_dir)

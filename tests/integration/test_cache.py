@@ -10,8 +10,7 @@ from kdistill.cache import CacheError
 from kdistill.cli.main import main
 from kdistill.config import apply_overrides
 from kdistill.data import build_data
-from kdistill.experiment import build_teacher, run
-from kdistill.teacher_cache import prepare_teacher_cache
+from kdistill.experiment import build_teacher, code_trust, prepare_teacher_cache, run
 from kdistill.teachers.cached import CachedTeacher
 
 from .conftest import digits_config
@@ -32,7 +31,7 @@ def cached_config(tmp_path, teacher_run, *extra):
 
 def prepare(cfg, **kw):
     data = build_data(cfg.data)
-    teacher = build_teacher(cfg, data, lambda _: None)
+    teacher = build_teacher(cfg, data, lambda _: None, code_trust(cfg))
     cache = prepare_teacher_cache(
         cfg,
         data,
@@ -53,7 +52,7 @@ def test_cached_outputs_equal_the_live_teacher_on_the_same_views(tmp_path, teach
     assert cache.layout.views_per_sample == 18  # 3x3 offsets x 2 flips: the whole space
     from kdistill.experiment import build_train_loader
 
-    loader = build_train_loader(cfg, data, torch.device("cpu"), view_sampler=cache.view_sampler())
+    loader = build_train_loader(cfg, data, torch.device("cpu"), cache=cache)
     cached = CachedTeacher(cache, temperature=cfg.kd.temperature)
     batch = next(iter(loader))
     live = teacher.live(batch.inputs)
@@ -204,9 +203,7 @@ def test_cached_ensemble_equals_the_live_ensemble(tmp_path, teacher_run, reduce)
     assert cache.layout.members == 2 and cache.layout.views_per_sample == 2
     from kdistill.experiment import build_train_loader
 
-    batch = next(
-        iter(build_train_loader(cfg, data, torch.device("cpu"), view_sampler=cache.view_sampler()))
-    )
+    batch = next(iter(build_train_loader(cfg, data, torch.device("cpu"), cache=cache)))
     live = teacher.live(batch.inputs)
     got = CachedTeacher(cache, reduce=reduce, weights=[1, 3], temperature=cfg.kd.temperature)(
         batch.inputs, sample_ids=batch.sample_ids, views=batch.views
@@ -215,17 +212,17 @@ def test_cached_ensemble_equals_the_live_ensemble(tmp_path, teacher_run, reduce)
 
 
 def test_channels_last_and_bf16_teachers_match(teacher_run):
-    from kdistill.engine.checkpoint import load_model
+    from kdistill.experiment import load_model
     from kdistill.teachers import FrozenTeacher
 
-    model, _ = load_model(teacher_run.run_dir)
+    model = load_model(teacher_run.run_dir).model
     x = torch.randn(16, 1, 8, 8)
     plain = FrozenTeacher(model)(x).logits
     torch.testing.assert_close(
-        FrozenTeacher(load_model(teacher_run.run_dir)[0], channels_last=True)(x).logits,
+        FrozenTeacher(load_model(teacher_run.run_dir).model, channels_last=True)(x).logits,
         plain,
         rtol=1e-4,
         atol=1e-4,
     )
-    fast = FrozenTeacher(load_model(teacher_run.run_dir)[0], dtype=torch.bfloat16)(x).logits
+    fast = FrozenTeacher(load_model(teacher_run.run_dir).model, dtype=torch.bfloat16)(x).logits
     assert fast.dtype == torch.float32 and (fast.argmax(1) == plain.argmax(1)).float().mean() > 0.9

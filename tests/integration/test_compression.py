@@ -7,13 +7,20 @@ import torch
 
 from kdistill.cli.main import main
 from kdistill.config import ConfigError
-from kdistill.engine.checkpoint import load_model, load_state_file
-from kdistill.experiment import run
+from kdistill.experiment import load_model, run
+from kdistill.models import load_state_file
 
 from .conftest import digits_config
 from .test_engine import QUIET, StopAt, metric_lines
 
-LENET = ["model.arch=lenet5", "model.args={}", "data.augment.crop_padding=1"]
+# A few epochs of LeNet-5 on the digits test the mechanics of compression; the student often
+# ends near chance that soon, which the collapse check would (rightly) stop, so it only warns.
+LENET = [
+    "model.arch=lenet5",
+    "model.args={}",
+    "data.augment.crop_padding=1",
+    "train.on_collapse=warn",
+]
 
 
 def policies(*items):

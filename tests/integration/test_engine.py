@@ -6,14 +6,9 @@ import json
 import pytest
 import torch
 
-from kdistill.engine import Callback, CollapseError, NonFiniteLossError
-from kdistill.engine.checkpoint import (
-    latest_checkpoint,
-    load_model,
-    load_state_file,
-    save_model_file,
-)
-from kdistill.experiment import RunDirError, TeacherCheckError, run
+from kdistill.engine import Callback, Checkpointer, CollapseError, NonFiniteLossError
+from kdistill.experiment import RunDirError, TeacherCheckError, load_model, run
+from kdistill.models import ModelSpec, load_state_file, save_model_file
 
 from .conftest import digits_config
 
@@ -52,18 +47,16 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, teacher_run, distill):
     cfg = digits_config(tmp_path / "b", *extra)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, callbacks=[StopAt(2)], **QUIET)
-    assert (
-        latest_checkpoint(tmp_path / "b" / whole.run_dir.parent.name / "seed-0").name
-        == "epoch-0001"
-    )
+    checkpoint = Checkpointer.latest(tmp_path / "b" / whole.run_dir.parent.name / "seed-0")
+    assert checkpoint.path.name == "epoch-0001"
     with pytest.raises(RunDirError, match="pass --resume"):
         run(cfg, **QUIET)
     resumed = run(cfg, resume=True, **QUIET)
     assert metric_lines(resumed.run_dir) == metric_lines(whole.run_dir)
     a, b = load_state_file(whole.run_dir), load_state_file(resumed.run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.summary["test_top1"] == whole.summary["test_top1"]
-    assert len(resumed.summary["epoch_times_s"]) == 4
+    assert resumed.record.test_top1 == whole.record.test_top1
+    assert len(resumed.record.epoch_times_s) == 4
 
 
 class PoisonAt(Callback):
@@ -81,20 +74,18 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"became nan at epoch 2, step 1 of 23"):
         run(cfg, callbacks=[PoisonAt(1)], **QUIET)
     run_dir = tmp_path / next(tmp_path.iterdir()).name / "seed-0"
-    ckpt = latest_checkpoint(run_dir)
-    assert ckpt.name == "epoch-0000"
-    model, _ = load_model(ckpt)  # the last good checkpoint is intact and finite
+    ckpt = Checkpointer.latest(run_dir)
+    assert ckpt.path.name == "epoch-0000"
+    model, _ = load_model(ckpt.path)  # the last good checkpoint is intact and finite
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_an_untrained_teacher_is_refused(tmp_path):
-    from kdistill.engine.checkpoint import ModelSpec
-
     spec = ModelSpec(
         arch="mlp", args={"hidden": [4]}, num_classes=10, input_shape=(1, 8, 8), dataset="digits"
     )
     torch.manual_seed(0)
-    model = spec.build()
+    model = spec.build_architecture()
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
@@ -107,10 +98,8 @@ def test_an_untrained_teacher_is_refused(tmp_path):
 
 
 def test_a_teacher_for_other_classes_is_refused(tmp_path):
-    from kdistill.engine.checkpoint import ModelSpec
-
     spec = ModelSpec(arch="mlp", args={"hidden": [4]}, num_classes=3, input_shape=(1, 8, 8))
-    save_model_file(tmp_path / "t.safetensors", spec.build().state_dict(), spec)
+    save_model_file(tmp_path / "t.safetensors", spec.build_architecture().state_dict(), spec)
     with pytest.raises(ValueError, match="predicts 3 classes but digits has 10"):
         run(
             digits_config(tmp_path, f"kd.teachers.0.checkpoint={tmp_path / 't.safetensors'}"),
@@ -137,11 +126,15 @@ def test_collapse_is_detected(tmp_path, monkeypatch):
         "model.args={}",
         "train.on_collapse=stop",
     )
-    with pytest.raises(CollapseError, match=r"predicts one class for 100% .*lower optim.lr"):
+    with pytest.raises(CollapseError, match=r"collapsed .*at or below chance.*lower optim.lr"):
         run(cfg, **QUIET)
     messages = []
     warn = digits_config(
-        tmp_path / "runs2", "model.arch=constant_model:build", "model.args={}", "train.epochs=1"
+        tmp_path / "runs2",
+        "model.arch=constant_model:build",
+        "model.args={}",
+        "train.epochs=1",
+        "train.on_collapse=warn",
     )
     run(warn, progress=False, log=messages.append)
     assert any(m.startswith("WARNING:") and "collapsed" in m for m in messages)
@@ -154,8 +147,8 @@ def test_ensemble_of_teachers(tmp_path, teacher_run):
         "kd.ensemble_weights=[1, 3]",
     )
     result = run(cfg, **QUIET)
-    assert result.summary["teacher_test_top1"] == pytest.approx(teacher_run.summary["test_top1"])
-    assert len(result.summary["teachers"]) == 2
+    assert result.record.teacher_test_top1 == pytest.approx(teacher_run.record.test_top1)
+    assert len(result.record.teachers) == 2
     logits = run(
         digits_config(
             tmp_path / "l",
@@ -164,7 +157,7 @@ def test_ensemble_of_teachers(tmp_path, teacher_run):
         ),
         **QUIET,
     )
-    assert logits.summary["teacher_test_top1"] == pytest.approx(teacher_run.summary["test_top1"])
+    assert logits.record.teacher_test_top1 == pytest.approx(teacher_run.record.test_top1)
 
 
 def test_joint_teacher_training(tmp_path, teacher_run):
@@ -185,7 +178,7 @@ def test_teacher_with_other_normalization_is_adapted(tmp_path, teacher_run):
         tmp_path, f"kd.teachers.0.checkpoint={teacher_run.run_dir}", "data.normalize=false"
     )
     result = run(cfg, **QUIET)
-    assert result.summary["teacher_test_top1"] == pytest.approx(teacher_run.summary["test_top1"])
+    assert result.record.teacher_test_top1 == pytest.approx(teacher_run.record.test_top1)
 
 
 def test_callbacks_by_import_path(tmp_path, monkeypatch):
@@ -215,11 +208,11 @@ def test_a_distillation_gradient_far_above_cross_entropy_is_reported(tmp_path, t
     common = [f"kd.teachers.0.checkpoint={teacher_run.run_dir}", "train.epochs=1"]
     messages = []
     mild = run(digits_config(tmp_path / "a", *common, "kd.temperature=1", "kd.alpha=0.5"), **QUIET)
-    assert 0 < mild.summary["kd_gradient_ratio"] < 2.5 and "warnings" not in mild.summary
+    assert 0 < mild.record.kd_gradient_ratio < 2.5 and not mild.record.warnings
     strong = ["kd.temperature=20", "kd.alpha=0.0", "kd.beta=2.0"]
     hot = run(digits_config(tmp_path / "b", *common, *strong), progress=False, log=messages.append)
-    assert hot.summary["kd_gradient_ratio"] > 2.5
+    assert hot.record.kd_gradient_ratio > 2.5
     assert any(m.startswith("WARNING:") and "optim.grad_clip" in m for m in messages)
-    assert "optim.grad_clip" in hot.summary["warnings"][0]
+    assert "optim.grad_clip" in hot.record.warnings[0]
     clipped = run(digits_config(tmp_path / "c", *common, *strong, "optim.grad_clip=2.0"), **QUIET)
-    assert clipped.summary["kd_gradient_ratio"] > 2.5 and "warnings" not in clipped.summary
+    assert clipped.record.kd_gradient_ratio > 2.5 and not clipped.record.warnings

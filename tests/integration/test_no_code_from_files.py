@@ -2,14 +2,12 @@
 refused at every entry point that loads a model, unless the user writes the same path
 themselves or passes --trust-code."""
 
-import json
-import shutil
 import sys
 
 import pytest
 
 from kdistill.cli.main import main
-from kdistill.engine.checkpoint import load_state_file, read_model_spec, save_model_file
+from kdistill.models import load_state_file, read_model_spec, save_model_file
 
 PLANTED = "kd_planted_code:build"
 MODULE = PLANTED.split(":")[0]
@@ -114,10 +112,12 @@ def test_resume_and_report_never_run_planted_code(planted, tmp_path, capsys):
     victim = (tmp_path / "out" / "victim").resolve()
     for file in victim.rglob("*.safetensors"):  # every model file of the run, checkpoints too
         plant(file, file)
-    assert main(["report", str(victim), "--out", str(tmp_path / "report")]) == 0
+    capsys.readouterr()
+    # the files no longer match the checksums recorded when they were written: refused
+    assert main(["report", str(victim), "--out", str(tmp_path / "report")]) == 1
+    assert "was changed after kdistill wrote it" in capsys.readouterr().err
     assert not code_ran(marker)
     (victim / "summary.json").unlink()  # as if it had been interrupted after its last epoch
-    assert main(["train", *args, "--resume"]) == 0
+    assert main(["train", *args, "--resume"]) == 1
+    assert "checkpoint file" in capsys.readouterr().err
     assert not code_ran(marker)
-    assert json.loads((victim / "summary.json").read_text())["arch"] == "mlp"
-    shutil.rmtree(tmp_path / "report")

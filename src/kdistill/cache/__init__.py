@@ -6,7 +6,6 @@ from kdistill.cache.store import (
     CacheLayout,
     TeacherCache,
     build_cache,
-    merge_members,
     open_cache,
     topk_to_distribution,
 )
@@ -18,7 +17,6 @@ __all__ = [
     "array_digest",
     "build_cache",
     "fingerprint",
-    "merge_members",
     "module_digest",
     "open_cache",
     "tensor_digest",

@@ -2,7 +2,8 @@
 
 Layout of a finished cache directory::
 
-    manifest.json        format version, fingerprint and what it was computed from, shapes
+    manifest.json        format version, fingerprint and what it was computed from, shapes,
+                         and the sha256 of every array file (verified when the cache is opened)
     sample_ids.npy       (N,)  int64  the training samples, in row order
     views.npy            (N, K) int32 the augmentation views stored for each sample
     logits.npy           (N, K, M, C) float16/32: every member's logits   (full caches)
@@ -31,17 +32,19 @@ from numpy.lib.format import open_memmap
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from kdistill.atomic import atomic_write_text
+from kdistill.files import ArtifactError, atomic_write_text, read_json, sha256_file, verify_file
+from kdistill.losses.ensemble import merged_probabilities
+from kdistill.validation import normalized_weights
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: the manifest records the sha256 of every array file
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"  # one per process: progress.json.<rank>
 # Samples per resumable chunk (with all their views); KDISTILL_CACHE_CHUNK overrides it (tests).
 CHUNK_SAMPLES = int(os.environ.get("KDISTILL_CACHE_CHUNK", "2048"))
 
 
-class CacheError(ValueError):
-    """A cache that is missing, incomplete, or was made from something else."""
+class CacheError(ArtifactError):
+    """A cache that is missing, incomplete, corrupted, or was made from something else."""
 
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -68,6 +71,19 @@ class CacheLayout:
     def kind(self) -> str:
         return "logits" if self.topk is None else "topk_probs"
 
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """The output arrays this layout stores (besides sample ids and views)."""
+        return ("logits",) if self.topk is None else ("topk_values", "topk_indices")
+
+
+def _load_array(path: Path, remedy: str, *, mmap: bool = False) -> np.ndarray:
+    """A ``.npy`` array (never unpickled), or a :class:`CacheError` naming the file."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CacheError(f"teacher-cache file {path} cannot be read ({e}); {remedy}") from None
+
 
 class TeacherCache:
     """A finished cache, opened read-only and memory-mapped.
@@ -81,33 +97,72 @@ class TeacherCache:
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             raise CacheError(f"{self.path} is not a finished teacher cache (no {MANIFEST})")
+        remedy = f"delete {self.path} (or run kdistill cache build --rebuild) to rebuild it"
         try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError:
-            raise CacheError(
-                f"{manifest_path} is unreadable; delete {self.path} to rebuild"
-            ) from None
+            self.manifest = read_json(manifest_path, "teacher-cache manifest")
+        except ArtifactError as e:
+            raise CacheError(f"{e}; {remedy}") from None
+        if not isinstance(self.manifest, dict):
+            raise CacheError(f"{manifest_path} must hold a JSON object; {remedy}")
         if self.manifest.get("format_version") != CACHE_FORMAT_VERSION:
             raise CacheError(
                 f"{self.path}: cache format {self.manifest.get('format_version')}, this kdistill "
-                f"reads {CACHE_FORMAT_VERSION}; rebuild it"
+                f"reads {CACHE_FORMAT_VERSION}; {remedy}"
             )
-        raw = dict(self.manifest["layout"])
-        raw["weights"] = None if raw.get("weights") is None else tuple(raw["weights"])
-        self.layout = CacheLayout(**raw)
-        self.fingerprint: str = self.manifest["fingerprint"]
-        self.sample_ids = np.load(self.path / "sample_ids.npy")
-        self.views = np.load(self.path / "views.npy", mmap_mode="r")
+        try:
+            raw = dict(self.manifest["layout"])
+            raw["weights"] = None if raw.get("weights") is None else tuple(raw["weights"])
+            self.layout = CacheLayout(**raw)
+            self.fingerprint: str = self.manifest["fingerprint"]
+            checksums: dict[str, str] = dict(self.manifest["files"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CacheError(f"{manifest_path} is malformed ({e}); {remedy}") from None
+        expected = {"sample_ids.npy", "views.npy", *(f"{n}.npy" for n in self.layout.arrays)}
+        if set(checksums) != expected:
+            raise CacheError(
+                f"{manifest_path} lists the files {sorted(checksums)}, expected {sorted(expected)}; "
+                f"{remedy}"
+            )
+        for name, digest in checksums.items():
+            try:
+                verify_file(self.path / name, digest, "teacher-cache file", remedy)
+            except ArtifactError as e:
+                raise CacheError(str(e)) from None
+        self.sample_ids = _load_array(self.path / "sample_ids.npy", remedy)
+        self.views = _load_array(self.path / "views.npy", remedy, mmap=True)
         if self.layout.topk is None:
-            self.logits = np.load(self.path / "logits.npy", mmap_mode="r")
+            self.logits = _load_array(self.path / "logits.npy", remedy, mmap=True)
         else:
-            self.topk_values = np.load(self.path / "topk_values.npy", mmap_mode="r")
-            self.topk_indices = np.load(self.path / "topk_indices.npy", mmap_mode="r")
+            self.topk_values = _load_array(self.path / "topk_values.npy", remedy, mmap=True)
+            self.topk_indices = _load_array(self.path / "topk_indices.npy", remedy, mmap=True)
+        self._check_shapes(remedy)
         # id -> row: sample ids are dataset indices, so a dense table is small and O(1).
         self._row_of = np.full(
             int(self.sample_ids.max()) + 1 if len(self.sample_ids) else 0, -1, np.int64
         )
         self._row_of[self.sample_ids] = np.arange(len(self.sample_ids))
+
+    def _check_shapes(self, remedy: str) -> None:
+        """The arrays have the shapes and dtypes the manifest's layout says."""
+        lay = self.layout
+        n, k = lay.num_samples, lay.views_per_sample
+        width = lay.topk or 0
+        expected = {
+            "sample_ids": ((n,), ("int64",)),
+            "views": ((n, k), ("int32",)),
+            "logits": ((n, k, lay.members, lay.num_classes), ("float16", "float32")),
+            "topk_values": ((n, k, width), ("float16", "float32")),
+            "topk_indices": ((n, k, width), ("int32",)),
+        }
+        for name in ("sample_ids", "views", *lay.arrays):
+            array = getattr(self, name)
+            shape, dtypes = expected[name]
+            if array.shape != shape or str(array.dtype) not in dtypes:
+                raise CacheError(
+                    f"teacher-cache file {self.path / (name + '.npy')} holds {array.dtype} "
+                    f"{array.shape}, the manifest's layout needs {' or '.join(dtypes)} {shape}; "
+                    f"{remedy}"
+                )
 
     def rows(self, sample_ids: Tensor) -> np.ndarray:
         """Row of each sample id; an id the cache does not hold is an error."""
@@ -255,6 +310,7 @@ def build_cache(
             raise CacheError(
                 f"teacher cache build in {partial} is missing chunks {sorted(missing)[:5]}"
             )
+        names = ["sample_ids.npy", "views.npy", *(f"{n}.npy" for n in layout.arrays)]
         _write_json_atomic(
             partial / MANIFEST,
             {
@@ -264,6 +320,7 @@ def build_cache(
                 "layout": {
                     k: list(v) if isinstance(v, tuple) else v for k, v in layout.__dict__.items()
                 },
+                "files": {name: sha256_file(partial / name) for name in names},
             },
         )
         for p in partial.glob(f"{PROGRESS}.*"):
@@ -348,26 +405,12 @@ def _fill_chunk(
         if layout.topk is None:
             arrays["logits"][r, s] = logits.cpu().numpy()
         else:
-            weights = None if layout.weights is None else torch.tensor(layout.weights)
-            probs = merge_members(logits, layout.reduce, weights, layout.temperature)  # type: ignore[arg-type]
+            weights = normalized_weights(layout.weights, layout.members)
+            probs = merged_probabilities(logits, weights, layout.reduce, layout.temperature)  # type: ignore[arg-type]
             values, indices = probs.topk(layout.topk, dim=1)
             arrays["topk_values"][r, s] = values.cpu().numpy()
             arrays["topk_indices"][r, s] = indices.cpu().numpy()
         bar.update(len(r))
-
-
-def merge_members(
-    logits: Tensor, reduce: str, weights: Tensor | None, temperature: float
-) -> Tensor:
-    """``(B, M, C)`` member logits -> ``(B, C)`` probabilities at temperature T: the weighted
-    mean of the members' softmax (``"probs"``) or the softmax of their weighted mean logits
-    (``"logits"``), as :class:`kdistill.EnsembleTeacher` combines them."""
-    m = logits.shape[1]
-    w = torch.full((m,), 1.0 / m) if weights is None else weights / weights.sum()
-    w = w.to(logits.device, logits.dtype).view(1, -1, 1)
-    if reduce == "logits":
-        return torch.softmax((logits * w).sum(dim=1) / temperature, dim=-1)
-    return (torch.softmax(logits / temperature, dim=-1) * w).sum(dim=1)
 
 
 def topk_to_distribution(values: Tensor, indices: Tensor, num_classes: int) -> Tensor:

@@ -49,23 +49,27 @@ def handle(args: argparse.Namespace) -> int:
         }
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0
-    from kdistill.config import apply_values
-    from kdistill.data import build_data
-    from kdistill.experiment import build_teacher, code_trust, configure_torch, resolve_device
-    from kdistill.teacher_cache import prepare_teacher_cache
+    from kdistill.experiment import build_run
 
     cfg = build_config(args)
     if cfg.kd is None:
         raise ValueError("the config has no kd section: there is no teacher to cache")
+    if cfg.kd.teacher_weight > 0:
+        raise ValueError(
+            f"kd.teacher_weight={cfg.kd.teacher_weight} trains the teacher jointly: its outputs "
+            "change every step and cannot be cached"
+        )
+    from kdistill.config import apply_values
+
     cfg = apply_values(cfg, {"kd.teacher_cache.enabled": True})
-    configure_torch(cfg)
-    device = resolve_device(cfg.train.device)
-    data = build_data(cfg.data)
-    teacher = build_teacher(cfg, data, print, code_trust(cfg, args.trust_code))
-    teacher.live.to(device)
-    cache = prepare_teacher_cache(
-        cfg, data, teacher, device, progress=not args.quiet, force_build=args.rebuild
+    parts = build_run(
+        cfg,
+        trust_code=args.trust_code,
+        progress=not args.quiet,
+        wait_for_cache_builder=False,
+        rebuild_cache=args.rebuild,
     )
+    cache = parts.cache
     if cache is None:
         return 1
     print(

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-
-from kdistill.config.loader import ConfigError
+from kdistill.config.errors import ConfigError
 
 
 class UserError(ValueError):
@@ -13,39 +10,13 @@ class UserError(ValueError):
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Failures that are explained by their message and need no traceback (exit status 1)."""
+    """Failures that are explained by their message and need no traceback (exit status 1):
+    bad values, files and run directories (ValueError and its kind), training that cannot go
+    on, a lost peer of a distributed run, and OS errors (named with their path)."""
     from kdistill.engine.distributed import PeerFailureError
     from kdistill.engine.trainer import TrainingError
 
-    return (ValueError, TrainingError, PeerFailureError, FileNotFoundError, NotADirectoryError)
-
-
-def recipes_root() -> Path:
-    """The directory of the configs shipped inside the package."""
-    return Path(str(resources.files("kdistill") / "configs"))
-
-
-def list_recipes() -> list[str]:
-    root = recipes_root()
-    return sorted(
-        str(p.relative_to(root).with_suffix(""))
-        for p in root.rglob("*.yaml")
-        if p.parent.name != "sweeps"
-    )
-
-
-def resolve_config_path(text: str) -> Path:
-    """A YAML path as given, or the name of a shipped recipe (``digits/distill``)."""
-    path = Path(text)
-    if path.is_file():
-        return path
-    shipped = recipes_root() / (text if text.endswith((".yaml", ".yml")) else f"{text}.yaml")
-    if shipped.is_file():
-        return shipped
-    raise UserError(
-        f"config {text!r} is neither a file nor a shipped recipe; shipped recipes: "
-        f"{', '.join(list_recipes())}"
-    )
+    return (ValueError, TrainingError, PeerFailureError, OSError)
 
 
 def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
@@ -84,10 +55,7 @@ def parse_seeds(text: str) -> list[int]:
 __all__ = [
     "ConfigError",
     "UserError",
-    "list_recipes",
     "parse_seeds",
-    "recipes_root",
-    "resolve_config_path",
     "split_config_and_overrides",
     "user_errors",
 ]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kdistill.record import RunRecord
 
 DEMO_RECIPES = ("digits/teacher", "digits/scratch", "digits/distill")
 
@@ -27,15 +31,14 @@ def demo_configs(out: str, seed: int = 0) -> list:
     """The three run configs of the demo, from the shipped recipes."""
     from pathlib import Path
 
-    from kdistill.cli.commands import resolve_config_path
-    from kdistill.config import apply_values, load_config
+    from kdistill.config import load_config
 
-    teacher, scratch, distill = (load_config(resolve_config_path(r)) for r in DEMO_RECIPES)
-    teacher = apply_values(teacher, {"out_dir": out})
-    scratch = apply_values(scratch, {"out_dir": out, "train.seed": seed})
-    distill = apply_values(
-        distill,
-        {
+    teacher_recipe, scratch_recipe, distill_recipe = DEMO_RECIPES
+    teacher = load_config(teacher_recipe, values={"out_dir": out})
+    scratch = load_config(scratch_recipe, values={"out_dir": out, "train.seed": seed})
+    distill = load_config(
+        distill_recipe,
+        values={
             "out_dir": out,
             "train.seed": seed,
             "kd.teachers.0.checkpoint": str(Path(out) / teacher.name),
@@ -53,12 +56,12 @@ def handle(args: argparse.Namespace) -> int:
     ):
         print(f"== {role}: {cfg.name} ({cfg.model.arch}, {cfg.train.epochs} epochs)")
         log = (lambda _msg: None) if args.quiet else print
-        results.append((role, run(cfg, force=True, progress=not args.quiet, log=log)))
+        results.append((role, run(cfg, force=True, progress=not args.quiet, log=log).record))
     print()
     print(format_table(results))
     print()
-    print(verdict(results[1][1].summary, results[2][1].summary))
-    print(f"run directories: {', '.join(str(r.run_dir) for _, r in results)}")
+    print(verdict(results[1][1], results[2][1]))
+    print(f"run directories: {', '.join(r.run_dir for _, r in results)}")
     return 0
 
 
@@ -66,25 +69,24 @@ def format_table(results: list) -> str:
     header = f"{'model':20s} {'arch':8s} {'params':>8s} {'size':>9s} {'MACs':>9s} {'test top-1':>10s} {'time':>7s}"
     lines = [header, "-" * len(header)]
     for role, r in results:
-        s = r.summary
         lines.append(
-            f"{role:20s} {s['arch']:8s} {s['params']:>8,d} {s['size_bytes'] / 1024:>7.1f}KB "
-            f"{s['macs']:>9,d} {s['test_top1']:>10.2%} {s['total_time_s']:>6.1f}s"
+            f"{role:20s} {r.arch:8s} {r.params:>8,d} {r.size_bytes / 1024:>7.1f}KB "
+            f"{r.macs:>9,d} {r.test_top1:>10.2%} {r.total_time_s:>6.1f}s"
         )
     return "\n".join(lines)
 
 
-def verdict(scratch: dict, distilled: dict) -> str:
+def verdict(scratch: RunRecord, distilled: RunRecord) -> str:
     """One honest sentence about the effect of distillation, with the weight of one test image."""
-    delta = distilled["test_top1"] - scratch["test_top1"]
+    delta = distilled.test_top1 - scratch.test_top1
     if abs(delta) < 1e-12:
         effect = "left the student's test top-1 unchanged"
     else:
         direction = "raised" if delta > 0 else "lowered"
         effect = f"{direction} the student's test top-1 by {abs(delta) * 100:.2f} points"
     return (
-        f"Distillation {effect} ({scratch['test_top1']:.2%} -> {distilled['test_top1']:.2%}; "
-        f"teacher {distilled['teacher_test_top1']:.2%}). One seed, {distilled['test_samples']} test "
-        f"images: one image is {1 / distilled['test_samples']:.2%}. For a verdict that accounts "
+        f"Distillation {effect} ({scratch.test_top1:.2%} -> {distilled.test_top1:.2%}; "
+        f"teacher {distilled.teacher_test_top1:.2%}). One seed, {distilled.test_samples} test "
+        f"images: one image is {1 / distilled.test_samples:.2%}. For a verdict that accounts "
         "for seed noise, run the recipes with kdistill train --seeds 0,1,2."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,15 +44,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from kdistill.config import DataConfig
     from kdistill.data import BatchLoader, build_data
-    from kdistill.engine.checkpoint import load_model
-    from kdistill.experiment import check_model_fits_data, evaluate_model, resolve_device
+    from kdistill.engine.evaluation import evaluate
+    from kdistill.experiment import check_model_fits_data, load_model, resolve_device
     from kdistill.trust import CodeTrust
 
     if str(args.checkpoint).endswith(".onnx"):
         model, spec = _onnx_model(args.checkpoint)
     else:
-        model, spec = load_model(
+        loaded = load_model(
             args.checkpoint, arch=args.arch, trust=CodeTrust(everything=args.trust_code)
+        )
+        model, spec = loaded.model, loaded.spec
+        unchecked = "" if loaded.checked else " (written by an older kdistill: weights unchecked)"
+        print(
+            f"{args.checkpoint} -> {loaded.source.file}{unchecked}",
+            file=sys.stderr if args.json else sys.stdout,
         )
     recorded = dict(spec.extra.get("data", {}))
     if args.dataset is not None and args.dataset != recorded.get("name"):
@@ -71,9 +78,9 @@ def handle(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     loader = BatchLoader(split, args.batch_size, device=device, mean=spec.mean, std=spec.std)
-    metrics = evaluate_model(
+    metrics = evaluate(
         model.to(device) if hasattr(model, "to") else model, loader, data.num_classes
-    )
+    ).metrics
     result = {
         "checkpoint": str(args.checkpoint),
         "arch": spec.arch,
@@ -96,13 +103,13 @@ def _onnx_model(path: str):
     """An int8 ONNX model written by kdistill, as an ``inputs -> logits`` function, and its spec."""
     from pathlib import Path
 
-    from kdistill.compression.quantization import onnx_predictor, onnx_session
-    from kdistill.engine.checkpoint import CheckpointError, ModelSpec
+    from kdistill.compression.export import onnx_predictor, onnx_session
+    from kdistill.models import ModelFileError, ModelSpec
 
     if not Path(path).is_file():
-        raise CheckpointError(f"ONNX model {path} does not exist")
+        raise ModelFileError(f"ONNX model {path} does not exist")
     session = onnx_session(path)
     meta = session.get_modelmeta().custom_metadata_map
     if "kdistill" not in meta:
-        raise CheckpointError(f"{path} has no kdistill metadata: it was not exported by kdistill")
+        raise ModelFileError(f"{path} has no kdistill metadata: it was not exported by kdistill")
     return onnx_predictor(session), ModelSpec.from_json(meta["kdistill"], path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kdistill.cli.commands import list_recipes, resolve_config_path, split_config_and_overrides
+from kdistill.cli.commands import split_config_and_overrides
 
 
 def register_models(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def register_config(sub: argparse._SubParsersAction) -> None:
 
 
 def handle_config(args: argparse.Namespace) -> int:
-    from kdistill.config import RunConfig, apply_overrides, dump_yaml, load_config
+    from kdistill.config import dump_yaml, list_recipes, load_config
 
     if args.action == "list":
         for name in list_recipes():
@@ -47,10 +47,5 @@ def handle_config(args: argparse.Namespace) -> int:
         print(render_markdown(), end="")
         return 0
     config, overrides = split_config_and_overrides(args.items)
-    cfg = (
-        load_config(resolve_config_path(config), overrides)
-        if config
-        else apply_overrides(RunConfig(), overrides)
-    )
-    print(dump_yaml(cfg), end="")
+    print(dump_yaml(load_config(config, overrides)), end="")
     return 0

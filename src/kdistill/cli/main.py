@@ -51,10 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     from kdistill.cli.commands import UserError, user_errors
+    from kdistill.config.recipes import UnknownRecipeError
 
     try:
         return int(args.handler(args) or 0)
-    except UserError as e:
+    except (UserError, UnknownRecipeError) as e:
         print(f"kdistill {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except user_errors() as e:

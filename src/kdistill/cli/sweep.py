@@ -86,7 +86,7 @@ def build_sweep(args: argparse.Namespace):
 
 
 def handle(args: argparse.Namespace) -> int:
-    from kdistill.sweep import run_sweep
+    from kdistill.experiment.sweep import run_sweep
 
     sweep, base_dir = build_sweep(args)
     run_sweep(sweep, base_dir, trust_code=args.trust_code)

@@ -6,12 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from kdistill.cli.commands import (
-    UserError,
-    parse_seeds,
-    resolve_config_path,
-    split_config_and_overrides,
-)
+from kdistill.cli.commands import UserError, parse_seeds, split_config_and_overrides
 
 # Distiller-compatible and common flags -> the config key each one sets.
 FLAG_KEYS: dict[str, str] = {
@@ -129,21 +124,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=handle)
 
 
-def build_config(args: argparse.Namespace) -> Any:
-    """The run config from ``CONFIG``, flags and overrides (in that order of precedence)."""
-    from kdistill.config import RunConfig, apply_overrides, apply_values, from_dict
-    from kdistill.config.loader import read_yaml
-
-    config, overrides = split_config_and_overrides(args.items)
-    cfg = from_dict(RunConfig, read_yaml(resolve_config_path(config))) if config else RunConfig()
-    values = {
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys the given flags set."""
+    return {
         key: getattr(args, dest)
         for dest, key in FLAG_KEYS.items()
         if getattr(args, dest, None) is not None
     }
-    if values:
-        cfg = apply_values(cfg, values)
-    return apply_overrides(cfg, overrides)
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The run config from ``CONFIG``, flags and overrides (in that order of precedence)."""
+    from kdistill.config import load_config
+
+    config, overrides = split_config_and_overrides(args.items)
+    return load_config(config, overrides, values=flag_values(args))
+
+
+def owns_its_name(args: argparse.Namespace) -> bool:
+    """Whether this run may move the ``<out_dir>/<name>`` link that other recipes use to name
+    their teacher: a config run as written (``--out`` and ``--seed`` aside), or a run the user
+    named themselves. A recipe run with other settings does not take over the recipe's name."""
+    _config, overrides = split_config_and_overrides(args.items)
+    if args.name is not None or any(o.split("=", 1)[0].strip() == "name" for o in overrides):
+        return True
+    changed = {k for k in flag_values(args) if k not in ("out_dir", "train.seed")}
+    return not overrides and not changed
 
 
 def launch_torchrun(args: argparse.Namespace) -> int:
@@ -192,45 +198,46 @@ def handle(args: argparse.Namespace) -> int:
     if args.nproc is not None and not launched_by_torchrun():
         return launch_torchrun(args)
     from kdistill.config import apply_values
-    from kdistill.experiment import group_dir, run, run_dir_for
+    from kdistill.experiment import group_dir, run, train_or_reuse
+    from kdistill.experiment.finish import describe_record
+    from kdistill.files import SEEDS, atomic_write_text
     from kdistill.reporting.aggregate import aggregate_runs, format_aggregate
 
-    cfg = build_config(args)
-    seeds = parse_seeds(args.seeds) if args.seeds else [cfg.train.seed]
     if args.seeds and args.seed is not None:
         raise UserError("give --seed or --seeds, not both")
-    summaries = []
+    cfg = build_config(args)
+    seeds = parse_seeds(args.seeds) if args.seeds else [cfg.train.seed]
+    owns_name = owns_its_name(args)
+    if not owns_name:
+        print(
+            f"this run changes the recipe's settings, so {cfg.out_dir}/{cfg.name} keeps naming "
+            "the recipe's own run; give it a name (--name) to link it"
+        )
+    records = []
     for seed in seeds:
         seed_cfg = apply_values(cfg, {"train.seed": seed})
-        finished = run_dir_for(seed_cfg) / "summary.json"
-        if len(seeds) > 1 and finished.is_file() and not args.force:
+        # The <out_dir>/<name> link names the recipe as written, at its own seed.
+        link = owns_name and seed == cfg.train.seed
+        common = {"progress": not args.quiet, "log": print, "trust_code": args.trust_code}
+        if len(seeds) > 1:
             # --seeds tops up: seeds that already finished with this config are reused
-            print(
-                f"seed {seed}: already finished in {finished.parent}, reusing it (--force trains it again)"
+            result, reused = train_or_reuse(
+                seed_cfg, resume=args.resume, force=args.force, link=link, **common
             )
-            summaries.append(json.loads(finished.read_text()))
+            if reused:
+                print(
+                    f"seed {seed}: already finished in {result.run_dir}, reusing it (--force trains it again)"
+                )
+        else:
+            result = run(seed_cfg, resume=args.resume, force=args.force, link=link, **common)
+        if result.record is None:  # a secondary process of a data-parallel run: the first reports
             continue
-        result = run(
-            seed_cfg,
-            resume=args.resume,
-            force=args.force,
-            progress=not args.quiet,
-            log=print,
-            trust_code=args.trust_code,
-        )
-        s = result.summary
-        if not s:  # a secondary process of a data-parallel run: the first one reports
-            continue
-        line = f"{result.run_dir}: test top-1 {s['test_top1']:.2%} (best {s['best_test_top1']:.2%}), {s['params']:,} params, {s['total_time_s']:.1f}s"
-        if "teacher_test_top1" in s:
-            line += f"; teacher {s['teacher_test_top1']:.2%}"
-        print(line)
-        summaries.append(s)
-    if len(seeds) > 1 and summaries:
-        from kdistill.engine.recorder import RunRecorder
-
-        agg = aggregate_runs(summaries)
-        RunRecorder(group_dir(cfg)).write_json("seeds.json", agg)
+        print(describe_record(result.record))
+        records.append(result.record)
+    if len(seeds) > 1 and records:
+        agg = aggregate_runs(records)
+        path = group_dir(cfg) / SEEDS
+        atomic_write_text(path, json.dumps(agg, indent=2, sort_keys=True) + "\n")
         print(format_aggregate(agg))
-        print(f"aggregate written to {group_dir(cfg) / 'seeds.json'}")
+        print(f"aggregate written to {path}")
     return 0

@@ -1,51 +1,56 @@
-"""The compression schedule as trainer callbacks: one per policy kind.
+"""The compression schedule as trainer callbacks: one per policy kind (the "when").
 
 Order matters and is fixed by :func:`build_callbacks`: channel pruning (changes the
 architecture), then quantization (turns the model into a fake-quantized graph), then unstructured
 pruning (masks looked up by parameter name, so they survive the switch to the graph), then
-regularization.
+regularization. What a compressed student *is* (its pruned channel counts, its quantization)
+is read off these callbacks by :func:`structure_record` for its model files, and what they did
+by :func:`compression_report` for the run record. Conversion to int8 is the export step
+(:mod:`kdistill.compression.export`), which the run calls after training.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from kdistill.compression import pruning, quantization, regularization
 from kdistill.compression.selection import first_and_last, select_layers
-from kdistill.config.schema import (
+from kdistill.engine.trainer import Callback, Trainer
+from kdistill.policies import (
     ChannelPruningPolicy,
     PruningPolicy,
     QuantizationPolicy,
     RegularizationPolicy,
 )
-from kdistill.engine.trainer import Callback, Trainer
+from kdistill.validation import QUANT_SETTINGS, EpochWindow
+
+Log = Callable[[str], None]
 
 
 class ChannelPruning(Callback):
     """Removes channels at ``starting_epoch + i * frequency`` for ``iterative_steps`` steps."""
 
     def __init__(
-        self, policy: ChannelPruningPolicy, input_shape: tuple[int, ...], log: Callable[[str], None]
+        self, policy: ChannelPruningPolicy, input_shape: tuple[int, ...], log: Log
     ) -> None:
         self.policy = policy
+        last = policy.starting_epoch + (policy.iterative_steps - 1) * policy.frequency
+        self.steps = EpochWindow(policy.starting_epoch, last + 1)
         self.input_shape = input_shape
         self.log = log
         self.steps_done = 0
         self.shapes: dict[str, Any] | None = None
         self.params_before: int | None = None
 
-    def step_epochs(self) -> list[int]:
-        p = self.policy
-        return [p.starting_epoch + i * p.frequency for i in range(p.iterative_steps)]
-
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        if epoch not in self.step_epochs() or self.steps_done > self.step_epochs().index(epoch):
+        if not self.steps.is_step(epoch, self.policy.frequency):
+            return
+        step = (epoch - self.policy.starting_epoch) // self.policy.frequency + 1
+        if step <= self.steps_done:  # done before an interruption
             return
         student = trainer.student
         if self.params_before is None:
@@ -53,7 +58,6 @@ class ChannelPruning(Callback):
         ignore = (
             list(self.policy.ignore) if self.policy.ignore is not None else first_and_last(student)
         )
-        step = self.steps_done + 1
         ratio = pruning.step_ratio(self.policy.ratio, step, self.policy.iterative_steps)
         pruning.channel_prune(
             student, self.input_shape, ratio=ratio, ignore=ignore, round_to=self.policy.round_to
@@ -63,185 +67,85 @@ class ChannelPruning(Callback):
         trainer.replace_student(student)  # new, smaller parameters: re-wrap, new optimizer
         after = sum(p.numel() for p in student.parameters())
         self.log(
-            f"channel pruning step {step}/{self.policy.iterative_steps}: {self.params_before:,} -> {after:,} parameters"
+            f"channel pruning step {step}/{self.policy.iterative_steps}: "
+            f"{self.params_before:,} -> {after:,} parameters"
         )
-
-    def on_restore(self, trainer: Trainer) -> None:
-        if self.shapes is not None:
-            pruning.apply_layer_shapes(trainer.student, self.shapes)
-            trainer.student.to(trainer.device)
-
-    def model_extra(self) -> dict[str, Any]:
-        return {} if self.shapes is None else {"layer_shapes": self.shapes}
-
-    def summary_extra(self, trainer: Trainer) -> dict[str, Any]:
-        return {
-            "channel_pruning": {
-                "ratio": self.policy.ratio,
-                "steps": self.steps_done,
-                "params_before": self.params_before,
-                "params_after": sum(p.numel() for p in trainer.student.parameters()),
-            }
-        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "steps_done": self.steps_done,
-            "shapes": json.dumps(self.shapes),
-            "params_before": self.params_before or 0,
+            "shapes": self.shapes,
+            "params_before": self.params_before,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.steps_done = int(state["steps_done"])
-        self.shapes = json.loads(state["shapes"])
-        self.params_before = int(state["params_before"]) or None
+        self.shapes = state["shapes"]
+        self.params_before = state["params_before"]
 
 
 class Quantization(Callback):
-    """Inserts fake quantization at ``starting_epoch``; converts to int8 ONNX at the end."""
+    """Inserts fake quantization at ``starting_epoch`` (quantization-aware training)."""
 
-    def __init__(
-        self,
-        policy: QuantizationPolicy,
-        input_shape: tuple[int, ...],
-        *,
-        out_dir: Path,
-        evaluate: Callable[[Any], dict[str, float]],
-        onnx_metadata: Callable[[], Mapping[str, str]],
-        log: Callable[[str], None],
-        writes_files: bool = True,
-    ) -> None:
+    def __init__(self, policy: QuantizationPolicy, input_shape: tuple[int, ...], log: Log) -> None:
         self.policy = policy
-        self.writes_files = writes_files
         self.input_shape = input_shape
-        self.out_dir = out_dir
-        self.evaluate = evaluate
-        self.onnx_metadata = onnx_metadata
         self.log = log
         self.prepared = False
         self.frozen = False
         self.layers: dict[str, Any] | None = None
-        self.result: dict[str, Any] = {}
 
-    def _prepare(self, trainer: Trainer) -> None:
-        self.layers = quantization.layer_settings(trainer.student, self.policy)
-        trainer.replace_student(
-            quantization.prepare_qat(trainer.student, self.policy, self.input_shape)
-        )
-        self.prepared = True
+    def on_fit_start(self, trainer: Trainer) -> None:
+        # Resumed after QAT began: the student was rebuilt as the fake-quantized graph from the
+        # checkpoint's model file, with its observers off; they run again unless frozen.
+        if self.prepared and not self.frozen:
+            quantization.unfreeze_observers(trainer.student)
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         if not self.prepared and epoch >= self.policy.starting_epoch:
-            self._prepare(trainer)
-            quantized = sum(1 for s in (self.layers or {}).values() if s is not None)
-            self.log(
-                f"quantization-aware training from epoch {epoch + 1}: {quantized} of {len(self.layers or {})} "
-                f"layers at w{self.policy.weight_bits}a{self.policy.activation_bits}"
+            self.layers = quantization.layer_settings(trainer.student, self.policy)
+            trainer.replace_student(
+                quantization.prepare_qat(trainer.student, self.policy, self.input_shape)
             )
-        if (
-            self.policy.freeze_epoch is not None
-            and epoch >= self.policy.freeze_epoch
-            and not self.frozen
-        ):
+            self.prepared = True
+            quantized = sum(1 for s in self.layers.values() if s is not None)
+            self.log(
+                f"quantization-aware training from epoch {epoch + 1}: {quantized} of "
+                f"{len(self.layers)} layers at w{self.policy.weight_bits}a{self.policy.activation_bits}"
+            )
+        freeze = self.policy.freeze_epoch
+        if freeze is not None and epoch >= freeze and not self.frozen:
             quantization.freeze_observers(trainer.student)
             self.frozen = True
-
-    def on_restore(self, trainer: Trainer) -> None:
-        if self.prepared:
-            self._prepare(trainer)
-            if self.frozen:
-                quantization.freeze_observers(trainer.student)
 
     def on_eval_start(self, trainer: Trainer) -> None:
         if self.prepared:  # evaluation must not move the quantization ranges
             quantization.freeze_observers(trainer.student)
 
-    def on_eval_end(self, trainer: Trainer) -> None:
+    def on_eval_end(self, trainer: Trainer, split: str, evaluation: Any) -> None:
         if self.prepared and not self.frozen:
             quantization.unfreeze_observers(trainer.student)
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        if not self.prepared:
-            return
-        student = trainer.student
-        quantization.freeze_observers(student)  # training is over: ranges are final
-        self.frozen = True
-        if not self.policy.convert or not self.writes_files:  # one process converts
-            return
-        fake = self.evaluate(student)
-        path = self.out_dir / "model.int8.onnx"
-        started = time.perf_counter()
-        quantization.convert_to_onnx(student, self.input_shape, path, self.onnx_metadata())
-        session = quantization.onnx_session(path, threads=torch.get_num_threads())
-        converted = self.evaluate(quantization.onnx_predictor(session))
-        latency = {f"batch_{b}": _onnx_latency_ms(session, self.input_shape, b) for b in (1, 128)}
-        self.result = {
-            "onnx_path": str(path),
-            "onnx_bytes": path.stat().st_size,
-            "convert_s": time.perf_counter() - started,
-            "fake_quant_test_top1": fake["top1"],
-            "int8_test_top1": converted["top1"],
-            "int8_cpu_latency_ms": latency,
-        }
-        self.log(
-            f"int8 model: {path} (test top-1 {converted['top1']:.2%} after conversion vs "
-            f"{fake['top1']:.2%} fake-quantized)"
-        )
-
-    def model_extra(self) -> dict[str, Any]:
-        if not self.prepared:
-            return {}
-        policy = {k: getattr(self.policy, k) for k in (*quantization.SETTINGS, "overrides")}
-        return {"qat": policy}
-
-    def summary_extra(self, trainer: Trainer) -> dict[str, Any]:
-        if not self.prepared or self.layers is None:
-            return {}
-        bits = {
-            n: ("fp32" if s is None else f"w{s['weight_bits']}a{s['activation_bits']}")
-            for n, s in self.layers.items()
-        }
-        return {
-            "quantization": {
-                "layers": bits,
-                "packed_weight_bytes": quantization.packed_size_bytes(trainer.student, self.layers),
-                **self.result,
-            }
-        }
+        if self.prepared:  # training is over: the ranges are final
+            quantization.freeze_observers(trainer.student)
+            self.frozen = True
 
     def state_dict(self) -> dict[str, Any]:
-        return {"prepared": self.prepared, "frozen": self.frozen}
+        return {"prepared": self.prepared, "frozen": self.frozen, "layers": self.layers}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.prepared = bool(state["prepared"])
         self.frozen = bool(state["frozen"])
-
-
-def _onnx_latency_ms(
-    session: Any, input_shape: tuple[int, ...], batch: int, reps: int = 5
-) -> float:
-    import statistics
-
-    import numpy as np
-
-    name = session.get_inputs()[0].name
-    x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
-    session.run(None, {name: x})
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        session.run(None, {name: x})
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+        self.layers = state["layers"]
 
 
 class UnstructuredPruning(Callback):
     """Magnitude masks on a schedule (AGP or one-shot), re-applied after every optimizer step."""
 
-    def __init__(self, policy: PruningPolicy, epochs: int, log: Callable[[str], None]) -> None:
+    def __init__(self, policy: PruningPolicy, epochs: int, log: Log) -> None:
         self.policy = policy
-        last = epochs - 1
-        self.end = last if policy.ending_epoch is None else min(policy.ending_epoch, last)
+        self.end = policy.window.last(epochs)  # AGP reaches the target here
         self.log = log
         self.pruner: pruning.MaskPruner | None = None
         self.last_target = 0.0
@@ -260,11 +164,10 @@ class UnstructuredPruning(Callback):
     def target(self, epoch: int) -> float | None:
         """The sparsity to prune to at the start of ``epoch`` (``None``: no pruning step)."""
         p = self.policy
-        if epoch < p.starting_epoch:
-            return None
         if p.schedule == "one_shot":
             return p.target_sparsity if epoch == p.starting_epoch else None
-        if epoch > self.end or ((epoch - p.starting_epoch) % p.frequency and epoch != self.end):
+        window = EpochWindow(p.starting_epoch, self.end + 1)
+        if not (window.is_step(epoch, p.frequency) or epoch == self.end):
             return None
         return pruning.agp_sparsity(
             epoch,
@@ -292,15 +195,6 @@ class UnstructuredPruning(Callback):
         if self.pruner is not None:
             self.pruner.apply(trainer.student)
 
-    def summary_extra(self, trainer: Trainer) -> dict[str, Any]:
-        names = self.pruner.param_names if self.pruner is not None else None
-        return {
-            "pruning": {
-                "target_sparsity": self.policy.target_sparsity,
-                **pruning.sparsity_report(trainer.student, names),
-            }
-        }
-
     def state_dict(self) -> dict[str, Any]:
         state = (
             self.pruner.state_dict()
@@ -326,13 +220,10 @@ class Regularization(Callback):
         self.layers: list[str] | None = None
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        p = self.policy
-        self.active = epoch >= p.starting_epoch and (
-            p.ending_epoch is None or epoch < p.ending_epoch
-        )
+        self.active = self.policy.window.contains(epoch)
         if self.layers is None:
             self.layers = select_layers(
-                trainer.student, p.modules, what="regularization policy modules"
+                trainer.student, self.policy.modules, what="regularization policy modules"
             )
 
     def extra_loss(self, trainer: Trainer) -> dict[str, tuple[torch.Tensor, float]]:
@@ -345,15 +236,7 @@ class Regularization(Callback):
 
 
 def build_callbacks(
-    policies: Sequence[Any],
-    *,
-    epochs: int,
-    input_shape: tuple[int, ...],
-    out_dir: Path,
-    evaluate: Callable[[Any], dict[str, float]],
-    onnx_metadata: Callable[[], Mapping[str, str]],
-    log: Callable[[str], None],
-    writes_files: bool = True,
+    policies: Sequence[Any], *, epochs: int, input_shape: tuple[int, ...], log: Log
 ) -> list[Callback]:
     """The callbacks of a run's compression policies, in the order they must act."""
     by_kind = {p.kind: p for p in policies}
@@ -361,18 +244,56 @@ def build_callbacks(
     if "channel_pruning" in by_kind:
         callbacks.append(ChannelPruning(by_kind["channel_pruning"], input_shape, log))
     if "quantization" in by_kind:
-        callbacks.append(
-            Quantization(
-                by_kind["quantization"],
-                input_shape,
-                out_dir=out_dir,
-                evaluate=evaluate,
-                onnx_metadata=onnx_metadata,
-                log=log,
-            )
-        )
+        callbacks.append(Quantization(by_kind["quantization"], input_shape, log))
     if "pruning" in by_kind:
         callbacks.append(UnstructuredPruning(by_kind["pruning"], epochs, log))
     regs = [p for p in policies if p.kind == "regularization"]
     callbacks += [Regularization(p, i) for i, p in enumerate(regs)]
     return callbacks
+
+
+def structure_record(callbacks: Sequence[Callback]) -> dict[str, Any]:
+    """What a model file must record to rebuild the student's current structure (pruned channel
+    counts; the fake-quantized graph's settings), for ``ModelSpec.extra``."""
+    record: dict[str, Any] = {}
+    for cb in callbacks:
+        if isinstance(cb, ChannelPruning) and cb.shapes is not None:
+            record["layer_shapes"] = cb.shapes
+        if isinstance(cb, Quantization) and cb.prepared:
+            record["qat"] = {k: getattr(cb.policy, k) for k in (*QUANT_SETTINGS, "overrides")}
+    return record
+
+
+def quantization_policy(callbacks: Sequence[Callback]) -> QuantizationPolicy | None:
+    """The policy of the QAT callback once it has prepared the student, else ``None``."""
+    return next(
+        (cb.policy for cb in callbacks if isinstance(cb, Quantization) and cb.prepared), None
+    )
+
+
+def compression_report(callbacks: Sequence[Callback], student: nn.Module) -> dict[str, Any]:
+    """What the compression policies did, for the run record (empty without policies)."""
+    report: dict[str, Any] = {}
+    for cb in callbacks:
+        if isinstance(cb, ChannelPruning):
+            report["channel_pruning"] = {
+                "ratio": cb.policy.ratio,
+                "steps": cb.steps_done,
+                "params_before": cb.params_before,
+                "params_after": sum(p.numel() for p in student.parameters()),
+            }
+        elif isinstance(cb, Quantization) and cb.prepared and cb.layers is not None:
+            report["quantization"] = {
+                "layers": {
+                    n: "fp32" if s is None else f"w{s['weight_bits']}a{s['activation_bits']}"
+                    for n, s in cb.layers.items()
+                },
+                "packed_weight_bytes": quantization.packed_size_bytes(student, cb.layers),
+            }
+        elif isinstance(cb, UnstructuredPruning):
+            names = cb.pruner.param_names if cb.pruner is not None else None
+            report["pruning"] = {
+                "target_sparsity": cb.policy.target_sparsity,
+                **pruning.sparsity_report(student, names),
+            }
+    return report

@@ -19,24 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from kdistill.atomic import atomic_path
 from kdistill.compression.selection import PRUNABLE, matches
-
-SETTINGS = (
-    "weight_bits",
-    "activation_bits",
-    "weight_symmetric",
-    "activation_symmetric",
-    "weight_per_channel",
-)
+from kdistill.validation import QUANT_SETTINGS
 
 
 def layer_settings(model: nn.Module, policy: Any) -> dict[str, dict[str, Any] | None]:
@@ -44,7 +34,7 @@ def layer_settings(model: nn.Module, policy: Any) -> dict[str, dict[str, Any] | 
 
     Overrides apply in the order given; a later match wins for the keys it sets.
     """
-    base = {k: getattr(policy, k) for k in SETTINGS}
+    base = {k: getattr(policy, k) for k in QUANT_SETTINGS}
     layers: dict[str, dict[str, Any] | None] = {}
     names = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
     for pattern in policy.overrides:
@@ -174,38 +164,19 @@ def unfreeze_observers(model: nn.Module) -> None:
     model.apply(enable_observer)
 
 
-def convert_to_onnx(
-    model: nn.Module, input_shape: tuple[int, ...], path: str | Path, metadata: Mapping[str, str]
-) -> Path:
-    """Convert a trained QAT model to int8 and export it as one ONNX file (atomically)."""
+def convert_qat(model: nn.Module) -> torch.fx.GraphModule:
+    """The int8 graph of a trained QAT model (a copy on the CPU; ``model`` is unchanged):
+    quantize/dequantize ops with int8 weights, sub-8-bit activations clamped to their range."""
     import copy
 
-    import onnx
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    path = Path(path)
     prepared = copy.deepcopy(model).to("cpu")
     move_exported_model_to_eval(prepared)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        converted = _clamp_narrow_activations(convert_pt2e(prepared))
-        with atomic_path(path) as tmp:
-            torch.onnx.export(
-                converted,
-                (torch.randn(2, *input_shape),),
-                str(tmp),
-                dynamo=True,
-                dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
-                external_data=False,
-                verbose=False,
-            )
-            proto = onnx.load(str(tmp))
-            for key, value in metadata.items():
-                entry = proto.metadata_props.add()
-                entry.key, entry.value = key, value
-            onnx.save(proto, str(tmp))
-    return path
+        return _clamp_narrow_activations(convert_pt2e(prepared))
 
 
 _FULL_RANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
@@ -236,28 +207,6 @@ def _clamp_narrow_activations(graph_module: torch.fx.GraphModule) -> torch.fx.Gr
     graph.lint()
     graph_module.recompile()
     return graph_module
-
-
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session (graph optimizations fuse Q/DQ pairs into int8 kernels)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def onnx_predictor(session: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``inputs -> logits`` through an onnxruntime session."""
-    name = session.get_inputs()[0].name
-
-    def run(inputs: torch.Tensor) -> torch.Tensor:
-        out = session.run(None, {name: inputs.detach().cpu().numpy().astype(np.float32)})[0]
-        return torch.from_numpy(out)
-
-    return run
 
 
 def packed_size_bytes(model: nn.Module, layers: Mapping[str, Mapping[str, Any] | None]) -> int:

@@ -1,4 +1,4 @@
-"""Rebuilding the architecture a compressed model file was saved from."""
+"""Rebuilding the structure a compressed model file was saved from."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 from torch import nn
 
 from kdistill.compression import pruning, quantization
+from kdistill.policies import QuantizationPolicy
 
 
-def rebuild(
+def apply_structure(
     model: nn.Module,
     extra: Mapping[str, Any],
     input_shape: tuple[int, ...],
@@ -24,8 +25,6 @@ def rebuild(
     if "layer_shapes" in extra:
         pruning.apply_layer_shapes(model, extra["layer_shapes"])
     if quantized and "qat" in extra:
-        from kdistill.config.schema import QuantizationPolicy
-
         model = quantization.prepare_qat(model, QuantizationPolicy(**extra["qat"]), input_shape)
         quantization.freeze_observers(model)
     return model

@@ -19,13 +19,11 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from kdistill.config.errors import ConfigError
+from kdistill.config.recipes import resolve_config_path
 from kdistill.config.schema import RunConfig
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value, key or file that cannot be used."""
 
 
 # ----------------------------------------------------------------------------- dict -> objects
@@ -200,7 +198,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: cannot parse value {raw!r}: {e}") from None
     return key.split("."), value
@@ -264,9 +262,54 @@ def apply_values(cfg: T, values: Mapping[str, Any]) -> T:
 # ----------------------------------------------------------------------------- files
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
-    """Read a YAML run config and apply overrides."""
-    return apply_overrides(from_dict(RunConfig, read_yaml(path), ""), overrides)
+def load_config(
+    source: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    values: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """The one way a run config is made from outside: a YAML file or a shipped recipe's name
+    (``"digits/distill"``; ``None`` = the defaults), then typed ``values`` (what command-line
+    flags set), then dotted ``key=value`` overrides (later wins); validated once, as a whole."""
+    cfg = (
+        from_dict(RunConfig, read_yaml(resolve_config_path(source)), "")
+        if source is not None
+        else RunConfig()
+    )
+    changes = dict(values or {})
+    changes.update({".".join(k): v for k, v in map(parse_override, overrides)})
+    return apply_values(cfg, changes) if changes else cfg
+
+
+class _ValuesOnlyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases (a few hundred bytes of nested aliases expand to
+    gigabytes) and without duplicate keys (YAML keeps the last silently)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(
+                f"aliases (*{event.anchor}) are not accepted in kdistill configs: write the values "
+                f"out (line {event.start_mark.line + 1})"
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.YAMLError(
+                    f"duplicate key {key!r} (lines {seen[key]} and {key_node.start_mark.line + 1}): "
+                    "each key may appear once in a mapping"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """Values from YAML text: plain data only (no tags, aliases or duplicate keys)."""
+    return yaml.load(text, Loader=_ValuesOnlyLoader)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -275,9 +318,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {p}: {e}") from None
+    try:
+        data = parse_yaml(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML (values only, no tags): {e}") from None
+        raise ConfigError(f"{p}: not valid YAML (values only, no tags or aliases): {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -9,31 +9,32 @@ objects. This module never imports torch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
+
+from kdistill.policies import ChannelPruningPolicy, PolicyConfig, QuantizationPolicy
+from kdistill.validation import (
+    BatchNormPolicy,
+    EnsembleReduce,
+    EpochWindow,
+    check_temperature,
+    doc,
+    normalized_weights,
+    require,
+    resolve_weights,
+)
 
 DatasetName = Literal["digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "npz"]
 OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["cosine", "multistep", "onecycle", "constant"]
 Precision = Literal["fp32", "bf16"]
 TeacherPrecision = Literal["fp32", "bf16", "fp16"]
-EnsembleReduce = Literal["probs", "logits"]
-BatchNormPolicy = Literal["frozen", "batch_stats"]
 CollapseAction = Literal["warn", "stop", "ignore"]
 CacheDtype = Literal["float16", "float32"]
 CacheMismatch = Literal["rebuild", "error"]
 
 
-def doc(text: str, default: Any = None, *, factory: Any = None) -> Any:
-    """A dataclass field with a one-line description for the docs."""
-    if factory is not None:
-        return field(default_factory=factory, metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
+_require = require
 
 
 def _positive(name: str, value: float) -> None:
@@ -243,37 +244,10 @@ class KDConfig:
             "kd needs at least one teacher: kd.teachers: [{checkpoint: path/to/teacher.safetensors}] "
             "(or --kd-teacher ARCH --kd-resume PATH)",
         )
-        _positive("kd.temperature", self.temperature)
-        for name in ("alpha", "teacher_weight"):
-            value = getattr(self, name)
-            _require(math.isfinite(value) and value >= 0, f"kd.{name} must be >= 0, got {value}")
-        if self.beta is None:
-            _require(
-                self.alpha <= 1,
-                f"kd.beta=null means beta = 1 - alpha, which needs alpha <= 1; got "
-                f"kd.alpha={self.alpha}. Set kd.beta explicitly for free weights.",
-            )
-        else:
-            _require(
-                math.isfinite(self.beta) and self.beta >= 0,
-                f"kd.beta must be >= 0 or null, got {self.beta}",
-            )
-        beta = 1 - self.alpha if self.beta is None else self.beta
-        _require(
-            self.alpha > 0 or beta > 0,
-            "kd.alpha and kd.beta are both 0: nothing would train the student",
-        )
+        check_temperature(self.temperature, "kd.temperature")
+        resolve_weights(self.alpha, self.beta, self.teacher_weight, prefix="kd.")
         _require(self.start_epoch >= 0, f"kd.start_epoch must be >= 0, got {self.start_epoch}")
-        if self.ensemble_weights is not None:
-            _require(
-                len(self.ensemble_weights) == len(self.teachers),
-                f"kd.ensemble_weights has {len(self.ensemble_weights)} values for "
-                f"{len(self.teachers)} teachers",
-            )
-            _require(
-                all(w >= 0 for w in self.ensemble_weights) and sum(self.ensemble_weights) > 0,
-                f"kd.ensemble_weights must be >= 0 with a positive sum, got {self.ensemble_weights}",
-            )
+        normalized_weights(self.ensemble_weights, len(self.teachers), "kd.ensemble_weights")
         if self.teacher_weight > 0:
             _require(
                 not self.teacher_cache.enabled,
@@ -301,7 +275,7 @@ class KDConfig:
 
     @property
     def resolved_beta(self) -> float:
-        return 1.0 - self.alpha if self.beta is None else self.beta
+        return resolve_weights(self.alpha, self.beta, self.teacher_weight)[1]
 
 
 @dataclass(frozen=True)
@@ -395,8 +369,9 @@ class TrainConfig:
         "time the final model's CPU inference at batch 1 and 128 for the summary", True
     )
     on_collapse: CollapseAction = doc(
-        "when the student predicts (almost) one class for everything: warn, stop or ignore",
-        "warn",
+        "when the student collapses after an epoch (test top-1 at or below chance, or one class "
+        "predicted for most inputs): stop (the last good checkpoint is kept), warn or ignore",
+        "stop",
     )
     sync_batchnorm: bool = doc(
         "with several processes, compute the student's BatchNorm statistics over the global batch",
@@ -442,200 +417,6 @@ class TrainConfig:
             )
 
 
-# ----------------------------------------------------------------------------- policies
-# The compression schedule, in the spirit of Distiller's `policies:`: each entry is one
-# technique with the epochs it acts in. Epoch ranges are [starting_epoch, ending_epoch), 0-based;
-# a null ending_epoch means "until the end of training".
-
-
-def _check_range(kind: str, start: int, end: int | None, frequency: int = 1) -> None:
-    _require(start >= 0, f"{kind} policy: starting_epoch must be >= 0, got {start}")
-    _require(
-        end is None or end > start,
-        f"{kind} policy: ending_epoch ({end}) must be after starting_epoch ({start}) or null",
-    )
-    _require(frequency >= 1, f"{kind} policy: frequency must be >= 1 epoch, got {frequency}")
-
-
-@dataclass(frozen=True)
-class DistillationPolicy:
-    """When the distillation loss is on (teacher, T and weights come from the kd section)."""
-
-    kind: Literal["distillation"] = doc("policy type", "distillation")
-    starting_epoch: int = doc("first epoch with the distillation loss", 0)
-    ending_epoch: int | None = doc("epoch at which it stops (exclusive); null = the end", None)
-
-    def __post_init__(self) -> None:
-        _check_range("distillation", self.starting_epoch, self.ending_epoch)
-
-
-@dataclass(frozen=True)
-class QuantizationPolicy:
-    """Quantization-aware training from ``starting_epoch`` to the end, then conversion to int8."""
-
-    kind: Literal["quantization"] = doc("policy type", "quantization")
-    starting_epoch: int = doc("epoch at which fake quantization is inserted (0 = from scratch)", 0)
-    weight_bits: int = doc("bits of weights (2..8)", 8)
-    activation_bits: int = doc("bits of activations (2..8)", 8)
-    weight_symmetric: bool = doc("symmetric weight quantization (zero maps to zero exactly)", True)
-    activation_symmetric: bool = doc(
-        "symmetric (signed) activations; false = asymmetric unsigned, suited to ReLU outputs", False
-    )
-    weight_per_channel: bool = doc("one scale per output channel (else one per tensor)", True)
-    overrides: dict[str, Any] = doc(
-        "module name or 're:regex' -> null (stays FP32) or {weight_bits, activation_bits, ...}; "
-        "e.g. {features.0: null} keeps the first conv in FP32 (Distiller's DoReFa recipe)",
-        factory=dict,
-    )
-    freeze_epoch: int | None = doc(
-        "from this epoch on, observers and BatchNorm statistics stop updating (stabilizes the end "
-        "of QAT); null = never",
-        None,
-    )
-    convert: bool = doc(
-        "after training, convert to an int8 ONNX model, run it with onnxruntime and report its "
-        "accuracy next to the fake-quantized model's",
-        True,
-    )
-
-    def __post_init__(self) -> None:
-        _check_range("quantization", self.starting_epoch, None)
-        for name, bits in (
-            ("weight_bits", self.weight_bits),
-            ("activation_bits", self.activation_bits),
-        ):
-            _require(2 <= bits <= 8, f"quantization policy: {name} must be in 2..8, got {bits}")
-        for key, value in self.overrides.items():
-            _require(
-                value is None or isinstance(value, dict),
-                f"quantization policy: overrides[{key!r}] must be null (FP32) or a mapping, got {value!r}",
-            )
-            if isinstance(value, dict):
-                unknown = set(value) - set(QUANT_OVERRIDE_KEYS)
-                _require(
-                    not unknown,
-                    f"quantization policy: overrides[{key!r}] has unknown key(s) {sorted(unknown)}; "
-                    f"valid: {', '.join(QUANT_OVERRIDE_KEYS)}",
-                )
-                for bits_key in ("weight_bits", "activation_bits"):
-                    if bits_key in value:
-                        _require(
-                            isinstance(value[bits_key], int) and 2 <= value[bits_key] <= 8,
-                            f"quantization policy: overrides[{key!r}].{bits_key} must be in 2..8",
-                        )
-        _require(
-            self.freeze_epoch is None or self.freeze_epoch > self.starting_epoch,
-            f"quantization policy: freeze_epoch ({self.freeze_epoch}) must come after "
-            f"starting_epoch ({self.starting_epoch})",
-        )
-
-
-QUANT_OVERRIDE_KEYS = (
-    "weight_bits",
-    "activation_bits",
-    "weight_symmetric",
-    "activation_symmetric",
-    "weight_per_channel",
-)
-
-
-@dataclass(frozen=True)
-class PruningPolicy:
-    """Unstructured magnitude pruning to a target sparsity, gradual (AGP) or one-shot."""
-
-    kind: Literal["pruning"] = doc("policy type", "pruning")
-    target_sparsity: float = doc("fraction of the pruned weights set to zero at the end", 0.5)
-    initial_sparsity: float = doc("AGP: sparsity at starting_epoch", 0.0)
-    schedule: Literal["agp", "one_shot"] = doc(
-        "agp: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3 (Zhu and Gupta 2017); one_shot: "
-        "the target at starting_epoch",
-        "agp",
-    )
-    scope: Literal["global", "per_layer"] = doc(
-        "global: one magnitude threshold over all pruned weights; per_layer: each layer to the target",
-        "global",
-    )
-    modules: tuple[str, ...] = doc(
-        "module names or 're:regex' whose weights are pruned; empty = every Conv2d and Linear",
-        (),
-    )
-    starting_epoch: int = doc("first pruning step (t0)", 0)
-    ending_epoch: int | None = doc(
-        "AGP reaches the target at this epoch (t0 + n dt); null = the last epoch", None
-    )
-    frequency: int = doc("epochs between pruning steps (dt)", 1)
-
-    def __post_init__(self) -> None:
-        _check_range("pruning", self.starting_epoch, self.ending_epoch, self.frequency)
-        _require(
-            0.0 < self.target_sparsity < 1.0,
-            f"pruning policy: target_sparsity must be in (0, 1), got {self.target_sparsity}",
-        )
-        _require(
-            0.0 <= self.initial_sparsity <= self.target_sparsity,
-            f"pruning policy: initial_sparsity must be in [0, target_sparsity], got {self.initial_sparsity}",
-        )
-
-
-@dataclass(frozen=True)
-class ChannelPruningPolicy:
-    """Structured pruning that removes whole channels (torch-pruning), then training recovers."""
-
-    kind: Literal["channel_pruning"] = doc("policy type", "channel_pruning")
-    ratio: float = doc("fraction of channels removed from each prunable layer group", 0.5)
-    starting_epoch: int = doc("epoch of the first pruning step", 0)
-    iterative_steps: int = doc(
-        "reach the ratio in this many steps, one every `frequency` epochs", 1
-    )
-    frequency: int = doc("epochs between steps", 1)
-    ignore: tuple[str, ...] | None = doc(
-        "module names never pruned; null = the first and the last layer (input and classes)", None
-    )
-    round_to: int | None = doc("keep channel counts multiples of this (hardware-friendly)", None)
-
-    def __post_init__(self) -> None:
-        _check_range("channel_pruning", self.starting_epoch, None, self.frequency)
-        _require(
-            0.0 < self.ratio < 1.0,
-            f"channel_pruning policy: ratio must be in (0, 1), got {self.ratio}",
-        )
-        _require(
-            self.iterative_steps >= 1,
-            f"channel_pruning policy: iterative_steps must be >= 1, got {self.iterative_steps}",
-        )
-
-
-@dataclass(frozen=True)
-class RegularizationPolicy:
-    """An L1 or group-lasso penalty on weights, added to the loss in its epochs."""
-
-    kind: Literal["regularization"] = doc("policy type", "regularization")
-    type: Literal["l1", "group_lasso"] = doc(
-        "l1: sum |w|; group_lasso: sum over output filters/neurons of ||w||_2 (drives whole "
-        "channels to zero, preparing channel pruning)",
-        "l1",
-    )
-    weight: float = doc("multiplier of the penalty", 1e-5)
-    modules: tuple[str, ...] = doc(
-        "module names or 're:regex'; empty = every Conv2d and Linear", ()
-    )
-    starting_epoch: int = doc("first epoch with the penalty", 0)
-    ending_epoch: int | None = doc("epoch at which it stops (exclusive); null = the end", None)
-
-    def __post_init__(self) -> None:
-        _check_range("regularization", self.starting_epoch, self.ending_epoch)
-        _require(self.weight > 0, f"regularization policy: weight must be > 0, got {self.weight}")
-
-
-PolicyConfig = (
-    DistillationPolicy
-    | QuantizationPolicy
-    | PruningPolicy
-    | ChannelPruningPolicy
-    | RegularizationPolicy
-)
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """One experiment: data, student, optional distillation, optimizer, schedule, loop."""
@@ -668,6 +449,19 @@ class RunConfig:
             [self.model.arch, *(t.arch for t in self.kd.teachers)] if self.kd else [self.model.arch]
         )
         return tuple(a for a in archs if a is not None and ":" in a) + self.train.callbacks
+
+    def policy(self, kind: str) -> PolicyConfig | None:
+        """The policy of ``kind`` (at most one of each, regularization aside), or ``None``."""
+        return next((p for p in self.policies if p.kind == kind), None)
+
+    @property
+    def kd_window(self) -> EpochWindow:
+        """The epochs with the distillation loss: the distillation policy's, else from
+        ``kd.start_epoch`` to the end."""
+        policy = self.policy("distillation")
+        if policy is not None:
+            return policy.window
+        return EpochWindow(self.kd.start_epoch if self.kd is not None else 0)
 
     def __post_init__(self) -> None:
         _require(
@@ -712,9 +506,8 @@ class RunConfig:
                 "kd.start_epoch and a distillation policy both set when distillation starts; use the "
                 "policy's starting_epoch",
             )
-        q = next((p for p in self.policies if p.kind == "quantization"), None)
-        c = next((p for p in self.policies if p.kind == "channel_pruning"), None)
-        if q is not None and c is not None:
+        q, c = self.policy("quantization"), self.policy("channel_pruning")
+        if isinstance(q, QuantizationPolicy) and isinstance(c, ChannelPruningPolicy):
             last_step = c.starting_epoch + (c.iterative_steps - 1) * c.frequency
             _require(
                 last_step < q.starting_epoch,

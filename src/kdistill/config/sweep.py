@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kdistill.config.loader import ConfigError, from_dict, read_yaml
-from kdistill.config.schema import doc
+from kdistill.validation import doc
 
 SamplerName = Literal["tpe", "random"]
 Metric = Literal["auto", "test_top1", "val_top1", "best_test_top1"]

@@ -1,9 +1,10 @@
 """Datasets (nothing downloads), stable sample ids, and the in-memory batch pipeline."""
 
-from kdistill.data.augment import CropFlip
+from kdistill.data.augment import CropFlip, build_augment
 from kdistill.data.bundle import DataBundle, build_data
-from kdistill.data.loader import Batch, BatchLoader, epoch_generator
+from kdistill.data.loader import BatchLoader, epoch_generator
 from kdistill.data.sources import DataError, Split
+from kdistill.types import Batch
 
 __all__ = [
     "Batch",
@@ -12,6 +13,7 @@ __all__ = [
     "DataBundle",
     "DataError",
     "Split",
+    "build_augment",
     "build_data",
     "epoch_generator",
 ]

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from kdistill.config.schema import AugmentConfig
+
 
 class CropFlip:
     """Random translation by up to ``padding`` pixels (crop of a zero-padded image) and optional
@@ -82,3 +84,8 @@ class CropFlip:
         batch = torch.arange(n, device=images.device)[:, None, None]
         out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
         return out.permute(0, 3, 1, 2).contiguous()
+
+
+def build_augment(cfg: AugmentConfig) -> CropFlip | None:
+    """The configured augmentation, or ``None`` when it is off."""
+    return CropFlip(cfg.crop_padding, cfg.hflip) if cfg.enabled else None

@@ -9,7 +9,6 @@ run was interrupted before it, and every process of a data-parallel run agrees o
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,26 +17,10 @@ from torch import Tensor
 from kdistill.data.augment import CropFlip
 from kdistill.data.bundle import to_unit_float
 from kdistill.data.sources import Split
+from kdistill.types import Batch
 
 ViewSampler = Callable[[Tensor, torch.Generator], Tensor]
 """``(sample_ids, generator) -> view ids``: which augmentation view each sample gets."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One batch, ready for the model.
-
-    Attributes:
-        inputs: float32, augmented and normalized, on the loader's device.
-        targets: ``(N,)`` int64 labels.
-        sample_ids: ``(N,)`` int64 stable ids of the samples.
-        views: ``(N,)`` int64 augmentation view of each sample, or ``None`` without augmentation.
-    """
-
-    inputs: Tensor
-    targets: Tensor
-    sample_ids: Tensor
-    views: Tensor | None
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:

@@ -1,15 +1,15 @@
-"""The training engine: loop, callbacks, checkpoints, metrics and run records."""
+"""The training engine: the loop and its callbacks, checkpoints, evaluation, metrics, records
+of epochs, the learning-rate schedule and data-parallel helpers."""
 
-from kdistill.engine.checkpoint import (
-    CheckpointError,
-    ModelSpec,
-    load_model,
-    read_model_spec,
-    save_model_file,
-)
+from kdistill.engine.callbacks import Agreement, CollapseGuard
+from kdistill.engine.checkpoint import Checkpoint, Checkpointer, CheckpointError
+from kdistill.engine.console import Console
+from kdistill.engine.evaluation import Evaluation, evaluate
+from kdistill.engine.recorder import MetricsLog
 from kdistill.engine.trainer import (
     Callback,
     CollapseError,
+    Loop,
     NonFiniteLossError,
     Trainer,
     TrainingError,
@@ -17,15 +17,20 @@ from kdistill.engine.trainer import (
 )
 
 __all__ = [
+    "Agreement",
     "Callback",
+    "Checkpoint",
     "CheckpointError",
+    "Checkpointer",
     "CollapseError",
-    "ModelSpec",
+    "CollapseGuard",
+    "Console",
+    "Evaluation",
+    "Loop",
+    "MetricsLog",
     "NonFiniteLossError",
     "TrainState",
     "Trainer",
     "TrainingError",
-    "load_model",
-    "read_model_spec",
-    "save_model_file",
+    "evaluate",
 ]

@@ -39,8 +39,9 @@ def expected_calibration_error(confidence: Tensor, correct: Tensor, bins: int = 
 class ClassificationMeter:
     """Accumulates predictions over batches; :meth:`result` gives the metrics.
 
-    Keeps per-sample confidence and correctness (two floats per sample) for calibration, and a
-    per-class prediction count to spot a collapsed model.
+    Keeps each sample's prediction, confidence and correctness (for calibration and for
+    comparing predictions with a teacher's), and per-class counts of predictions and labels to
+    spot a collapsed model.
     """
 
     num_classes: int
@@ -48,18 +49,17 @@ class ClassificationMeter:
     count: int = 0
     top1: int = 0
     top5: int = 0
-    agree: int = 0
-    agree_count: int = 0
     predicted: Tensor = field(init=False)
+    labelled: Tensor = field(init=False)
+    predictions: list[Tensor] = field(default_factory=list)
     confidences: list[Tensor] = field(default_factory=list)
     corrects: list[Tensor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.predicted = torch.zeros(self.num_classes, dtype=torch.int64)
+        self.labelled = torch.zeros(self.num_classes, dtype=torch.int64)
 
-    def update(
-        self, logits: Tensor, targets: Tensor, loss_sum: float, teacher_pred: Tensor | None = None
-    ) -> None:
+    def update(self, logits: Tensor, targets: Tensor, loss_sum: float) -> None:
         logits = logits.detach().float()
         hits = topk_correct(logits, targets)
         self.top1 += hits[1]
@@ -69,43 +69,43 @@ class ClassificationMeter:
         probs = logits.softmax(dim=1)
         conf, pred = probs.max(dim=1)
         self.predicted += torch.bincount(pred.cpu(), minlength=self.num_classes)
+        self.labelled += torch.bincount(targets.cpu(), minlength=self.num_classes)
+        self.predictions.append(pred.cpu())
         self.confidences.append(conf.cpu())
         self.corrects.append((pred == targets).cpu())
-        if teacher_pred is not None:
-            self.agree += int((pred == teacher_pred.to(pred.device)).sum())
-            self.agree_count += int(targets.numel())
+
+    def all_predictions(self) -> Tensor:
+        """This process's predictions, in the order the batches came."""
+        return (
+            torch.cat(self.predictions) if self.predictions else torch.zeros(0, dtype=torch.int64)
+        )
 
     def result(self, *, across_processes: bool = True) -> dict[str, float]:
         """The metrics over every batch seen by this process and, in a data-parallel run with
         ``across_processes``, by all the others (each evaluates its share of the split; every
-        process must then call this)."""
+        process must then call this).
+
+        ``top_class_share`` is the fraction of samples predicted as the most predicted class;
+        ``majority_share`` the fraction of the most frequent true class (the share a healthy
+        model's most predicted class is compared with).
+        """
         from kdistill.engine.distributed import all_gather_tensor, all_reduce_sum
 
-        counts = [
-            float(self.top1),
-            float(self.top5),
-            self.loss_sum,
-            float(self.count),
-            float(self.agree),
-            float(self.agree_count),
-        ]
-        predicted_counts = [float(v) for v in self.predicted]
+        counts = [float(self.top1), float(self.top5), self.loss_sum, float(self.count)]
+        per_class = [float(v) for v in self.predicted] + [float(v) for v in self.labelled]
         conf = torch.cat(self.confidences) if self.confidences else torch.zeros(0)
         correct = torch.cat(self.corrects) if self.corrects else torch.zeros(0, dtype=torch.bool)
         if across_processes:
             counts = all_reduce_sum(counts, torch.device("cpu"))
-            predicted_counts = all_reduce_sum(predicted_counts, torch.device("cpu"))
+            per_class = all_reduce_sum(per_class, torch.device("cpu"))
             conf, correct = all_gather_tensor(conf), all_gather_tensor(correct)
-        top1, top5, loss_sum, count, agree, agree_count = counts
-        predicted = torch.tensor(predicted_counts)
+        top1, top5, loss_sum, count = counts
         n = max(1.0, count)
-        out = {
+        return {
             "top1": top1 / n,
             "top5": top5 / n,
             "loss": loss_sum / n,
             "ece": expected_calibration_error(conf, correct),
-            "top_class_share": float(predicted.max()) / n,
+            "top_class_share": max(per_class[: self.num_classes]) / n,
+            "majority_share": max(per_class[self.num_classes :]) / n,
         }
-        if agree_count:
-            out["agreement"] = agree / agree_count
-        return out

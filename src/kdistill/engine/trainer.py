@@ -1,9 +1,11 @@
 """The training loop: short and explicit, read it top to bottom in :meth:`Trainer.fit`.
 
-The trainer knows only that the *objective* maps a batch to a ``DistillerOutput`` (student
-output, ``LossOutput``, optional teacher output) and that ``objective.student`` is the network
-being trained. Teachers, losses and compression plug in around it: the first through the
-objective, the others through :class:`Callback` hooks.
+The trainer knows an :class:`~kdistill.objectives.Objective` (a batch in, the student's output
+and a ``LossOutput`` out), an optimizer built over the objective's parameters, the loaders, how
+the loop runs (:class:`Loop`) and its callbacks. Teachers and losses plug in through the
+objective; compression, checkpoints, logs and health checks through :class:`Callback` s, the
+one extension mechanism. Saving and restoring are :meth:`Trainer.state_dict` and
+:meth:`Trainer.load_state_dict`, which gather the objective's and the callbacks' states.
 """
 
 from __future__ import annotations
@@ -11,18 +13,17 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
-from kdistill.data.loader import BatchLoader
-from kdistill.engine.metrics import ClassificationMeter
-from kdistill.teachers.frozen import logits_of
+from kdistill.engine.evaluation import Evaluation, evaluate
+from kdistill.objectives.protocol import Objective
+from kdistill.types import Batch, DistillerOutput
 
 
 class TrainingError(RuntimeError):
@@ -34,7 +35,52 @@ class NonFiniteLossError(TrainingError):
 
 
 class CollapseError(TrainingError):
-    """The student predicts (almost) one class for everything."""
+    """The student predicts (almost) one class for everything, or does no better than chance."""
+
+
+class Loader(Protocol):
+    """Batches of one split: iterable, sized, and told the epoch (order and views depend on it)."""
+
+    def __iter__(self) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+def constant_lr(step: int) -> float:
+    return 1.0
+
+
+@dataclass(frozen=True)
+class Loop:
+    """How the loop runs.
+
+    Attributes:
+        epochs: total epochs.
+        device: where the student lives.
+        num_classes: classes of the task (metrics).
+        lr_factor: ``step -> multiplier`` of each param group's peak lr (the lr the optimizer
+            factory gives it); a pure function of the step, so resuming needs only the step.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast).
+        grad_clip: max global gradient norm, or ``None``.
+        grad_accumulation: batches per optimizer step.
+        data_parallel: wrap the student in ``DistributedDataParallel`` (torch.distributed).
+        sync_batchnorm: with ``data_parallel``, BatchNorm statistics over the global batch.
+    """
+
+    epochs: int
+    device: torch.device
+    num_classes: int
+    lr_factor: Callable[[int], float] = constant_lr
+    precision: str = "fp32"
+    grad_clip: float | None = None
+    grad_accumulation: int = 1
+    data_parallel: bool = False
+    sync_batchnorm: bool = False
 
 
 @dataclass
@@ -48,6 +94,7 @@ class TrainState:
         best_epoch: the epoch that reached it.
         epoch_times: training seconds of each finished epoch.
         wall_time_s: seconds spent in finished epochs, training and evaluation.
+        history: each finished epoch's record (what ``metrics.jsonl`` holds).
     """
 
     epoch: int = 0
@@ -56,21 +103,33 @@ class TrainState:
     best_epoch: int = -1
     epoch_times: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def finish_epoch(self, record: dict[str, Any], score: float) -> bool:
+        """Account for a finished epoch; returns whether it is the best so far."""
+        is_best = score > self.best_score
+        if is_best:
+            self.best_score, self.best_epoch = score, record["epoch"]
+        self.epoch = record["epoch"] + 1
+        self.epoch_times.append(record["epoch_time_s"])
+        self.wall_time_s += record["epoch_time_s"] + record["eval_time_s"]
+        self.history.append(record)
+        return is_best
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainState:
-        fields = {k: data[k] for k in ("epoch", "step", "best_score", "best_epoch", "wall_time_s")}
-        return cls(**fields, epoch_times=list(data["epoch_times"]))
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
 class Callback:
-    """Hooks into the loop; override what you need. Compression schedules are callbacks.
+    """Hooks into the loop; override what you need.
 
-    A callback that keeps state across epochs returns it from :meth:`state_dict` (tensors and
-    plain Python values only) so that resuming restores it.
+    Compression policies, checkpoints, metric files, the console and health checks are
+    callbacks. A callback that keeps state across epochs returns it from :meth:`state_dict`
+    (tensors and plain Python values only) so that resuming restores it.
     """
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
@@ -83,26 +142,15 @@ class Callback:
 
     def on_step_end(self, trainer: Trainer, step: int) -> None: ...
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None: ...
-
-    def on_fit_end(self, trainer: Trainer) -> None: ...
-
     def on_eval_start(self, trainer: Trainer) -> None:
         """Before the student is evaluated: nothing evaluation does may change the model."""
 
-    def on_eval_end(self, trainer: Trainer) -> None: ...
+    def on_eval_end(self, trainer: Trainer, split: str, evaluation: Evaluation) -> None:
+        """After a split is evaluated; may add entries to ``evaluation.metrics``."""
 
-    def on_restore(self, trainer: Trainer) -> None:
-        """After :meth:`load_state_dict` on resume, before the weights are loaded: give the
-        student the architecture the checkpoint was saved from (e.g. pruned channels)."""
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None: ...
 
-    def model_extra(self) -> dict[str, Any]:
-        """What a model file must record to rebuild the student's current architecture."""
-        return {}
-
-    def summary_extra(self, trainer: Trainer) -> dict[str, Any]:
-        """Entries for the run's ``summary.json`` (under ``compression``)."""
-        return {}
+    def on_fit_end(self, trainer: Trainer) -> None: ...
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -110,136 +158,79 @@ class Callback:
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
-@dataclass
 class _EpochSums:
-    """Running sums of the training metrics of one epoch."""
+    """Running sums of one epoch's training metrics, kept on the device: reading them is the
+    only host synchronization, done once per logging interval and at the end of the epoch."""
 
-    samples: int = 0
-    correct: int = 0
-    agree: int = 0
-    agree_samples: int = 0
-    parts: dict[str, float] = field(default_factory=dict)
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.samples = 0
+        self.sums: dict[str, Tensor] = {}
 
-    def add(
-        self,
-        n: int,
-        logits: Tensor,
-        targets: Tensor,
-        values: Mapping[str, float],
-        teacher_pred: Tensor | None,
-    ) -> None:
+    def _add(self, key: str, value: Tensor) -> None:
+        value = value.detach().to(self.device, torch.float64)
+        self.sums[key] = self.sums[key] + value if key in self.sums else value
+
+    def add(self, out: DistillerOutput, targets: Tensor, values: Mapping[str, Tensor]) -> None:
+        n = int(targets.shape[0])
         self.samples += n
-        pred = logits.detach().argmax(dim=1)
-        self.correct += int((pred == targets).sum())
+        pred = out.student.logits.detach().argmax(dim=1)
+        self._add("correct", (pred == targets).sum())
+        if out.teacher is not None:
+            self._add("agree", (pred == out.teacher.predictions()).sum())
         for key, value in values.items():
-            self.parts[key] = self.parts.get(key, 0.0) + value * n
-        if teacher_pred is not None:
-            self.agree += int((pred == teacher_pred).sum())
-            self.agree_samples += n
+            self._add(f"loss_{key}" if key != "total" else "loss", value * n)
 
-    def result(self) -> dict[str, float]:
-        """Means over the epoch, over every process of a data-parallel run."""
+    def means(self, *, across_processes: bool = False) -> dict[str, float]:
+        """Means over the samples so far (``correct`` -> ``top1``, ``agree`` -> ``agreement``)."""
         from kdistill.engine.distributed import all_reduce_sum
 
-        keys = sorted(self.parts)
-        totals = all_reduce_sum(
-            [float(self.samples), float(self.correct), float(self.agree), float(self.agree_samples)]
-            + [self.parts[k] for k in keys],
-            torch.device("cpu"),
-        )
-        samples, correct, agree, agree_samples = totals[:4]
+        keys = sorted(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).tolist() if keys else []
+        samples = float(self.samples)
+        if across_processes:
+            totals = all_reduce_sum([samples, *values], torch.device("cpu"))
+            samples, values = totals[0], totals[1:]
         n = max(1.0, samples)
-        out = {
-            f"loss_{k}" if k != "total" else "loss": v / n
-            for k, v in zip(keys, totals[4:], strict=True)
-        }
-        out["top1"] = correct / n
-        if agree_samples:
-            out["agreement"] = agree / agree_samples
-        return out
+        names = {"correct": "top1", "agree": "agreement"}
+        return {names.get(k, k): v / n for k, v in zip(keys, values, strict=True)}
 
 
 class Trainer:
-    """Runs epochs of an objective, evaluates, records and checkpoints.
+    """Runs epochs of an objective, evaluates, and calls its callbacks.
 
     Args:
-        objective: ``objective(inputs, targets, sample_ids=, views=) -> DistillerOutput`` with a
-            ``student`` attribute and ``set_epoch(epoch)``.
-        optimizer: over the objective's trainable parameters. Each param group's ``lr`` at
-            construction is its peak lr; the schedule scales it every step.
+        objective: what is trained (:class:`~kdistill.objectives.Objective`).
+        optimizer_factory: ``parameters -> optimizer``; called at construction and again when
+            compression replaces the student. Each param group's ``lr`` is its peak lr.
         train_loader: training batches.
-        epochs: total epochs.
-        lr_factor: ``step -> multiplier`` of the peak lr.
-        eval_loaders: split name -> loader, evaluated after every epoch (e.g. ``"test"``, ``"val"``).
-        device: where the student lives.
-        precision: ``"fp32"`` or ``"bf16"`` (autocast).
-        grad_clip: max global gradient norm, or ``None``.
-        grad_accumulation: batches per optimizer step.
-        callbacks: loop hooks.
-        on_collapse: ``"warn"``, ``"stop"`` or ``"ignore"`` when the student predicts one class.
-        save_checkpoint: called after every epoch as ``save_checkpoint(trainer, epoch, is_best)``.
-        log_epoch: called with each epoch's record (writes metrics files).
-        progress: show a progress bar per epoch.
-        log: where human-readable lines go.
-        teacher_predictor: ``inputs -> teacher predictions`` for student-teacher agreement on
-            the eval splits (computed once per split for a frozen teacher).
-        teacher_is_frozen: the teacher never changes, so its eval predictions can be reused.
-        num_classes: classes of the task (for collapse detection).
+        eval_loaders: split name -> loader, evaluated after every epoch (``"val"``, ``"test"``);
+            the selection metric is val top-1 when there is a val split, else test top-1.
+        loop: how the loop runs (:class:`Loop`).
+        callbacks: loop hooks, called in order.
     """
 
     def __init__(
         self,
-        objective: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        train_loader: BatchLoader,
-        *,
-        epochs: int,
-        lr_factor: Callable[[int], float],
-        eval_loaders: Mapping[str, BatchLoader],
-        num_classes: int,
-        device: torch.device,
-        precision: str = "fp32",
-        grad_clip: float | None = None,
-        grad_accumulation: int = 1,
+        objective: Objective,
+        optimizer_factory: OptimizerFactory,
+        train_loader: Loader,
+        eval_loaders: Mapping[str, Iterable[Batch]],
+        loop: Loop,
         callbacks: Sequence[Callback] = (),
-        on_collapse: str = "warn",
-        save_checkpoint: Callable[[Trainer, int, bool], None] | None = None,
-        log_epoch: Callable[[dict[str, Any], int], None] | None = None,
-        progress: bool = True,
-        log: Callable[[str], None] = print,
-        teacher_predictor: Callable[[Tensor], Tensor] | None = None,
-        teacher_is_frozen: bool = True,
-        optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
-        data_parallel: bool = False,
-        sync_batchnorm: bool = False,
     ) -> None:
         self.objective = objective
-        self.optimizer = optimizer
-        self.train_loader = train_loader
-        self.epochs = epochs
-        self.lr_factor = lr_factor
-        self.eval_loaders = dict(eval_loaders)
-        self.num_classes = num_classes
-        self.device = device
-        self.precision = precision
-        self.grad_clip = grad_clip
-        self.grad_accumulation = grad_accumulation
-        self.callbacks = list(callbacks)
-        self.on_collapse = on_collapse
-        self.save_checkpoint = save_checkpoint
-        self.log_epoch = log_epoch
-        self.progress = progress
-        self.log = log
-        self.teacher_predictor = teacher_predictor
-        self.teacher_is_frozen = teacher_is_frozen
         self.optimizer_factory = optimizer_factory
-        self.data_parallel = data_parallel
-        self.sync_batchnorm = sync_batchnorm
-        if data_parallel:
+        self.train_loader = train_loader
+        self.eval_loaders = dict(eval_loaders)
+        self.loop = loop
+        self.callbacks = list(callbacks)
+        if loop.data_parallel:
             objective.student = self._wrap(objective.student)
         self.state = TrainState()
-        self._peak_lrs = [group["lr"] for group in optimizer.param_groups]
-        self._teacher_preds: dict[str, list[Tensor]] = {}
+        self.optimizer = optimizer_factory(list(objective.parameters()))
+        self._peak_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.epoch_sums = _EpochSums(loop.device)
 
     @property
     def student(self) -> nn.Module:
@@ -249,77 +240,51 @@ class Trainer:
 
     def _wrap(self, student: nn.Module) -> nn.Module:
         """Only the student is data-parallel: the teacher has no gradients to synchronize."""
-        if self.sync_batchnorm:
+        if self.loop.sync_batchnorm:
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(student, device_ids=device_ids)
+        device = self.loop.device
+        return DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     def replace_student(self, student: nn.Module) -> None:
         """Swap the network being trained (compression changes its structure), keeping its
-        train/eval mode, and rebuild the optimizer over the new parameters."""
-        student.to(self.device)
-        student.train(self.objective.training)
-        self.objective.student = self._wrap(student) if self.data_parallel else student
-        self.rebuild_optimizer()
-
-    def rebuild_optimizer(self) -> None:
-        """A fresh optimizer over the objective's current parameters (same hyper-parameters;
-        momentum restarts), at the learning rate the schedule gives for the current step."""
-        if self.optimizer_factory is None:
-            raise TrainingError("this trainer cannot rebuild its optimizer (no optimizer_factory)")
+        train/eval mode, and rebuild the optimizer over the new parameters (momentum restarts,
+        at the learning rate the schedule gives for the current step)."""
+        student.to(self.loop.device)
+        student.train(self.student.training)
+        self.objective.student = self._wrap(student) if self.loop.data_parallel else student
         self.optimizer = self.optimizer_factory(list(self.objective.parameters()))
         self._peak_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self._set_lr()
 
-    def set_teacher_predictions(self, split: str, per_batch: list[Tensor]) -> None:
-        """Reuse a frozen teacher's predictions on an eval split (one tensor per batch, in the
-        loader's order) instead of running the teacher again."""
-        self._teacher_preds[split] = per_batch
-
     # ------------------------------------------------------------------------- the loop
 
     def fit(self) -> TrainState:
-        """Train from ``self.state.epoch`` to ``self.epochs``; returns the final state."""
-        for cb in self.callbacks:
-            cb.on_fit_start(self)
-        for epoch in range(self.state.epoch, self.epochs):
-            for cb in self.callbacks:
-                cb.on_epoch_start(self, epoch)
+        """Train from ``self.state.epoch`` to ``loop.epochs``; returns the final state."""
+        self._call("on_fit_start")
+        for epoch in range(self.state.epoch, self.loop.epochs):
+            self._call("on_epoch_start", epoch)
             started = time.perf_counter()
             train_metrics = self.train_epoch(epoch)
             train_time = time.perf_counter() - started
             started = time.perf_counter()
-            evals = {name: self.evaluate(name) for name in self.eval_loaders}
-            eval_time = time.perf_counter() - started
+            evals = {name: self.evaluate(name).metrics for name in self.eval_loaders}
             record: dict[str, Any] = {
                 "epoch": epoch,
+                "step": self.state.step,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "train": train_metrics,
                 **evals,
                 "epoch_time_s": train_time,
-                "eval_time_s": eval_time,
+                "eval_time_s": time.perf_counter() - started,
             }
-            self._check_collapse(epoch, evals)
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, epoch, record)
-            score = (
-                evals["val" if "val" in evals else "test"]["top1"]
-                if evals
-                else -train_metrics["loss"]
+            selection = evals.get("val", evals.get("test"))
+            self.state.finish_epoch(
+                record, selection["top1"] if selection else -train_metrics["loss"]
             )
-            is_best = score > self.state.best_score
-            if is_best:
-                self.state.best_score, self.state.best_epoch = score, epoch
-            self.state.epoch = epoch + 1
-            self.state.epoch_times.append(train_time)
-            self.state.wall_time_s += train_time + eval_time
-            if self.log_epoch is not None:
-                self.log_epoch(record, self.state.step)
-            if self.save_checkpoint is not None:
-                self.save_checkpoint(self, epoch, is_best)
-            self.log(self._epoch_line(record))
-        for cb in self.callbacks:
-            cb.on_fit_end(self)
+            self._call("on_epoch_end", epoch, record)
+        self._call("on_fit_end")
         return self.state
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -327,143 +292,115 @@ class Trainer:
         self.objective.train()
         self.objective.set_epoch(epoch)
         self.train_loader.set_epoch(epoch)
-        sums = _EpochSums()
+        self.epoch_sums = _EpochSums(self.loop.device)
         n_batches = len(self.train_loader)
-        bar = tqdm(
-            total=n_batches,
-            desc=f"epoch {epoch + 1}/{self.epochs}",
-            leave=False,
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
         self.optimizer.zero_grad(set_to_none=True)
-        with bar:
-            for i, batch in enumerate(self.train_loader):
-                self._set_lr()
-                with self._autocast():
-                    out = self.objective(
-                        batch.inputs, batch.targets, sample_ids=batch.sample_ids, views=batch.views
-                    )
-                total = out.loss.total
-                values = out.loss.as_floats()
-                for cb in self.callbacks:
-                    for name, (term, weight) in cb.extra_loss(self).items():
-                        total = total + weight * term
-                        values[name] = float(term.detach())
-                values["total"] = float(total.detach())
-                if not math.isfinite(values["total"]):
-                    raise NonFiniteLossError(
-                        f"the loss became {values['total']} at epoch {epoch + 1}, step {i + 1} of "
-                        f"{n_batches} (parts: {_format_parts(values)}). Training stopped; the last "
-                        "good checkpoint is intact. Usual fixes: a lower optim.lr, "
-                        "optim.grad_clip: 1.0, or a lower kd.temperature."
-                    )
-                (total / self.grad_accumulation).backward()
-                if (i + 1) % self.grad_accumulation == 0 or i + 1 == n_batches:
-                    self._optimizer_step()
-                teacher_pred = out.teacher.predictions() if out.teacher is not None else None
-                sums.add(
-                    len(batch.targets), out.student.logits, batch.targets, values, teacher_pred
+        for i, batch in enumerate(self.train_loader):
+            self._set_lr()
+            with self.autocast():
+                out = self.objective(
+                    batch.inputs, batch.targets, sample_ids=batch.sample_ids, views=batch.views
                 )
-                bar.update(1)
-                if self.progress and (i % 10 == 0 or i + 1 == n_batches):
-                    bar.set_postfix(
-                        loss=f"{values['total']:.3f}",
-                        acc=f"{sums.correct / max(1, sums.samples):.1%}",
-                    )
-        return sums.result()
+            total = out.loss.total
+            values = out.loss.detached()
+            for cb in self.callbacks:
+                for name, (term, weight) in cb.extra_loss(self).items():
+                    total = total + weight * term
+                    values[name] = term.detach()
+            values["total"] = total.detach()
+            if not bool(torch.isfinite(total)):  # the one host synchronization of a step
+                raise NonFiniteLossError(
+                    f"the loss became {float(total.detach())} at epoch {epoch + 1}, step {i + 1} of "
+                    f"{n_batches} (parts: {_format_parts(values)}). Training stopped; the last "
+                    "good checkpoint is intact. Usual fixes: a lower optim.lr, "
+                    "optim.grad_clip: 1.0, or a lower kd.temperature."
+                )
+            (total / self.loop.grad_accumulation).backward()
+            if (i + 1) % self.loop.grad_accumulation == 0 or i + 1 == n_batches:
+                self._optimizer_step()
+            self.epoch_sums.add(out, batch.targets, values)
+            self._call("on_step_end", self.state.step)
+        return self.epoch_sums.means(across_processes=True)
 
     def _optimizer_step(self) -> None:
-        if self.grad_clip is not None:
+        if self.loop.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(
-                [p for g in self.optimizer.param_groups for p in g["params"]], self.grad_clip
+                [p for g in self.optimizer.param_groups for p in g["params"]], self.loop.grad_clip
             )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        for cb in self.callbacks:
-            cb.on_step_end(self, self.state.step)
 
     def _set_lr(self) -> None:
-        factor = self.lr_factor(self.state.step)
+        factor = self.loop.lr_factor(self.state.step)
         for group, peak in zip(self.optimizer.param_groups, self._peak_lrs, strict=True):
             group["lr"] = peak * factor
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.loop.precision == "bf16":
+            return torch.autocast(device_type=self.loop.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    # ------------------------------------------------------------------------- evaluation
-
-    def evaluate(self, name: str) -> dict[str, float]:
-        """Metrics of the student on the eval split ``name`` (and agreement with the teacher)."""
-        loader = self.eval_loaders[name]
-        student = self.student
-        was_training = student.training
-        for cb in self.callbacks:
-            cb.on_eval_start(self)
-        student.eval()
-        meter = ClassificationMeter(self.num_classes)
-        reuse = name in self._teacher_preds and self.teacher_is_frozen
-        teacher_preds: list[Tensor] = self._teacher_preds.get(name, []) if reuse else []
-        with torch.inference_mode(), self._autocast():
-            for b, batch in enumerate(loader):
-                logits = logits_of(student(batch.inputs)).float()
-                loss_sum = float(
-                    torch.nn.functional.cross_entropy(logits, batch.targets, reduction="sum")
-                )
-                teacher_pred = None
-                if self.teacher_predictor is not None:
-                    if not reuse:
-                        teacher_preds.append(self.teacher_predictor(batch.inputs))
-                    teacher_pred = teacher_preds[b]
-                meter.update(logits, batch.targets, loss_sum, teacher_pred)
-        if self.teacher_predictor is not None:
-            self._teacher_preds[name] = teacher_preds
-        student.train(was_training)
-        for cb in self.callbacks:
-            cb.on_eval_end(self)
-        return meter.result()
-
-    # ------------------------------------------------------------------------- health
-
-    def _check_collapse(self, epoch: int, evals: Mapping[str, Mapping[str, float]]) -> None:
-        if self.on_collapse == "ignore" or self.num_classes < 3 or not evals:
-            return
-        split, metrics = next(iter(evals.items()))
-        share = metrics["top_class_share"]
-        if share < 0.9:
-            return
-        message = (
-            f"after epoch {epoch + 1} the student predicts one class for {share:.0%} of the {split} "
-            f"samples ({split} top-1 {metrics['top1']:.1%}): it has collapsed. In distillation this "
-            "usually means the T^2-scaled soft loss pushed too hard for the learning rate: try a "
-            "lower optim.lr, optim.grad_clip: 1.0, or a lower kd.temperature (a very confident "
-            "teacher gives large gradients)."
+    def evaluate(self, split: str) -> Evaluation:
+        """The student's metrics on an eval split (callbacks may add to them)."""
+        self._call("on_eval_start")
+        evaluation = evaluate(
+            self.student, self.eval_loaders[split], self.loop.num_classes, autocast=self.autocast()
         )
-        if self.on_collapse == "stop":
-            raise CollapseError(message + " Stopped (train.on_collapse=stop).")
-        self.log(f"WARNING: {message}")
+        self._call("on_eval_end", split, evaluation)
+        return evaluation
 
-    def _epoch_line(self, record: Mapping[str, Any]) -> str:
-        train = record["train"]
-        parts = [
-            f"epoch {record['epoch'] + 1}/{self.epochs}",
-            f"loss {train['loss']:.4f}",
-            f"train {train['top1']:.2%}",
-        ]
-        for name in self.eval_loaders:
-            m = record[name]
-            parts.append(f"{name} {m['top1']:.2%}")
-            if "agreement" in m:
-                parts.append(f"agree {m['agreement']:.1%}")
-        parts.append(f"{record['epoch_time_s']:.2f}s")
-        return "  ".join(parts)
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # ------------------------------------------------------------------------- state
+
+    def _callback_keys(self) -> list[str]:
+        """``Name:n`` for the n-th callback of each class: stable when callbacks without state
+        (a user's logger, say) come or go between a run and its resume."""
+        seen: dict[str, int] = {}
+        keys = []
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            keys.append(f"{name}:{seen.get(name, 0)}")
+            seen[name] = seen.get(name, 0) + 1
+        return keys
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint needs besides the student's weights: loop position,
+        optimizer, RNG states, the objective's extra state and the callbacks' states."""
+        callbacks = {k: cb.state_dict() for k, cb in zip(self._callback_keys(), self.callbacks)}
+        return {
+            "train_state": self.state.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+            "objective": self.objective.extra_state(),
+            "callbacks": {k: v for k, v in callbacks.items() if v},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the student must already have the saved structure)."""
+        keys = self._callback_keys()
+        unknown = sorted(set(state["callbacks"]) - set(keys))
+        if unknown:
+            raise TrainingError(
+                f"the checkpoint holds state of callbacks {', '.join(unknown)}, which this run "
+                "does not have (was it made with other policies or train.callbacks?)"
+            )
+        for key, cb in zip(keys, self.callbacks, strict=True):
+            if key in state["callbacks"]:
+                cb.load_state_dict(state["callbacks"][key])
+        self.objective.load_extra_state(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.state = TrainState.from_dict(state["train_state"])
+        set_rng_state(state["rng"])
 
 
-def _format_parts(values: Mapping[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in values.items() if not k.endswith("_weighted"))
+def _format_parts(values: Mapping[str, Tensor]) -> str:
+    return ", ".join(
+        f"{k}={float(v):.4g}" for k, v in values.items() if not k.endswith("_weighted")
+    )
 
 
 def rng_state() -> dict[str, Tensor | list[Tensor]]:

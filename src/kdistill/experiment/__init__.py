@@ -1,69 +1,75 @@
-"""From a ``RunConfig`` to a finished run: the parts of a run (:mod:`.components`), where it
-lives (:mod:`.rundir`) and the run itself (:mod:`.runner`)."""
+"""The run assembly: from a ``RunConfig`` to a finished run.
 
-from kdistill.experiment.components import (
-    TEACHER_DTYPES,
-    TeacherCheckError,
-    TeacherSetup,
-    build_augment,
+:mod:`.assembly` builds the parts of a run (``build_run``), :mod:`.runner` trains it (``run``),
+:mod:`.rundir` decides where it lives and who may write it, :mod:`.finish` writes what it
+leaves, :mod:`.teachers` and :mod:`.teacher_cache` provide its teacher, :mod:`.loading` turns
+model files back into networks, and :mod:`.sweep` runs many settings of one config.
+"""
+
+from kdistill.experiment.assembly import (
+    RunParts,
     build_eval_loaders,
     build_loss,
     build_objective,
     build_optimizer,
+    build_run,
     build_student,
-    build_teacher,
     build_train_loader,
-    check_model_fits_data,
-    check_teacher,
     code_trust,
     configure_torch,
-    evaluate_model,
-    input_adapter,
-    load_teachers,
-    model_spec,
     resolve_device,
 )
+from kdistill.experiment.loading import LoadedModel, build_from_spec, load_model
 from kdistill.experiment.rundir import (
     RunDirError,
     group_dir,
     latest_link,
     link_latest,
-    prepare_run_dir,
     run_dir_for,
     run_identity,
 )
-from kdistill.experiment.runner import RunResult, callback_states, load_callbacks, run
+from kdistill.experiment.runner import RunResult, run, train_or_reuse
+from kdistill.experiment.teacher_cache import prepare_teacher_cache
+from kdistill.experiment.teachers import (
+    TeacherCheckError,
+    TeacherSetup,
+    build_teacher,
+    check_model_fits_data,
+    check_teacher,
+    input_adapter,
+    model_spec,
+)
 
 __all__ = [
-    "TEACHER_DTYPES",
+    "LoadedModel",
     "RunDirError",
+    "RunParts",
     "RunResult",
     "TeacherCheckError",
     "TeacherSetup",
-    "build_augment",
     "build_eval_loaders",
+    "build_from_spec",
     "build_loss",
     "build_objective",
     "build_optimizer",
+    "build_run",
     "build_student",
     "build_teacher",
     "build_train_loader",
-    "callback_states",
     "check_model_fits_data",
     "check_teacher",
     "code_trust",
     "configure_torch",
-    "evaluate_model",
     "group_dir",
     "input_adapter",
     "latest_link",
     "link_latest",
-    "load_callbacks",
-    "load_teachers",
+    "load_model",
     "model_spec",
-    "prepare_run_dir",
+    "prepare_teacher_cache",
     "resolve_device",
     "run",
     "run_dir_for",
     "run_identity",
+    "train_or_reuse",
 ]

@@ -1,19 +1,34 @@
-"""Run directories: where a run of a config and seed lives, and what may happen to it."""
+"""Run directories: where a run of a config and seed lives, who may write it, and what a new
+start, ``--resume`` and ``--force`` may do to what is there.
+
+* ``<out_dir>/<name>-<identity>/seed-<seed>/``: the identity is a hash of the config's values
+  (without the seed and the output directory). Which teacher weights a name resolves to is
+  not part of it: it is recorded in the run's checkpoints and record and checked on resume.
+* One writer at a time: an exclusive lock (a hidden sibling file) for as long as the run
+  trains; a second writer is refused with the holder's pid and host. Under the lock, the
+  temporaries of writers that died are removed.
+* ``--force`` never deletes: it moves the old run aside to ``<out_dir>/.replaced/``.
+* ``<out_dir>/<name>`` links to the run of the recipe as written, so that other recipes can
+  name it as a teacher; a run with overrides does not move the link.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import os
 import shutil
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kdistill.config.loader import config_hash
 from kdistill.config.schema import RunConfig
-from kdistill.engine.checkpoint import (
-    latest_checkpoint,
-    resolve_model_path,
-)
+from kdistill.engine.checkpoint import Checkpoint, Checkpointer
+from kdistill.files import RECORD, os_errors, remove_stale_temporaries
+from kdistill.locks import exclusive_lock
+
+Log = Callable[[str], None]
+REPLACED = ".replaced"
 
 
 class RunDirError(ValueError):
@@ -21,25 +36,8 @@ class RunDirError(ValueError):
 
 
 def run_identity(cfg: RunConfig) -> str:
-    """A hash of what determines a run's result apart from its seed: the config values, and the
-    contents of the weight files it names (teachers, initial weights). A config that names a
-    teacher as ``runs/teacher`` therefore gets a new run directory when that teacher is
-    retrained, instead of being mistaken for the finished run with the old teacher."""
-    files = [t.checkpoint for t in cfg.kd.teachers] if cfg.kd is not None else []
-    files.append(cfg.model.checkpoint)
-    digests = [file_digest(resolve_model_path(f)) if f is not None else None for f in files]
-    base = config_hash(cfg, exclude=("out_dir", "train.seed"))
-    if all(d is None for d in digests):
-        return base
-    return hashlib.sha256(json.dumps([base, digests]).encode()).hexdigest()[:10]
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """A hash of what determines a run's result apart from its seed: the config's values."""
+    return config_hash(cfg, exclude=("out_dir", "train.seed"))
 
 
 def group_dir(cfg: RunConfig) -> Path:
@@ -52,35 +50,84 @@ def run_dir_for(cfg: RunConfig) -> Path:
     return group_dir(cfg) / f"seed-{cfg.train.seed}"
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
-    """Check the run directory against the requested action (new run, resume, start over)."""
-    finished = (run_dir / "summary.json").is_file()
-    started = run_dir.exists() and any(run_dir.iterdir())
-    if force and started:
-        shutil.rmtree(run_dir)
-        return
-    if resume:
+def move_aside(run_dir: Path, out_dir: Path) -> Path:
+    """Move a run directory to ``<out_dir>/.replaced/<group>/<seed>-<time>`` (kept, not deleted)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = out_dir / REPLACED / run_dir.parent.name / f"{run_dir.name}-{stamp}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = target.with_name(f"{run_dir.name}-{stamp}-{n}")
+    with os_errors(run_dir, "move aside"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(run_dir), str(target))
+    return target
+
+
+def _started(run_dir: Path) -> bool:
+    return run_dir.is_dir() and any(run_dir.iterdir())
+
+
+@contextlib.contextmanager
+def claim_run_dir(
+    cfg: RunConfig, *, resume: bool, force: bool, log: Log
+) -> Iterator[Checkpoint | None]:
+    """Hold the run directory of ``cfg`` for writing; yields the checkpoint to resume from.
+
+    * a new run: the directory must not hold a finished run or an unfinished one with a
+      checkpoint (an interrupted start without any checkpoint simply starts again);
+    * ``resume``: continues from the newest checkpoint, or starts from the beginning with a
+      line saying so when there is none;
+    * ``force``: moves whatever is there aside and starts over.
+
+    Raises:
+        LockedError: another process is writing this run.
+        RunDirError: the directory holds what the action would lose or cannot use.
+    """
+    run_dir = run_dir_for(cfg)
+    with exclusive_lock(
+        run_dir,
+        f"run directory {run_dir}",
+        advice="Wait for it to finish, or stop it and continue with --resume.",
+    ):
+        for stale in remove_stale_temporaries(run_dir):
+            log(f"removed {stale}, left by an interrupted writer")
+        finished = (run_dir / RECORD).is_file()
+        if force and _started(run_dir):
+            moved = move_aside(run_dir, Path(cfg.out_dir))
+            log(f"--force: the previous run in {run_dir} was moved to {moved}")
+            yield None
+            return
         if finished:
+            if resume:
+                raise RunDirError(
+                    f"{run_dir} already holds a finished run ({RECORD}); nothing to resume"
+                )
             raise RunDirError(
-                f"{run_dir} already holds a finished run (summary.json); nothing to resume"
+                f"{run_dir} already holds a finished run with this config (see its {RECORD}); "
+                "pass --force to train it again from scratch (the old run is moved aside)"
             )
-        return
-    if finished:
-        raise RunDirError(
-            f"{run_dir} already holds a finished run with this config (see its summary.json); "
-            "pass --force to train it again from scratch"
-        )
-    if started:
-        ckpt = latest_checkpoint(run_dir) if (run_dir / "checkpoints").exists() else None
-        where = f"its last checkpoint is {ckpt.name}" if ckpt else "it has no checkpoint yet"
-        raise RunDirError(
-            f"{run_dir} holds an unfinished run of this config ({where}); pass --resume to "
-            "continue it or --force to start over"
-        )
+        checkpoint = Checkpointer.latest(run_dir)
+        if checkpoint is None:
+            if _started(run_dir):
+                log(
+                    f"{run_dir}: an earlier start of this run stopped before its first "
+                    "checkpoint; starting it from the beginning"
+                )
+            elif resume:
+                log(f"{run_dir}: nothing to resume yet; starting the run from the beginning")
+            yield None
+            return
+        if not resume:
+            raise RunDirError(
+                f"{run_dir} holds an unfinished run of this config (its last checkpoint is "
+                f"{checkpoint.path.name}); pass --resume to continue it or --force to start over"
+            )
+        yield checkpoint
 
 
 def latest_link(cfg: RunConfig) -> Path:
-    """``<out_dir>/<name>``: a symlink to the newest finished run of that name."""
+    """``<out_dir>/<name>``: a link to the run of the recipe as written."""
     return Path(cfg.out_dir) / cfg.name
 
 
@@ -90,7 +137,8 @@ def link_latest(cfg: RunConfig, run_dir: Path) -> None:
     link = latest_link(cfg)
     if link.exists() and not link.is_symlink():
         return  # a real file or directory of the user's: leave it alone
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(os.path.relpath(run_dir, link.parent))
-    os.replace(tmp, link)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link.tmp")
+    with os_errors(link, "link"):
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(os.path.relpath(run_dir, link.parent))
+        os.replace(tmp, link)

@@ -1,31 +1,20 @@
-"""``run``: one training run of a config and seed, from its parts to its run directory."""
+"""``run``: one training run of a config and seed, read top to bottom in :func:`_run`."""
 
 from __future__ import annotations
 
-import gzip
-import subprocess
+import contextlib
+import importlib
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from kdistill._version import __version__
-from kdistill.compression.callbacks import build_callbacks as build_compression_callbacks
-from kdistill.config.loader import config_hash, dump_yaml
+from kdistill.config.loader import dump_yaml
 from kdistill.config.schema import RunConfig
-from kdistill.data import DataBundle, build_data
-from kdistill.engine.checkpoint import (
-    ModelSpec,
-    latest_checkpoint,
-    load_training_state,
-    load_weights,
-    save_checkpoint,
-    save_model_file,
-)
+from kdistill.engine.callbacks import Agreement, CollapseGuard
+from kdistill.engine.checkpoint import Checkpoint, Checkpointer
+from kdistill.engine.console import Console
 from kdistill.engine.distributed import (
     DistContext,
     PeerFailureError,
@@ -34,45 +23,37 @@ from kdistill.engine.distributed import (
     is_peer_failure,
     shutdown,
 )
-from kdistill.engine.profile import count_macs, count_params, cpu_latency_ms
-from kdistill.engine.recorder import RunRecorder
-from kdistill.engine.schedule import build_lr_factor
-from kdistill.engine.trainer import (
-    Callback,
-    Trainer,
-    TrainState,
-    rng_state,
-    set_rng_state,
+from kdistill.engine.recorder import MetricsLog
+from kdistill.engine.trainer import Callback, Trainer
+from kdistill.experiment.assembly import RunParts, build_run
+from kdistill.experiment.finish import finish_run
+from kdistill.experiment.health import collapse_advice
+from kdistill.experiment.rundir import (
+    RunDirError,
+    claim_run_dir,
+    link_latest,
+    run_dir_for,
+    run_identity,
 )
-from kdistill.experiment.components import (
-    Log,
-    build_eval_loaders,
-    build_objective,
-    build_optimizer,
-    build_student,
-    build_teacher,
-    build_train_loader,
-    check_teacher,
-    code_trust,
-    configure_torch,
-    evaluate_model,
-    joint_teacher_network,
-    resolve_device,
-    teacher_predictor,
-)
-from kdistill.experiment.rundir import RunDirError, link_latest, prepare_run_dir, run_dir_for
-from kdistill.losses.functional import gradient_norms
-from kdistill.teacher_cache import prepare_teacher_cache
-from kdistill.teachers import logits_of
-from kdistill.trust import CodeTrust
+from kdistill.files import CONFIG, RECORD, atomic_write_text, sha256_file
+from kdistill.models import resolve_model
+from kdistill.record import RunRecord
 
-LATENCY_BATCHES = (1, 128)
+Log = Callable[[str], None]
 
 
 @dataclass
 class RunResult:
+    """Where a run lives and its record (``None`` on the processes of a data-parallel run that
+    do not write)."""
+
     run_dir: Path
-    summary: dict[str, Any]
+    record: RunRecord | None
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The record as plain data (what ``summary.json`` holds); empty without a record."""
+        return self.record.to_dict() if self.record is not None else {}
 
 
 def run(
@@ -84,27 +65,27 @@ def run(
     log: Log = print,
     callbacks: Sequence[Callback] = (),
     trust_code: bool = False,
+    link: bool = True,
 ) -> RunResult:
     """Train one run of ``cfg`` (one seed) and write its directory. See ``docs/cli.md``.
 
-    Model files (teachers, ``model.checkpoint``) may name import-path architectures only when
-    ``cfg`` writes the same path itself, or with ``trust_code`` (see :mod:`kdistill.trust`).
+    Args:
+        cfg: the config.
+        resume: continue from the newest checkpoint (or start, saying so, when there is none).
+        force: move an existing run of this config aside and start over.
+        progress, log: progress bars and messages.
+        callbacks: extra trainer callbacks.
+        trust_code: model files (teachers, ``model.checkpoint``) may name import-path
+            architectures that ``cfg`` does not write itself (see :mod:`kdistill.trust`).
+        link: point ``<out_dir>/<name>`` at this run when it finishes (the CLI does so only
+            for a recipe run as written).
 
     Launched by ``torchrun`` with several processes, the student trains data-parallel (DDP) and
-    only the first process writes files and logs; the others return an empty summary.
+    only the first process writes files and logs.
     """
     dist_ctx = init_from_env(cfg.train.device, cfg.train.dist_timeout_s)
     try:
-        return _run(
-            cfg,
-            dist_ctx,
-            resume=resume,
-            force=force,
-            progress=progress,
-            log=log,
-            callbacks=callbacks,
-            trust=code_trust(cfg, trust_code),
-        )
+        return _run(cfg, dist_ctx, resume, force, progress, log, callbacks, trust_code, link)
     except RuntimeError as exc:
         if dist_ctx is not None and is_peer_failure(exc):
             raise PeerFailureError(dist_ctx.rank, exc) from exc
@@ -121,256 +102,183 @@ def _quiet(_message: str) -> None:
 def _run(
     cfg: RunConfig,
     dist_ctx: DistContext | None,
-    *,
     resume: bool,
     force: bool,
     progress: bool,
     log: Log,
     callbacks: Sequence[Callback],
-    trust: CodeTrust,
+    trust_code: bool,
+    link: bool,
 ) -> RunResult:
     started = time.perf_counter()
     main = dist_ctx is None or dist_ctx.is_main
-    rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
     if not main:
         log, progress = _quiet, False
     run_dir = run_dir_for(cfg)
-    if main:
-        prepare_run_dir(run_dir, resume=resume, force=force)
-    barrier()  # the others wait until the directory has been checked (and cleared with --force)
-    configure_torch(cfg, dist_ctx)
-    device = resolve_device(cfg.train.device, dist_ctx)
-    data = build_data(cfg.data)
-    student, spec = build_student(cfg, data, trust)
-    eval_loaders = build_eval_loaders(cfg, data, device, rank=rank, world_size=world)
-    if world > 1:
-        log(
-            f"data-parallel training on {world} processes ({dist_ctx.backend}); global batch {cfg.data.batch_size}"
-        )  # type: ignore[union-attr]
-
-    teacher = build_teacher(cfg, data, log, trust) if cfg.kd is not None else None
-    teacher_info: dict[str, Any] = {}
-    teacher_test_preds: list[torch.Tensor] = []
-    if teacher is not None:
-        teacher.live.to(device)
-        # Checked before anything is spent on it (a cache build, an epoch).
-        teacher_info, teacher_test_preds = check_teacher(
-            cfg, teacher, eval_loaders["test"], data, log
+    claim = (
+        claim_run_dir(cfg, resume=resume, force=force, log=log)
+        if main
+        else contextlib.nullcontext(None)
+    )
+    with claim as checkpoint:
+        barrier()  # the others wait until the directory is claimed (and moved aside by --force)
+        if not main and resume:
+            checkpoint = Checkpointer.latest(run_dir)
+        parts = build_run(
+            cfg,
+            trust_code=trust_code,
+            dist_ctx=dist_ctx,
+            log=log,
+            progress=progress,
+            resume_from=checkpoint.model_file if checkpoint is not None else None,
         )
-    cache = prepare_teacher_cache(
-        cfg, data, teacher, device, progress=progress, log=log, dist_ctx=dist_ctx
-    )
-    if cache is not None:
-        teacher_info["teacher_cache"] = str(cache.path)
-    joint = teacher is not None and teacher.joint
-
-    objective = build_objective(cfg, student, teacher, cache)
-    objective.to(device)
-    train_loader = build_train_loader(
-        cfg,
-        data,
-        device,
-        view_sampler=cache.view_sampler() if cache is not None else None,
-        rank=rank,
-        world_size=world,
-    )
-    if teacher is not None and not joint:
-        teacher_info.update(gradient_balance(cfg, objective, train_loader, log))
-    steps_per_epoch = -(-len(train_loader) // cfg.train.grad_accumulation)
-    lr_factor = build_lr_factor(
-        cfg.schedule, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs
-    )
-
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    recorder = RunRecorder(run_dir, tensorboard=cfg.train.tensorboard, enabled=main)
-
-    def current_spec(trainer: Trainer) -> ModelSpec:
-        """The spec of the student as it is now: compression may have changed its structure."""
-        extra = dict(spec.extra)
-        for cb in trainer.callbacks:
-            extra.update(cb.model_extra())
-        return replace(spec, extra=extra)
-
-    def save(trainer: Trainer, epoch: int, is_best: bool) -> None:
-        if not main:  # one writer; every process holds the same weights
-            return
-        model_spec_now = current_spec(trainer)
-        files = {"model": (trainer.student.state_dict(), model_spec_now)}
-        if joint:
-            files["teacher"] = (joint_teacher_network(teacher).state_dict(), teacher.loaded[0][1])
-        state = {
-            "train_state": trainer.state.to_dict(),
-            "optimizer": trainer.optimizer.state_dict(),
-            "rng": rng_state(),
-            "callbacks": callback_states(trainer.callbacks),
-            "config_hash": config_hash(cfg),
-        }
-        save_checkpoint(run_dir, epoch, files, state, keep=cfg.train.keep_checkpoints)
-        if is_best:
-            save_model_file(
-                run_dir / "best.safetensors", trainer.student.state_dict(), model_spec_now
-            )
-
-    whole_test = build_eval_loaders(cfg, data, device)["test"]
-
-    def evaluate_predictor(predict: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
-        # used by the one process that converts: the whole test split, no collectives
-        return evaluate_model(predict, whole_test, data.num_classes, across_processes=False)
-
-    compression = build_compression_callbacks(
-        cfg.policies,
-        epochs=cfg.train.epochs,
-        input_shape=data.input_shape,
-        out_dir=run_dir,
-        evaluate=evaluate_predictor,
-        onnx_metadata=lambda: {"kdistill": current_spec(trainer).to_json()},
-        log=log,
-        writes_files=main,
-    )
-    trainer = Trainer(
-        objective,
-        build_optimizer(cfg, list(objective.parameters())),
-        train_loader,
-        epochs=cfg.train.epochs,
-        lr_factor=lr_factor,
-        eval_loaders=eval_loaders,
-        num_classes=data.num_classes,
-        device=device,
-        precision=cfg.train.precision,
-        grad_clip=cfg.optim.grad_clip,
-        grad_accumulation=cfg.train.grad_accumulation,
-        callbacks=[*compression, *load_callbacks(cfg.train.callbacks), *callbacks],
-        on_collapse=cfg.train.on_collapse,
-        save_checkpoint=save,
-        log_epoch=recorder.log_epoch,
-        progress=progress,
-        log=log,
-        teacher_predictor=teacher_predictor(teacher) if teacher is not None else None,
-        teacher_is_frozen=not joint,
-        optimizer_factory=lambda params: build_optimizer(cfg, params),
-        data_parallel=world > 1,
-        sync_batchnorm=cfg.train.sync_batchnorm,
-    )
-    if teacher_test_preds:
-        trainer.set_teacher_predictions("test", teacher_test_preds)
-    if resume:
-        _restore(trainer, run_dir, cfg, joint_teacher_network(teacher) if joint else None, log)
-    recorder.start(trainer.state.epoch, trainer.state.step)
-    fit_started = time.perf_counter()
-    try:
-        state = trainer.fit()
-    finally:
-        recorder.close()
-    if not main:
-        barrier()  # until the first process has written the results
-        return RunResult(run_dir, {})
-
-    final_spec = current_spec(trainer)
-    size = save_model_file(run_dir / "model.safetensors", trainer.student.state_dict(), final_spec)
-    if joint:
-        save_model_file(
-            run_dir / "teacher.safetensors",
-            joint_teacher_network(teacher).state_dict(),
-            teacher.loaded[0][1],
+        info = run_info(cfg, parts)
+        if checkpoint is not None:
+            check_same_run(checkpoint, info, run_dir)
+            # the health check ran before the first epoch, in the first session
+            info["health"] = dict(checkpoint.info.get("health", {}))
+            parts.kd_gradient_ratio = info["health"].get("kd_gradient_ratio")
+            parts.warnings = list(info["health"].get("warnings", []))
+        if main:
+            atomic_write_text(run_dir / CONFIG, dump_yaml(cfg))
+        health = CollapseGuard(cfg.train.on_collapse, log, collapse_advice(cfg))
+        trainer = Trainer(
+            parts.objective,
+            parts.optimizer_factory,
+            parts.train_loader,
+            parts.eval_loaders,
+            parts.loop,
+            callbacks=[
+                *parts.compression,
+                *load_callbacks(cfg.train.callbacks),
+                *callbacks,
+                *teacher_agreement(parts),
+                health,
+                Checkpointer(
+                    run_dir,
+                    keep=cfg.train.keep_checkpoints,
+                    describe=parts.student_spec,
+                    info=info,
+                    enabled=main,
+                ),
+                MetricsLog(run_dir, tensorboard=cfg.train.tensorboard, enabled=main),
+                Console(log, progress=progress),
+            ],
         )
-    summary = _summary(
-        cfg,
-        run_dir,
-        state,
-        final_spec,
-        trainer,
-        data,
-        size,
-        teacher_info,
-        fit_started - started + state.wall_time_s,
-    )
-    recorder.write_json("summary.json", summary)
-    link_latest(cfg, run_dir)
+        if checkpoint is not None:
+            trainer.load_state_dict(checkpoint.training_state())
+            log(f"resuming {run_dir} after epoch {trainer.state.epoch} ({checkpoint.path.name})")
+        setup_s = time.perf_counter() - started
+        trainer.fit()
+        if not main:
+            barrier()  # until the first process has written the results
+            return RunResult(run_dir, None)
+        record = finish_run(
+            parts,
+            trainer,
+            run_dir,
+            Checkpointer.latest(run_dir),
+            setup_s=setup_s,
+            warnings=[*parts.warnings, *health.warnings],
+            log=log,
+        )
+        if link:
+            link_latest(cfg, run_dir)
     if dist_ctx is not None:
         barrier()
-    return RunResult(run_dir, summary)
+    return RunResult(run_dir, record)
 
 
-def _restore(
-    trainer: Trainer, run_dir: Path, cfg: RunConfig, joint_teacher: nn.Module | None, log: Log
-) -> None:
-    """Continue from the newest checkpoint: compression state first (it may change the
-    student's structure), then weights, optimizer, training state and RNG states."""
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
+def teacher_agreement(parts: RunParts) -> list[Callback]:
+    """Agreement with the teacher on the eval splits: the frozen teacher's test predictions
+    from its check are reused; a teacher trained jointly is asked again at every evaluation."""
+    if parts.teacher is None:
+        return []
+    if parts.teacher.joint:
+        return [Agreement(predict=parts.teacher.predict)]
+    assert parts.teacher_check is not None
+    return [Agreement(reference={"test": parts.teacher_check.test.predictions})]
+
+
+def run_info(cfg: RunConfig, parts: RunParts) -> dict[str, Any]:
+    """What identifies a run beyond its directory, kept in its checkpoints: the config's
+    identity, which teacher weights it learns from, and what the health check before the first
+    epoch found."""
+    teachers = parts.teacher.identities if parts.teacher is not None else ()
+    return {
+        "config_hash": run_identity(cfg),
+        "teachers": [
+            {"reference": t.reference, "file": t.file, "sha256": t.sha256} for t in teachers
+        ],
+    }
+
+
+def check_same_run(checkpoint: Checkpoint, info: Mapping[str, Any], run_dir: Path) -> None:
+    """Refuse to continue a checkpoint with other teacher weights than it was made with."""
+    saved = checkpoint.info
+    if saved.get("config_hash") not in (None, info["config_hash"]):
         raise RunDirError(
-            f"--resume: {run_dir} has no checkpoint to resume from; start it without --resume"
+            f"--resume: the checkpoint in {checkpoint.path} was made with another config "
+            f"({saved.get('config_hash')}, now {info['config_hash']})"
         )
-    state = load_training_state(ckpt)
-    if state.get("config_hash") != config_hash(cfg):
-        raise RunDirError(f"--resume: the checkpoint in {ckpt} was made with a different config")
-    load_callback_states(trainer.callbacks, state["callbacks"])
-    for cb in trainer.callbacks:
-        cb.on_restore(trainer)
-    load_weights(trainer.student, ckpt / "model.safetensors")
-    if joint_teacher is not None:
-        load_weights(joint_teacher, ckpt / "teacher.safetensors")
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.state = TrainState.from_dict(state["train_state"])
-    set_rng_state(state["rng"])
-    log(f"resuming {run_dir} after epoch {trainer.state.epoch} ({ckpt.name})")
+    before = {t["reference"]: t for t in saved.get("teachers", [])}
+    for now in info["teachers"]:
+        then = before.get(now["reference"])
+        if then is not None and then["sha256"] != now["sha256"]:
+            raise RunDirError(
+                f"--resume: {run_dir} was trained with the teacher {now['reference']} -> "
+                f"{then['file']} (sha256 {then['sha256'][:12]}), but {now['reference']} now "
+                f"resolves to {now['file']} (sha256 {now['sha256'][:12]}): other weights. Point "
+                "the config at the original teacher file to continue, or --force to start over"
+            )
 
 
-# Above this ratio of the distillation loss's gradient to a plain cross-entropy gradient
-# (w.r.t. the logits, first batch), a student trained with a learning rate tuned for
-# cross-entropy is at risk. Measured: 3.6x collapsed a LeNet-5 or left it 4.5 points below
-# scratch (shared/research/peer-findings.md); 2.6-2.9x killed 2x30 MLP students on
-# Fashion-MNIST at lr 0.05 in their first epoch, while up to 2.0x trained (docs/results.md).
-GRADIENT_RATIO_WARNING = 2.5
+def check_same_teachers(cfg: RunConfig, record: RunRecord) -> None:
+    """Refuse to reuse a finished run whose teacher references now resolve to other weights."""
+    if cfg.kd is None or record.legacy:
+        return
+    before = {t.reference: t for t in record.teachers}
+    for t in cfg.kd.teachers:
+        if t.checkpoint is None or t.checkpoint not in before:
+            continue
+        file = resolve_model(t.checkpoint).file
+        digest = sha256_file(file)
+        if digest != before[t.checkpoint].sha256:
+            then = before[t.checkpoint]
+            raise RunDirError(
+                f"{record.run_dir} was trained with the teacher {t.checkpoint} -> {then.file} "
+                f"(sha256 {then.sha256[:12]}), but it now resolves to {file.resolve()} (sha256 "
+                f"{digest[:12]}): pass --force to train it again with the new teacher"
+            )
 
 
-def gradient_balance(cfg: RunConfig, objective: nn.Module, loader: Any, log: Log) -> dict[str, Any]:
-    """How hard the distillation loss pulls on the student compared with plain cross-entropy,
-    on the first batch (a learning rate tuned without a teacher assumes the latter).
-
-    The student runs in eval mode without gradients (nothing in it changes and no random number
-    is drawn), then the loss is differentiated with respect to its logits only.
-    """
-    kd = cfg.kd
-    assert kd is not None
-    loader.set_epoch(0)
-    batch = next(iter(loader))
-    student = objective.student
-    was_training = student.training
-    student.eval()
-    with torch.no_grad():
-        logits = logits_of(student(batch.inputs)).detach().float()
-    student.train(was_training)
-    logits.requires_grad_(True)
-    teacher_out = objective.teacher(batch.inputs, sample_ids=batch.sample_ids, views=batch.views)
-    loss = objective.loss_fn(logits, teacher_out, batch.targets)
-    norms = gradient_norms({"total": loss.total, "labels": loss.parts["student"]}, logits)
-    if norms["labels"] <= 0.0:
-        return {}
-    ratio = norms["total"] / norms["labels"]
-    log(
-        f"the distillation loss's gradient is {ratio:.1f}x a plain cross-entropy gradient (first batch)"
-    )
-    result: dict[str, Any] = {"kd_gradient_ratio": ratio}
-    if ratio > GRADIENT_RATIO_WARNING and cfg.optim.grad_clip is None:
-        warning = (
-            f"with kd.alpha={kd.alpha}, beta={kd.resolved_beta}, T={kd.temperature} the steps are "
-            f"about {ratio:.1f}x those optim.lr={cfg.optim.lr} takes without a teacher; if the "
-            "student trains worse than from scratch or collapses, set optim.grad_clip (2.0 "
-            "worked for LeNet-5 and MLPs on Fashion-MNIST), lower optim.lr, or lower kd.beta / "
-            "kd.temperature"
-        )
-        log(f"WARNING: {warning}")
-        result["warnings"] = [warning]  # kept in summary.json, shown by sweeps
-    return result
+def train_or_reuse(
+    cfg: RunConfig,
+    *,
+    resume: bool = True,
+    force: bool = False,
+    progress: bool = True,
+    log: Log = print,
+    trust_code: bool = False,
+    link: bool = True,
+) -> tuple[RunResult, bool]:
+    """A finished run of ``cfg`` (checked, and taught by the same teacher weights), or a new
+    one (``resume``: continued from its checkpoint if it has one); returns the result and
+    whether it was reused. ``force`` trains it again (the old run is moved aside)."""
+    run_dir = run_dir_for(cfg)
+    if not force and (run_dir / RECORD).is_file():
+        record = RunRecord.read(run_dir)
+        check_same_teachers(cfg, record)
+        return RunResult(run_dir, record), True
+    result = run(
+        cfg, resume=resume and not force, force=force, progress=progress, log=log,
+        trust_code=trust_code, link=link,
+    )  # fmt: skip
+    return result, False
 
 
 def load_callbacks(paths: Sequence[str]) -> list[Callback]:
     """Instances of the ``package.module:Name`` callbacks of ``train.callbacks``."""
-    import importlib
-
     out = []
     for path in paths:
         module_name, _, attr = path.partition(":")
@@ -385,109 +293,3 @@ def load_callbacks(paths: Sequence[str]) -> list[Callback]:
             )
         out.append(callback)
     return out
-
-
-def _callback_keys(callbacks: Sequence[Callback]) -> list[str]:
-    return [f"{i}:{type(cb).__name__}" for i, cb in enumerate(callbacks)]
-
-
-def callback_states(callbacks: Sequence[Callback]) -> dict[str, Any]:
-    """The state of every callback that has one, keyed by position and class."""
-    states = {key: cb.state_dict() for key, cb in zip(_callback_keys(callbacks), callbacks)}
-    return {key: value for key, value in states.items() if value}
-
-
-def load_callback_states(callbacks: Sequence[Callback], states: dict[str, Any]) -> None:
-    keys = _callback_keys(callbacks)
-    unknown = sorted(set(states) - set(keys))
-    if unknown:
-        raise RunDirError(
-            f"--resume: the checkpoint holds state of {', '.join(unknown)}, which this run does not have"
-        )
-    for key, cb in zip(keys, callbacks):
-        if key in states:
-            cb.load_state_dict(states[key])
-
-
-def _summary(
-    cfg: RunConfig,
-    run_dir: Path,
-    state: TrainState,
-    spec: ModelSpec,
-    trainer: Trainer,
-    data: DataBundle,
-    size_bytes: int,
-    teacher_info: dict[str, Any],
-    total_time: float,
-) -> dict[str, Any]:
-    from kdistill.engine.recorder import read_metrics
-
-    history = read_metrics(run_dir)
-    # Sizes and compute of the architecture itself (an exported QAT graph runs no hooks).
-    structure = spec.build(quantized=False)
-    last = history[-1]
-    tests = [h["test"]["top1"] for h in history]
-    summary: dict[str, Any] = {
-        "name": cfg.name,
-        "run_dir": str(run_dir),
-        "config_hash": config_hash(cfg),
-        "seed": cfg.train.seed,
-        "mode": "distill" if cfg.kd is not None else "supervised",
-        "arch": spec.arch,
-        "dataset": data.name,
-        "epochs": cfg.train.epochs,
-        "test_samples": len(data.test),
-        "test_top1": last["test"]["top1"],
-        "test_top5": last["test"]["top5"],
-        "test_loss": last["test"]["loss"],
-        "test_ece": last["test"]["ece"],
-        "best_test_top1": max(tests),
-        "best_epoch": state.best_epoch,
-        "params": count_params(structure),
-        "macs": count_macs(structure, data.input_shape),
-        "size_bytes": size_bytes,
-        "epoch_times_s": state.epoch_times,
-        "total_time_s": total_time,
-        "git_sha": git_sha(),
-        "kdistill_version": __version__,
-        "torch_version": torch.__version__,
-    }
-    if cfg.train.measure_latency:
-        summary["cpu_latency_ms"] = {
-            f"batch_{b}": cpu_latency_ms(trainer.student, data.input_shape, b)
-            for b in LATENCY_BATCHES
-        }
-    compression: dict[str, Any] = {}
-    for cb in trainer.callbacks:
-        compression.update(cb.summary_extra(trainer))
-    if compression:
-        compression["description"] = ", ".join(
-            p.kind for p in cfg.policies if p.kind != "distillation"
-        )
-        compression["size_gzip_bytes"] = len(
-            gzip.compress((run_dir / "model.safetensors").read_bytes(), 9)
-        )
-        summary["compression"] = compression
-    if "agreement" in last["test"]:
-        summary["test_agreement"] = last["test"]["agreement"]
-    if "val" in last:
-        summary["val_top1"] = last["val"]["top1"]
-        summary["test_top1_at_best_val"] = history[state.best_epoch]["test"]["top1"]
-    summary.update(teacher_info)
-    return summary
-
-
-def git_sha() -> str | None:
-    """The commit of the kdistill source tree, when it runs from a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None

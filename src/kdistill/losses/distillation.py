@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from kdistill.losses import functional as KF
 from kdistill.types import LossOutput, TeacherOutput
+from kdistill.validation import check_temperature, resolve_weights
 
 
 class DistillationLoss(nn.Module):
@@ -30,8 +31,10 @@ class DistillationLoss(nn.Module):
         ignore_index: label of unlabelled samples (masks the hard-label terms only).
         teacher_weight: weight of the teacher's own hard-label loss when the teacher is trained
             jointly (Distiller's ``--kd-tw``); 0 keeps the teacher frozen.
-        validate: check inputs on every call (shapes, labels, NaN/Inf). Each check synchronizes
-            with the device; disable only in an already-debugged loop.
+        validate: also check the values on every call (labels in range, NaN/Inf, probability
+            sums). Each such check synchronizes with the device; kdistill's trainer turns them
+            off and checks the total loss once per step instead. Temperature and weights are
+            checked once, here; shapes on every call (free).
 
     Call as ``loss_fn(student_logits, teacher, targets)`` where ``teacher`` is a tensor of
     teacher logits or a :class:`kdistill.TeacherOutput` (logits, or probabilities at this
@@ -50,8 +53,8 @@ class DistillationLoss(nn.Module):
         validate: bool = True,
     ) -> None:
         super().__init__()
-        self.temperature = KF.check_temperature(temperature)
-        self.alpha, self.beta, self.teacher_weight = KF.resolve_weights(alpha, beta, teacher_weight)
+        self.temperature = check_temperature(temperature)
+        self.alpha, self.beta, self.teacher_weight = resolve_weights(alpha, beta, teacher_weight)
         self.scale_by_t2 = bool(scale_by_t2)
         self.ignore_index = int(ignore_index)
         self.validate = bool(validate)
@@ -62,7 +65,7 @@ class DistillationLoss(nn.Module):
         teacher: Tensor | TeacherOutput,
         targets: Tensor | None,
     ) -> LossOutput:
-        return KF.distillation_loss(
+        return KF.weighted_distillation_loss(
             student_logits,
             teacher,
             targets,

@@ -15,7 +15,6 @@ between the soft and hard terms. The ``"distill"`` part it reports is the KL *wi
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -23,6 +22,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdistill.types import LossOutput, TeacherOutput
+from kdistill.validation import check_temperature, resolve_weights, same_temperature
+
+__all__ = [
+    "check_temperature",
+    "distillation_loss",
+    "gradient_norms",
+    "log_softmax_with_temperature",
+    "resolve_weights",
+    "soft_target_kl",
+    "softmax_with_temperature",
+    "student_cross_entropy",
+    "weighted_distillation_loss",
+]
 
 Reduction = Literal["mean", "sum", "none"]
 _REDUCTIONS = ("mean", "sum", "none")
@@ -32,56 +44,6 @@ _PROB_SUM_TOLERANCE = 1e-2
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def check_temperature(temperature: float) -> float:
-    """Return ``temperature`` as a float, or raise ``ValueError`` if it is not finite and > 0."""
-    try:
-        t = float(temperature)
-    except (TypeError, ValueError):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}") from None
-    if not math.isfinite(t) or t <= 0:
-        raise ValueError(
-            f"temperature must be a finite number > 0 (useful range 1..20), got {temperature!r}"
-        )
-    return t
-
-
-def resolve_weights(
-    alpha: float, beta: float | None, teacher_weight: float = 0.0
-) -> tuple[float, float, float]:
-    """Validate the loss weights and resolve ``beta=None`` to ``1 - alpha``.
-
-    Args:
-        alpha: weight of the student loss (cross-entropy against hard labels at T=1).
-        beta: weight of the distillation loss; ``None`` means ``1 - alpha`` (Hinton's weighted
-            average, which then needs ``0 <= alpha <= 1``).
-        teacher_weight: weight of the teacher's own hard-label loss (joint training).
-
-    Returns:
-        ``(alpha, beta, teacher_weight)`` as floats.
-    """
-    names = {"alpha": alpha, "teacher_weight": teacher_weight}
-    if beta is not None:
-        names["beta"] = beta
-    for name, value in names.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if beta is None:
-        if alpha > 1:
-            raise ValueError(
-                f"beta=None means beta = 1 - alpha, which needs 0 <= alpha <= 1; got alpha={alpha}. "
-                "Give beta explicitly to use free weights (e.g. alpha=1, beta=0.5)."
-            )
-        beta = 1.0 - float(alpha)
-    if alpha == 0 and beta == 0:
-        raise ValueError(
-            "alpha (student loss weight) and beta (distillation loss weight) are both 0: "
-            "nothing would train the student; set at least one of them > 0"
-        )
-    return float(alpha), float(beta), float(teacher_weight)
 
 
 def check_finite(name: str, x: Tensor) -> None:
@@ -312,8 +274,8 @@ def distillation_loss(
         teacher_weight: weight of the teacher's own cross-entropy (joint training, Mishra and
             Marr's scheme A). Needs teacher logits that carry gradient; the soft targets stay
             detached, so the distillation term never moves the teacher.
-        validate: check shapes, labels, finiteness and probabilities (each check synchronizes
-            with the device; turn off only in a tight, already-debugged loop).
+        validate: also check the values: labels in range, no NaN/Inf, probabilities summing to
+            1 (each check synchronizes with the device; shapes are always checked).
 
     Returns:
         :class:`LossOutput` with unweighted parts ``"student"`` (CE at T=1), ``"distill"``
@@ -321,6 +283,40 @@ def distillation_loss(
     """
     t = check_temperature(temperature)
     alpha, beta, teacher_weight = resolve_weights(alpha, beta, teacher_weight)
+    return weighted_distillation_loss(
+        student_logits,
+        teacher,
+        targets,
+        temperature=t,
+        alpha=alpha,
+        beta=beta,
+        scale_by_t2=scale_by_t2,
+        ignore_index=ignore_index,
+        teacher_weight=teacher_weight,
+        validate=validate,
+    )
+
+
+def weighted_distillation_loss(
+    student_logits: Tensor,
+    teacher: Tensor | TeacherOutput,
+    targets: Tensor | None,
+    *,
+    temperature: float,
+    alpha: float,
+    beta: float,
+    scale_by_t2: bool,
+    ignore_index: int,
+    teacher_weight: float,
+    validate: bool,
+) -> LossOutput:
+    """:func:`distillation_loss` with temperature and weights already validated and resolved
+    (what :class:`DistillationLoss` calls after checking them once, at construction).
+
+    Only what can change per batch is checked here: shapes and dtypes always (free), and with
+    ``validate`` the values too (NaN/Inf, label range, probability sums; each synchronizes).
+    """
+    t = temperature
     out = teacher if isinstance(teacher, TeacherOutput) else None
     if out is None:
         if not isinstance(teacher, Tensor):
@@ -329,7 +325,7 @@ def distillation_loss(
                 f"{type(teacher).__name__}"
             )
         out = TeacherOutput(logits=teacher)
-    if out.probs is not None and not math.isclose(out.temperature, t, rel_tol=1e-6):  # type: ignore[arg-type]
+    if out.probs is not None and not same_temperature(out.temperature, t):  # type: ignore[arg-type]
         raise ValueError(
             f"teacher probabilities were computed at temperature {out.temperature} but the loss "
             f"uses temperature {t}; recompute them at T={t} (or pass logits)"
@@ -339,17 +335,15 @@ def distillation_loss(
             f"teacher_weight={teacher_weight} trains the teacher on its own labels, which needs "
             "teacher logits, but the teacher gave probabilities"
         )
-    needs_targets = alpha > 0 or teacher_weight > 0
-    if targets is None and needs_targets:
+    if targets is None and (alpha > 0 or teacher_weight > 0):
         raise ValueError(
             f"targets are required when alpha ({alpha}) or teacher_weight ({teacher_weight}) > 0"
         )
-
+    teacher_name = "teacher logits" if out.logits is not None else "teacher probabilities"
+    check_class_scores("student_logits", student_logits)
+    check_class_scores(teacher_name, out.scores)
+    check_same_shape(student_logits, out.scores, teacher_name)
     if validate:
-        check_class_scores("student_logits", student_logits)
-        teacher_name = "teacher logits" if out.logits is not None else "teacher probabilities"
-        check_class_scores(teacher_name, out.scores)
-        check_same_shape(student_logits, out.scores, teacher_name)
         check_finite("student_logits", student_logits)
         check_finite(teacher_name, out.scores)
         if out.probs is not None:

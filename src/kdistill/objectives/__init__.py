@@ -1,6 +1,7 @@
-"""Objectives: a batch in, the student's output and a ``LossOutput`` out."""
+"""Objectives: what the trainer optimizes (plain cross-entropy, distillation), one contract."""
 
 from kdistill.objectives.distiller import Distiller
+from kdistill.objectives.protocol import Objective
 from kdistill.objectives.supervised import Supervised
 
-__all__ = ["Distiller", "Supervised"]
+__all__ = ["Distiller", "Objective", "Supervised"]

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from kdistill.losses.distillation import DistillationLoss
-from kdistill.losses.functional import student_cross_entropy
-from kdistill.teachers.frozen import as_teacher, logits_of
-from kdistill.types import DistillerOutput, LossOutput, StudentOutput, TeacherOutput
+from kdistill.losses.functional import gradient_norms, student_cross_entropy
+from kdistill.teachers.frozen import as_teacher
+from kdistill.types import DistillerOutput, LossOutput, StudentOutput, TeacherOutput, logits_of
+from kdistill.validation import EpochWindow
 
 
 class Distiller(nn.Module):
@@ -46,16 +48,10 @@ class Distiller(nn.Module):
             raise ValueError(f"student must be an nn.Module, got {type(student).__name__}")
         if not isinstance(loss, DistillationLoss):
             raise ValueError(f"loss must be a DistillationLoss, got {type(loss).__name__}")
-        if (
-            isinstance(kd_start_epoch, bool)
-            or not isinstance(kd_start_epoch, int)
-            or kd_start_epoch < 0
-        ):
-            raise ValueError(f"kd_start_epoch must be an integer >= 0, got {kd_start_epoch!r}")
-        if kd_end_epoch is not None and kd_end_epoch <= kd_start_epoch:
-            raise ValueError(
-                f"kd_end_epoch ({kd_end_epoch}) must be after kd_start_epoch ({kd_start_epoch}) or None"
-            )
+        try:
+            self.window = EpochWindow(kd_start_epoch, kd_end_epoch)
+        except ValueError as e:
+            raise ValueError(f"kd_start_epoch / kd_end_epoch: {e}") from None
         self.joint = loss.teacher_weight > 0
         if self.joint:
             if getattr(teacher, "is_teacher", False) or not isinstance(teacher, nn.Module):
@@ -68,8 +64,6 @@ class Distiller(nn.Module):
             self.teacher = as_teacher(teacher)
         self.student = student
         self.loss_fn = loss
-        self.kd_start_epoch = kd_start_epoch
-        self.kd_end_epoch = kd_end_epoch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -79,8 +73,14 @@ class Distiller(nn.Module):
     @property
     def kd_active(self) -> bool:
         """Whether the distillation loss is on for the current epoch."""
-        before_end = self.kd_end_epoch is None or self.epoch < self.kd_end_epoch
-        return self.epoch >= self.kd_start_epoch and before_end
+        return self.window.contains(self.epoch)
+
+    def _teacher_output(
+        self, inputs: Tensor, sample_ids: Tensor | None, views: Tensor | None
+    ) -> TeacherOutput:
+        if self.joint:
+            return TeacherOutput(logits=logits_of(self.teacher(inputs)))
+        return self.teacher(inputs, sample_ids=sample_ids, views=views)
 
     def forward(
         self,
@@ -109,12 +109,36 @@ class Distiller(nn.Module):
             )
             loss = LossOutput(total=ce, parts={"student": ce}, weights={"student": 1.0})
             return DistillerOutput(StudentOutput(student_logits), loss, None)
-        if self.joint:
-            teacher_out = TeacherOutput(logits=logits_of(self.teacher(inputs)))
-        else:
-            teacher_out = self.teacher(inputs, sample_ids=sample_ids, views=views)
+        teacher_out = self._teacher_output(inputs, sample_ids, views)
         loss = self.loss_fn(student_logits, teacher_out, targets)
         return DistillerOutput(StudentOutput(student_logits), loss, teacher_out.detach())
+
+    def gradient_ratio(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        *,
+        sample_ids: Tensor | None = None,
+        views: Tensor | None = None,
+    ) -> float | None:
+        """The norm of the loss's gradient with respect to the student's logits over that of
+        plain cross-entropy, on this batch: how much harder distillation pulls than the
+        labels alone (a learning rate tuned without a teacher assumes about 1).
+
+        The student runs in eval mode without gradients (nothing in it changes and no random
+        number is drawn). ``None`` in joint training or when cross-entropy has no gradient.
+        """
+        if self.joint:
+            return None
+        was_training = self.student.training
+        self.student.eval()
+        with torch.no_grad():
+            logits = logits_of(self.student(inputs)).detach().float()
+        self.student.train(was_training)
+        logits.requires_grad_(True)
+        loss = self.loss_fn(logits, self._teacher_output(inputs, sample_ids, views), targets)
+        norms = gradient_norms({"total": loss.total, "labels": loss.parts["student"]}, logits)
+        return None if norms["labels"] <= 0.0 else norms["total"] / norms["labels"]
 
     # -- what is trained and saved ----------------------------------------------------------
 
@@ -136,3 +160,11 @@ class Distiller(nn.Module):
     ):
         """Load a student ``state_dict`` into the student."""
         return self.student.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def extra_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps besides the student: the teacher's weights in joint mode."""
+        return {"teacher": self.teacher.state_dict()} if self.joint else {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        if self.joint:
+            self.teacher.load_state_dict(state["teacher"])

@@ -1,16 +1,18 @@
 """``Supervised``: plain cross-entropy training behind the same interface as ``Distiller``.
 
 The trainer runs teachers, scratch students and distilled students alike through an
-*objective*: ``objective(inputs, targets, sample_ids=..., views=...) -> DistillerOutput``.
+*objective* (:class:`kdistill.objectives.Objective`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import Tensor, nn
 
 from kdistill.losses.functional import student_cross_entropy
-from kdistill.teachers.frozen import logits_of
-from kdistill.types import DistillerOutput, LossOutput, StudentOutput
+from kdistill.types import DistillerOutput, LossOutput, StudentOutput, logits_of
 
 
 class Supervised(nn.Module):
@@ -41,3 +43,13 @@ class Supervised(nn.Module):
         ce = student_cross_entropy(logits, targets, ignore_index=self.ignore_index)
         loss = LossOutput(total=ce, parts={"student": ce}, weights={"student": 1.0})
         return DistillerOutput(StudentOutput(logits), loss, None)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        return None
+
+    def gradient_ratio(self, inputs: Tensor, targets: Tensor, **_: Any) -> float | None:
+        """Cross-entropy compared with itself: nothing to compare."""
+        return None

@@ -6,6 +6,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kdistill.record import RunRecord
+
 # Metrics summarized over seeds when present in every run's summary.
 AGGREGATED = (
     "test_top1",
@@ -30,10 +32,10 @@ def describe(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def aggregate_runs(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def aggregate_runs(summaries: Sequence[RunRecord]) -> dict[str, Any]:
     """One record for several seeds of one config."""
     if not summaries:
-        raise ValueError("aggregate_runs needs at least one run summary")
+        raise ValueError("aggregate_runs needs at least one run record")
     first = summaries[0]
     out: dict[str, Any] = {
         "name": first.get("name"),
@@ -47,10 +49,10 @@ def aggregate_runs(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "run_dirs": [s.get("run_dir") for s in summaries],
     }
     for key in AGGREGATED:
-        if all(key in s for s in summaries):
-            out[key] = describe([s[key] for s in summaries])
-    if "teacher_test_top1" in first:
-        out["teacher_test_top1"] = first["teacher_test_top1"]
+        if all(s.get(key) is not None for s in summaries):
+            out[key] = describe([s.get(key) for s in summaries])
+    if first.get("teacher_test_top1") is not None:
+        out["teacher_test_top1"] = first.get("teacher_test_top1")
     return out
 
 

@@ -7,19 +7,20 @@ and ``summary.json``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdistill.files import METRICS, MODEL, RECORD, read_json, read_jsonl
+from kdistill.record import RunRecord
 from kdistill.reporting.aggregate import describe
 
 
 @dataclass
 class Run:
     path: Path
-    summary: dict[str, Any]
+    summary: RunRecord
     metrics: list[dict[str, Any]]
 
 
@@ -33,11 +34,11 @@ class Group:
     label: str = ""
 
     @property
-    def first(self) -> dict[str, Any]:
+    def first(self) -> RunRecord:
         return self.runs[0].summary
 
     def stat(self, key: str) -> dict[str, Any] | None:
-        values = [r.summary[key] for r in self.runs if r.summary.get(key) is not None]
+        values = [r.summary.get(key) for r in self.runs if r.summary.get(key) is not None]
         return describe(values) if values else None
 
     def curve(
@@ -71,21 +72,17 @@ class Collection:
 
 
 def _is_run(path: Path) -> bool:
-    return (path / "summary.json").is_file() and (path / "metrics.jsonl").is_file()
+    return (path / RECORD).is_file() and (path / METRICS).is_file()
 
 
 def _is_sweep(path: Path) -> bool:
-    return (path / "sweep.json").is_file() and (path / "summary.json").is_file()
+    return (path / "sweep.json").is_file() and (path / RECORD).is_file()
 
 
 def load_run(path: Path) -> Run:
-    summary = json.loads((path / "summary.json").read_text())
-    metrics = [
-        json.loads(line)
-        for line in (path / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    return Run(path, summary, metrics)
+    """A finished run: its record and per-epoch metrics, both checked against the record."""
+    record = RunRecord.read(path)
+    return Run(path, record, read_jsonl(path / METRICS, "metrics file"))
 
 
 def _walk(path: Path) -> Iterable[Path]:
@@ -98,7 +95,8 @@ def _walk(path: Path) -> Iterable[Path]:
         yield path
         return  # its runs are summarized by the sweep's own table and figures
     for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink()):
-        yield from _walk(child)
+        if not child.name.startswith("."):  # .replaced/ (runs moved aside by --force)
+            yield from _walk(child)
 
 
 def collect(paths: Sequence[str | Path]) -> Collection:
@@ -114,7 +112,7 @@ def collect(paths: Sequence[str | Path]) -> Collection:
             raise ValueError(f"{p} holds no finished kdistill run or sweep (no summary.json found)")
         for d in found:
             if _is_sweep(d):
-                sweeps[d] = Sweep(d, json.loads((d / "summary.json").read_text()))
+                sweeps[d] = Sweep(d, read_json(d / RECORD, "sweep summary"))
             else:
                 runs[d] = load_run(d)
     groups: dict[tuple[str, str], Group] = {}
@@ -142,34 +140,27 @@ def _group_id(run: Run) -> str:
     return run.path.parent.name
 
 
-def _sweep_run_summaries(sweeps: Mapping[Path, Sweep]) -> list[dict[str, Any]]:
-    """The summaries of the runs inside sweeps: they name the teachers of the sweep."""
+def _sweep_run_summaries(sweeps: Mapping[Path, Sweep]) -> list[RunRecord]:
+    """The records of the runs inside sweeps: they name the teachers of the sweep."""
     return [
-        json.loads(p.read_text())
+        RunRecord.read(p, verify_files=False)
         for d in sweeps
-        for p in sorted((d / "runs").glob("*/seed-*/summary.json"))
+        for p in sorted((d / "runs").glob(f"*/seed-*/{RECORD}"))
     ]
 
 
-def _assign_roles(groups: list[Group], summaries: list[dict[str, Any]]) -> None:
+def _assign_roles(groups: list[Group], summaries: list[RunRecord]) -> None:
     """A run that some distilled run (or sweep) was taught by is a teacher."""
     teacher_paths = set()
     for summary in summaries:
-        named = summary.get("teacher_checkpoints_resolved") or summary.get(
-            "teacher_checkpoints", []
-        )
-        for t in named:
-            try:
-                teacher_paths.add(Path(t).resolve())
-            except OSError:
-                continue
+        for t in summary.teachers:
+            for named in (t.file, t.run_dir):
+                if named:
+                    teacher_paths.add(Path(named).resolve())
     for g in groups:
         if g.first.get("mode") == "distill":
             g.role = "distilled"
-        elif any(
-            r.path in teacher_paths or (r.path / "model.safetensors") in teacher_paths
-            for r in g.runs
-        ):
+        elif any(r.path in teacher_paths or (r.path / MODEL) in teacher_paths for r in g.runs):
             g.role = "teacher"
         else:
             g.role = "scratch"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdistill.files import RECORD
+from kdistill.record import RunRecord
 from kdistill.reporting import figures
 from kdistill.reporting.collect import Collection, Group, Sweep, collect
 
@@ -135,10 +136,10 @@ def build_figures(collection: Collection, fig_dir: Path) -> list[Figure]:
 def _scratch_baselines(sweep: Sweep, groups: Sequence[Group]) -> list[tuple[str, float]]:
     """Scratch runs of the report with the sweep's student (same dataset, architecture and
     parameter count): the line a distilled student has to beat."""
-    first = next(iter(sorted((sweep.path / "runs").glob("*/seed-*/summary.json"))), None)
+    first = next(iter(sorted((sweep.path / "runs").glob(f"*/seed-*/{RECORD}"))), None)
     if first is None:
         return []
-    student = json.loads(first.read_text())
+    student = RunRecord.read(first, verify_files=False)
     keys = ("dataset", "arch", "params")
     out = []
     for g in groups:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
-from kdistill.cache import TeacherCache, merge_members, topk_to_distribution
+from kdistill.cache import TeacherCache, topk_to_distribution
+from kdistill.losses.ensemble import merge_members
 from kdistill.types import TeacherOutput
+from kdistill.validation import (
+    ENSEMBLE_REDUCES,
+    check_choice,
+    check_temperature,
+    normalized_weights,
+    same_temperature,
+)
 
 
 class CachedTeacher(nn.Module):
@@ -36,25 +43,22 @@ class CachedTeacher(nn.Module):
     ) -> None:
         super().__init__()
         layout = cache.layout
+        check_choice("reduce", reduce, ENSEMBLE_REDUCES)
+        if temperature is not None:
+            temperature = check_temperature(temperature)
         if layout.topk is not None and (
-            temperature is None or abs(layout.temperature - temperature) > 1e-9
-        ):  # type: ignore[operator]
+            temperature is None or not same_temperature(layout.temperature, temperature)  # type: ignore[arg-type]
+        ):
             raise ValueError(
                 f"{cache.path} holds top-{layout.topk} probabilities at temperature {layout.temperature}, "
                 f"not {temperature}; top-k caches are tied to one temperature (full caches are not)"
             )
         if layout.members > 1 and reduce == "probs" and temperature is None:
             raise ValueError("merging ensemble members by probability needs temperature=")
-        if weights is not None and len(weights) != layout.members:
-            raise ValueError(f"{len(weights)} weights for {layout.members} cached teachers")
         self.cache = cache
         self.reduce = reduce
         self.temperature = temperature
-        self.register_buffer(
-            "weights",
-            None if weights is None else torch.tensor(list(weights), dtype=torch.float32),
-            persistent=False,
-        )
+        self.weights = normalized_weights(weights, layout.members, "cached teacher weights")
 
     def train(self, mode: bool = True) -> CachedTeacher:
         return super().train(False)
@@ -78,19 +82,9 @@ class CachedTeacher(nn.Module):
             )
             return TeacherOutput(probs=probs.to(device), temperature=self.cache.layout.temperature)
         logits = found["logits"].to(device)  # (B, M, C)
-        if logits.shape[1] == 1:
+        if logits.shape[1] == 1:  # one teacher's logits: the loss applies any temperature
             return TeacherOutput(logits=logits[:, 0])
-        if self.reduce == "logits":
-            w = self._weights(logits)
-            return TeacherOutput(logits=(logits * w.view(1, -1, 1)).sum(dim=1))
-        probs = merge_members(logits, "probs", self._weights(logits), self.temperature)  # type: ignore[arg-type]
-        return TeacherOutput(probs=probs, temperature=self.temperature)
-
-    def _weights(self, logits: Tensor) -> Tensor:
-        m = logits.shape[1]
-        if self.weights is None:
-            return torch.full((m,), 1.0 / m, device=logits.device)
-        return (self.weights / self.weights.sum()).to(logits.device)
+        return merge_members(logits, self.weights, self.reduce, self.temperature)
 
     def extra_repr(self) -> str:
         return (

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
 
+import torch
 from torch import Tensor, nn
 
-from kdistill.losses.functional import check_temperature, softmax_with_temperature
+from kdistill.losses.ensemble import merge_members
 from kdistill.teachers.frozen import as_teacher
 from kdistill.types import TeacherOutput
-
-EnsembleReduce = Literal["probs", "logits"]
-_REDUCES = get_args(EnsembleReduce)
+from kdistill.validation import (
+    ENSEMBLE_REDUCES,
+    EnsembleReduce,
+    check_choice,
+    check_temperature,
+    normalized_weights,
+)
 
 
 class EnsembleTeacher(nn.Module):
@@ -48,30 +52,15 @@ class EnsembleTeacher(nn.Module):
         super().__init__()
         if len(teachers) == 0:
             raise ValueError("EnsembleTeacher needs at least one teacher, got an empty list")
-        if reduce not in _REDUCES:
-            raise ValueError(f"reduce must be one of {_REDUCES}, got {reduce!r}")
-        if reduce == "probs":
-            if temperature is None:
-                raise ValueError(
-                    "EnsembleTeacher(reduce='probs') averages probabilities at the distillation "
-                    "temperature: pass temperature= (the same T as the loss)"
-                )
-            temperature = check_temperature(temperature)
-        elif temperature is not None:
-            temperature = check_temperature(temperature)
-        if weights is None:
-            weights = [1.0] * len(teachers)
-        if len(weights) != len(teachers):
+        check_choice("reduce", reduce, ENSEMBLE_REDUCES)
+        if reduce == "probs" and temperature is None:
             raise ValueError(
-                f"EnsembleTeacher got {len(weights)} weights for {len(teachers)} teachers; give one "
-                "weight per teacher"
+                "EnsembleTeacher(reduce='probs') averages probabilities at the distillation "
+                "temperature: pass temperature= (the same T as the loss)"
             )
-        if any(not (float(w) >= 0) for w in weights) or sum(weights) <= 0:
-            raise ValueError(
-                f"ensemble weights must be >= 0 with a positive sum, got {list(weights)}"
-            )
-        total = float(sum(weights))
-        self.weights = tuple(float(w) / total for w in weights)
+        if temperature is not None:
+            temperature = check_temperature(temperature)
+        self.weights = normalized_weights(weights, len(teachers))
         self.members = nn.ModuleList(as_teacher(t) for t in teachers)
         self.reduce: EnsembleReduce = reduce
         self.temperature = temperature
@@ -83,22 +72,17 @@ class EnsembleTeacher(nn.Module):
         sample_ids: Tensor | None = None,
         views: Tensor | None = None,
     ) -> TeacherOutput:
-        acc: Tensor | None = None
-        for weight, member in zip(self.weights, self.members, strict=True):
+        member_logits = []
+        for member in self.members:
             out = member(inputs, sample_ids=sample_ids, views=views)
             if not isinstance(out, TeacherOutput) or out.logits is None:
                 raise ValueError(
                     f"ensemble member {type(member).__name__} must return TeacherOutput(logits=...)"
                 )
-            if self.reduce == "probs":
-                term = softmax_with_temperature(out.logits, self.temperature) * weight  # type: ignore[arg-type]
-            else:
-                term = out.logits.float() * weight
-            acc = term if acc is None else acc + term
-        assert acc is not None
-        if self.reduce == "probs":
-            return TeacherOutput(probs=acc, temperature=self.temperature)
-        return TeacherOutput(logits=acc)
+            member_logits.append(out.logits)
+        return merge_members(
+            torch.stack(member_logits, dim=1), self.weights, self.reduce, self.temperature
+        )
 
     def extra_repr(self) -> str:
         return f"reduce={self.reduce!r}, weights={self.weights}, temperature={self.temperature}"

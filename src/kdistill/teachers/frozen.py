@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-from kdistill.types import TeacherOutput
-
-BatchNormPolicy = Literal["frozen", "batch_stats"]
-_BN_POLICIES = get_args(BatchNormPolicy)
-
-
-def logits_of(output: object) -> Tensor:
-    """Class scores from a model's output: a tensor, the first item of a tuple, or ``["logits"]``."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
-        return output[0]
-    if isinstance(output, dict) and isinstance(output.get("logits"), Tensor):
-        return output["logits"]
-    raise ValueError(
-        f"cannot find logits in a model output of type {type(output).__name__}: return a "
-        "tensor, a tuple whose first item is the logits, or a dict with a 'logits' key"
-    )
+from kdistill.types import TeacherOutput, logits_of
+from kdistill.validation import BN_POLICIES, BatchNormPolicy
 
 
 class Renormalize(nn.Module):
@@ -132,8 +115,8 @@ class FrozenTeacher(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ValueError(f"FrozenTeacher needs an nn.Module, got {type(model).__name__}")
-        if bn_policy not in _BN_POLICIES:
-            raise ValueError(f"bn_policy must be one of {_BN_POLICIES}, got {bn_policy!r}")
+        if bn_policy not in BN_POLICIES:
+            raise ValueError(f"bn_policy must be one of {BN_POLICIES}, got {bn_policy!r}")
         if dtype is not None and dtype not in (torch.bfloat16, torch.float16, torch.float32):
             raise ValueError(
                 f"dtype must be torch.bfloat16, torch.float16, torch.float32 or None, got {dtype}"

@@ -5,18 +5,17 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from kdistill.compression.export import onnx_predictor, onnx_session, write_onnx
 from kdistill.compression.quantization import (
-    convert_to_onnx,
+    convert_qat,
     freeze_observers,
     layer_settings,
-    onnx_predictor,
-    onnx_session,
     packed_size_bytes,
     prepare_qat,
 )
 from kdistill.config import ConfigError
-from kdistill.config.schema import QuantizationPolicy
 from kdistill.models import build_model
+from kdistill.policies import QuantizationPolicy
 
 
 def test_overrides_by_name_and_pattern():
@@ -87,7 +86,7 @@ def test_prepare_train_convert_export(tmp_path, arch, kwargs):
     freeze_observers(prepared)  # as the trainer does at the end: the ranges are final
     prepared.eval()
     fake = prepared(x).detach()
-    path = convert_to_onnx(prepared, shape, tmp_path / "m.onnx", {"kdistill": "{}"})
+    path = write_onnx(convert_qat(prepared), shape, tmp_path / "m.onnx", {"kdistill": "{}"})
     proto = onnx.load(path)
     assert {p.key for p in proto.metadata_props} == {"kdistill"}
     ops = {n.op_type for n in proto.graph.node}
@@ -119,7 +118,7 @@ def test_prepare_train_convert_export(tmp_path, arch, kwargs):
 def test_a_qat_model_file_round_trips_every_buffer(tmp_path):
     """safetensors drops state_dict version metadata; torchao observers then reset eps unless
     load_weights supplies it (found by the resume test)."""
-    from kdistill.engine.checkpoint import ModelSpec, load_weights, save_model_file
+    from kdistill.models import ModelSpec, load_weights, save_model_file
 
     policy = QuantizationPolicy(weight_bits=4)
     prepared = prepare_qat(build_model("lenet5", 10, (1, 8, 8)), policy, (1, 8, 8))

@@ -84,8 +84,8 @@ def test_bad_overrides_name_the_key(override, message):
         ({"teachers": [{"arch": "mlp"}]}, r"kd.teachers\[0\] has no checkpoint"),
         ({**TEACHER, "alpha": 1.5}, "needs alpha <= 1"),
         ({**TEACHER, "alpha": 0.0, "beta": 0.0}, "both 0"),
-        ({**TEACHER, "temperature": 0}, "kd.temperature must be > 0"),
-        ({**TEACHER, "ensemble_weights": [1, 2]}, "2 values for 1 teachers"),
+        ({**TEACHER, "temperature": 0}, "kd.temperature must be a finite number > 0"),
+        ({**TEACHER, "ensemble_weights": [1, 2]}, "2 weights for 1 teachers"),
         (
             {"teachers": [{"arch": "mlp"}, {"arch": "mlp"}], "teacher_weight": 0.5},
             "exactly one teacher",

@@ -22,9 +22,8 @@ def test_ece_hand_computed():
 def test_meter():
     meter = ClassificationMeter(3)
     logits = torch.tensor([[5.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [5.0, 0.0, 0.0]])
-    meter.update(
-        logits, torch.tensor([0, 1, 1, 0]), loss_sum=4.0, teacher_pred=torch.tensor([0, 0, 2, 0])
-    )
+    meter.update(logits, torch.tensor([0, 1, 1, 0]), loss_sum=4.0)
     r = meter.result()
-    assert r["top1"] == 0.75 and r["loss"] == 1.0 and r["agreement"] == 0.75
-    assert r["top_class_share"] == 0.75
+    assert r["top1"] == 0.75 and r["loss"] == 1.0
+    assert r["top_class_share"] == 0.75 and r["majority_share"] == 0.5
+    assert meter.all_predictions().tolist() == [0, 0, 1, 0]

@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from kdistill.atomic import atomic_path, atomic_write_text
+from kdistill.files import atomic_path, atomic_write_text
 
 
 def test_a_written_file_gets_the_permissions_of_a_plain_open(tmp_path):

@@ -14,16 +14,23 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from kdistill.atomic import atomic_path, atomic_write_text
-from kdistill.config import RunConfig, apply_overrides, apply_values, from_dict, to_dict
-from kdistill.config.loader import read_yaml
+from kdistill.config import (
+    RunConfig,
+    apply_overrides,
+    apply_values,
+    from_dict,
+    read_yaml,
+    resolve_config_path,
+    to_dict,
+)
 from kdistill.config.sweep import ParamSpec, SweepConfig, parse_param
+from kdistill.experiment.processes import die_with_parent
+from kdistill.files import atomic_path, atomic_write_text
 from kdistill.reporting.aggregate import describe
 
 Log = Callable[[str], None]
@@ -41,8 +48,6 @@ class Task:
 
 def resolve_base(sweep: SweepConfig, base_dir: Path) -> RunConfig:
     """The base run config of a sweep, with its overrides applied."""
-    from kdistill.cli.commands import resolve_config_path
-
     candidate = base_dir / sweep.base
     path = candidate if candidate.is_file() else resolve_config_path(sweep.base)
     cfg = apply_overrides(from_dict(RunConfig, read_yaml(path)), sweep.overrides)
@@ -76,41 +81,51 @@ def make_task(
     return Task(trial, typed, seed, cfg)
 
 
-def _execute(task: Task, threads: int, trust_code: bool = False) -> dict[str, Any]:
-    """Run (or resume, or read) one task; runs in a worker process when trials are parallel.
+def _execute(task: Task, threads: int | None, trust_code: bool = False) -> dict[str, Any]:
+    """Run (or resume, or reuse) one task; runs in a worker process when trials are parallel.
 
-    A run that fails (NaN loss, collapse with ``train.on_collapse=stop``) is recorded as
-    failed with its message, and the sweep goes on.
+    Returns the run record as a dict, or for a run that fails (NaN loss, collapse) its message
+    (``failed``, and ``collapsed`` when the student collapsed): the sweep goes on.
     """
     import torch
 
-    from kdistill.engine.checkpoint import latest_checkpoint
-    from kdistill.engine.trainer import TrainingError
-    from kdistill.experiment import run, run_dir_for
+    from kdistill.engine.trainer import CollapseError, TrainingError
+    from kdistill.experiment.runner import train_or_reuse
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        result, _ = train_or_reuse(
+            task.config, progress=False, log=lambda _: None, trust_code=trust_code, link=False
+        )
+    except TrainingError as e:
+        failure = {"failed": str(e), "run_dir": str(run_dir_of(task)), "seed": task.seed}
+        return {**failure, "collapsed": isinstance(e, CollapseError)}
+    assert result.record is not None
+    record = result.record.to_dict()
+    record["collapsed"] = any("collapsed" in w for w in record["warnings"])
+    return record
+
+
+def run_dir_of(task: Task) -> Path:
+    from kdistill.experiment.rundir import run_dir_for
+
+    return run_dir_for(task.config)
+
+
+def _worker_start(threads: int) -> None:
+    """A sweep worker: stops when the sweep's process dies, uses its share of the cores."""
+    die_with_parent()
+    import torch
 
     torch.set_num_threads(threads)
-    run_dir = run_dir_for(task.config)
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        return json.loads(summary_path.read_text())
-    resume = (run_dir / "checkpoints").is_dir() and latest_checkpoint(run_dir) is not None
-    try:
-        return run(
-            task.config,
-            resume=resume,
-            force=not resume,
-            progress=False,
-            log=lambda _: None,
-            trust_code=trust_code,
-        ).summary
-    except TrainingError as e:
-        return {"failed": str(e), "run_dir": str(run_dir), "seed": task.seed}
 
 
 def run_tasks(
     tasks: Sequence[Task], parallel: int, log: Log, trust_code: bool = False
 ) -> list[dict[str, Any]]:
-    """Summaries of ``tasks`` (in order), ``parallel`` at a time."""
+    """Outcomes of ``tasks`` (in order), ``parallel`` at a time. Interrupting the sweep
+    terminates its workers (their runs resume from their last checkpoint next time)."""
     threads = max(1, (os.cpu_count() or 1) // parallel)
     results: list[dict[str, Any]] = []
     if parallel == 1:
@@ -118,18 +133,26 @@ def run_tasks(
             results.append(_execute(task, threads, trust_code))
             _log_task(task, results[-1], log)
         return results
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_execute, task, threads, trust_code) for task in tasks]
-        for task, future in zip(tasks, futures, strict=True):
-            results.append(future.result())
+    pool = get_context("spawn").Pool(parallel, initializer=_worker_start, initargs=(threads,))
+    try:
+        pending = [pool.apply_async(_execute, (task, threads, trust_code)) for task in tasks]
+        for task, outcome in zip(tasks, pending, strict=True):
+            results.append(outcome.get())
             _log_task(task, results[-1], log)
+        pool.close()
+    except BaseException:
+        pool.terminate()  # no worker trains on after the sweep is stopped
+        raise
+    finally:
+        pool.join()
     return results
 
 
 def _log_task(task: Task, summary: Mapping[str, Any], log: Log) -> None:
     setting = ", ".join(f"{k}={v}" for k, v in task.setting.items())
     if "failed" in summary:
-        log(f"trial {task.trial} seed {task.seed} [{setting}]: FAILED: {summary['failed']}")
+        what = "COLLAPSED" if summary.get("collapsed") else "FAILED"
+        log(f"trial {task.trial} seed {task.seed} [{setting}]: {what}: {summary['failed']}")
     else:
         log(
             f"trial {task.trial} seed {task.seed} [{setting}]: test top-1 {summary['test_top1']:.2%} ({summary['total_time_s']:.0f}s)"
@@ -180,7 +203,9 @@ def run_sweep(
         "rows": rows,
         "elapsed_s": time.perf_counter() - started,
     }
-    teacher = next((s["teacher_test_top1"] for s in summaries if "teacher_test_top1" in s), None)
+    teacher = next(
+        (s["teacher_test_top1"] for s in summaries if s.get("teacher_test_top1") is not None), None
+    )
     if teacher is not None:
         result["teacher_test_top1"] = teacher
     write_summary(out, result)
@@ -238,7 +263,7 @@ def _run_search(
         for seed in sweep.seeds:
             task = make_task(base, sweep, t.number, t.params, seed)
             all_tasks.append(task)
-            all_summaries.append(_execute(task, 1))  # finished: reads its summary.json
+            all_summaries.append(_execute(task, None))  # finished: reads its run record
     return all_tasks, all_summaries
 
 
@@ -262,11 +287,14 @@ def summarize(
     rows = []
     for trial, items in sorted(by_trial.items()):
         ok = [s for _, s in items if "failed" not in s]
+        collapsed = sum(1 for _, s in items if s.get("collapsed"))
         row: dict[str, Any] = {
             "trial": trial,
             **items[0][0].setting,
             "n_seeds": len(ok),
             "n_failed": len(items) - len(ok),
+            "n_collapsed": collapsed,
+            "status": "collapsed" if collapsed else ("failed" if len(ok) < len(items) else "ok"),
         }
         if ok:
             top1 = describe([s["test_top1"] for s in ok])
@@ -305,11 +333,16 @@ def write_summary(out: Path, result: Mapping[str, Any]) -> None:
 
 def format_rows(result: Mapping[str, Any]) -> str:
     keys = result["keys"]
-    header = [*keys, "seeds", "mean", "std", "best", "worst", "time"]
+    header = [*keys, "seeds", "mean", "std", "best", "worst", "time", "status"]
     lines = [header]
 
     def pct(v: float | None) -> str:
         return "failed" if v is None else f"{v:.2%}"
+
+    def status(r: Mapping[str, Any]) -> str:
+        if r.get("n_collapsed"):
+            return f"COLLAPSED ({r['n_collapsed']} of {r['n_seeds'] + r['n_failed']} seeds)"
+        return "FAILED" if r["n_failed"] else "ok"
 
     for r in sorted(result["rows"], key=lambda r: -(r["test_top1_mean"] or -1.0)):
         lines.append(
@@ -321,6 +354,7 @@ def format_rows(result: Mapping[str, Any]) -> str:
                 pct(r["test_top1_best"]),
                 pct(r["test_top1_worst"]),
                 "-" if r["time_s_mean"] is None else f"{r['time_s_mean']:.0f}s",
+                status(r),
             ]
         )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]

@@ -8,11 +8,10 @@ through exactly the data pipeline the student trains on, and hands back an open 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,11 +27,11 @@ from kdistill.cache import (
 from kdistill.cache.fingerprint import array_digest, module_digest
 from kdistill.cache.store import CACHE_FORMAT_VERSION
 from kdistill.config.schema import RunConfig
-from kdistill.data import BatchLoader, CropFlip, DataBundle
+from kdistill.data import BatchLoader, CropFlip, DataBundle, build_augment
 from kdistill.engine.distributed import DistContext, barrier
-
-if TYPE_CHECKING:  # pragma: no cover
-    from kdistill.experiment import TeacherSetup
+from kdistill.experiment.teachers import TeacherSetup
+from kdistill.files import remove_stale_temporaries
+from kdistill.locks import exclusive_lock
 
 Log = Callable[[str], None]
 VIEW_SELECTION_SEED = 0
@@ -63,11 +62,11 @@ def describe_cache(
     assert kd is not None
     settings = kd.teacher_cache
     members = []
-    for member, (_model, spec, path) in zip(teacher.members, teacher.loaded, strict=True):
+    for member, loaded in zip(teacher.members, teacher.loaded, strict=True):
         members.append(
             {
-                "arch": spec.arch,
-                "args": dict(spec.args),
+                "arch": loaded.spec.arch,
+                "args": dict(loaded.spec.args),
                 "weights": module_digest(member.model),
                 "input_transform": None
                 if member.input_transform is None
@@ -75,7 +74,6 @@ def describe_cache(
                 "bn_policy": member.bn_policy,
                 "dtype": str(member.dtype),
                 "channels_last": member.channels_last,
-                "checkpoint": path,  # for humans; the weights digest is what counts
             }
         )
     storage: dict[str, Any] = {"dtype": settings.dtype, "topk": settings.topk}
@@ -124,9 +122,14 @@ def prepare_teacher_cache(
     log: Log = print,
     force_build: bool = False,
     dist_ctx: DistContext | None = None,
+    wait_for_builder: bool = True,
 ) -> TeacherCache | None:
     """The open cache this run reads its teacher outputs from, built if needed; ``None`` when
-    the run uses no cache (or cannot: then the online teacher is used and the log says why)."""
+    the run uses no cache (or cannot: then the online teacher is used and the log says why).
+
+    One process builds a cache at a time (an exclusive lock beside it): a run that needs a cache
+    someone else is building waits for it and then reads it (``wait_for_builder``); otherwise
+    (``kdistill cache build``) the second builder stops with an error naming the first."""
     kd = cfg.kd
     if kd is None or teacher is None or not kd.teacher_cache.enabled:
         return None
@@ -136,9 +139,7 @@ def prepare_teacher_cache(
             "the rest of its batch, which cannot be replayed; the teacher runs online"
         )
         return None
-    from kdistill.experiment import build_augment
-
-    augment = build_augment(cfg)
+    augment = build_augment(cfg.data.augment)
     views = select_views(len(data.train), augment, kd.teacher_cache.views)
     description = describe_cache(cfg, data, teacher, augment, views)
     fp = fingerprint(description)
@@ -146,7 +147,12 @@ def prepare_teacher_cache(
     # One builder at a time per cache directory: runs of a sweep that start together wait for
     # the first to finish building, then read what it built. The processes of one
     # data-parallel run build together instead, coordinated by barriers.
-    with _exclusive(path) if dist_ctx is None else contextlib.nullcontext():
+    lock = (
+        exclusive_lock(path, f"teacher cache {path}", wait=wait_for_builder, log=log)
+        if dist_ctx is None
+        else contextlib.nullcontext()
+    )
+    with lock:
         if not force_build:
             try:
                 cache = open_cache(path, fp)
@@ -178,18 +184,6 @@ def prepare_teacher_cache(
         )
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """An advisory lock on ``<path>.lock`` (released when the process ends, even by a crash)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _build(
     cfg: RunConfig,
     data: DataBundle,
@@ -214,6 +208,7 @@ def _build(
         data.train, cfg.data.eval_batch_size, device=device, augment=augment, **stats
     )
     members = teacher.members
+    remove_stale_temporaries(path.with_name(path.name + ".partial"))
 
     def compute(positions: np.ndarray, view_ids: np.ndarray) -> torch.Tensor:
         batch = pipeline.make_batch(

@@ -1,0 +1,66 @@
+"""The one evaluation loop: a predictor over a split, metrics and per-sample predictions.
+
+Used for the student after every epoch, for a teacher before it may teach, for a saved model
+(``kdistill eval``) and for an exported model (an onnxruntime session as the predictor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdistill.engine.metrics import ClassificationMeter
+from kdistill.types import Batch, logits_of
+
+Predictor = Callable[[Tensor], Any]
+"""``inputs -> model output`` (logits, or anything :func:`kdistill.types.logits_of` reads)."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of a split (over every process) and this process's predictions, in order."""
+
+    metrics: dict[str, float]
+    predictions: Tensor
+
+
+def evaluate(
+    predictor: nn.Module | Predictor,
+    loader: Iterable[Batch],
+    num_classes: int,
+    *,
+    across_processes: bool = True,
+    autocast: contextlib.AbstractContextManager[Any] | None = None,
+) -> Evaluation:
+    """Top-1/top-5/loss/ECE of a predictor on a split, without changing it.
+
+    Args:
+        predictor: a network (put in eval mode for the loop and restored after), or any
+            ``inputs -> logits`` function (an ensemble, an onnxruntime session).
+        loader: the split's batches (this process's share in a data-parallel run).
+        num_classes: classes of the task.
+        across_processes: reduce the metrics over every process (each must call this).
+        autocast: a context for the forward passes (mixed precision), or none.
+    """
+    module = predictor if isinstance(predictor, nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    meter = ClassificationMeter(num_classes)
+    try:
+        with torch.inference_mode(), autocast or contextlib.nullcontext():
+            for batch in loader:
+                logits = logits_of(predictor(batch.inputs)).float()
+                loss_sum = torch.nn.functional.cross_entropy(
+                    logits, batch.targets.to(logits.device), reduction="sum"
+                )
+                meter.update(logits, batch.targets.to(logits.device), float(loss_sum))
+    finally:
+        if module is not None:
+            module.train(was_training)
+    return Evaluation(meter.result(across_processes=across_processes), meter.all_predictions())

@@ -1,0 +1,319 @@
+"""``build_run``: from a ``RunConfig`` to the parts of a run, in one place.
+
+Training (:func:`kdistill.experiment.run`), ``kdistill cache build``, sweeps and the benchmarks
+all assemble a run here: data, student, teacher(s) (checked before anything is spent on them),
+the teacher-output cache, the objective, loaders, the optimizer, the schedule and the
+compression policies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdistill.cache import TeacherCache
+from kdistill.compression.callbacks import build_callbacks, structure_record
+from kdistill.config.schema import KDConfig, ModelConfig, OptimConfig, RunConfig
+from kdistill.data import BatchLoader, DataBundle, build_augment, build_data
+from kdistill.engine.distributed import DistContext
+from kdistill.engine.schedule import build_lr_factor
+from kdistill.engine.trainer import Callback, Loop
+from kdistill.experiment.health import gradient_check
+from kdistill.experiment.loading import load_model
+from kdistill.experiment.teacher_cache import prepare_teacher_cache
+from kdistill.experiment.teachers import (
+    TeacherCheck,
+    TeacherSetup,
+    build_teacher,
+    check_model_fits_data,
+    check_teacher,
+    model_spec,
+)
+from kdistill.losses import DistillationLoss
+from kdistill.models import ModelSpec, build_model
+from kdistill.objectives import Distiller, Objective, Supervised
+from kdistill.teachers.cached import CachedTeacher
+from kdistill.trust import CodeTrust
+
+Log = Callable[[str], None]
+
+
+def resolve_device(name: str, dist_ctx: DistContext | None = None) -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is an error. In a
+    data-parallel run on GPUs each process takes the GPU of its local rank."""
+    if dist_ctx is not None and dist_ctx.backend == "nccl":
+        return torch.device("cuda", dist_ctx.local_rank)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but no CUDA GPU is available; use cpu or auto")
+    return device
+
+
+def configure_torch(cfg: RunConfig, dist_ctx: DistContext | None = None) -> None:
+    """Threads, determinism and the seed of initialization and dropout. Processes sharing a
+    machine share its cores rather than each taking all of them."""
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
+    elif dist_ctx is not None:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_ctx.local_world_size))
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(cfg.train.seed)
+
+
+def code_trust(cfg: RunConfig, trust_code: bool = False) -> CodeTrust:
+    """What model files may name in a run of ``cfg``: the import paths the config itself
+    writes, or anything with ``trust_code`` (``--trust-code``)."""
+    return CodeTrust.of(cfg.user_code(), trust_code=trust_code)
+
+
+def build_student(
+    cfg: RunConfig, data: DataBundle, trust: CodeTrust, checkpoint: Path | None = None
+) -> tuple[nn.Module, ModelSpec]:
+    """The model being trained and its spec: freshly initialized, from ``model.checkpoint``,
+    or (resuming) from the checkpoint's model file, with the structure compression gave it."""
+    m = cfg.model
+    source = checkpoint if checkpoint is not None else m.checkpoint
+    if source is None:
+        spec = model_spec(m, data, cfg.data)
+        return build_model(spec.arch, data.num_classes, data.input_shape, spec.args), spec
+    loaded = load_model(source, arch=m.arch, args=m.args or None, trust=trust)
+    what = "the checkpoint" if checkpoint is not None else f"model.checkpoint {source}"
+    check_model_fits_data(loaded.spec, data, what)
+    spec = model_spec(
+        ModelConfig(arch=loaded.spec.arch, args=dict(loaded.spec.args)), data, cfg.data
+    )
+    loaded.model.train()
+    return loaded.model, spec
+
+
+def build_loss(kd: KDConfig) -> DistillationLoss:
+    # The trainer checks the total loss for NaN/Inf once per step, so the loss skips its own
+    # per-call value checks (each a host synchronization); shapes are still checked.
+    return DistillationLoss(
+        kd.temperature,
+        kd.alpha,
+        kd.beta,
+        scale_by_t2=kd.scale_by_t2,
+        teacher_weight=kd.teacher_weight,
+        validate=False,
+    )
+
+
+def build_objective(
+    cfg: RunConfig, student: nn.Module, teacher: TeacherSetup | None, cache: TeacherCache | None
+) -> Distiller | Supervised:
+    """``Supervised(student)`` without kd; else a ``Distiller`` reading the cache when there is
+    one, running the live teacher otherwise."""
+    if teacher is None:
+        return Supervised(student)
+    kd = cfg.kd
+    assert kd is not None
+    source = teacher.live
+    if cache is not None:
+        source = CachedTeacher(
+            cache,
+            reduce=kd.ensemble_reduce,
+            weights=kd.ensemble_weights,
+            temperature=kd.temperature,
+        )
+    window = cfg.kd_window
+    return Distiller(
+        student, source, build_loss(kd), kd_start_epoch=window.start, kd_end_epoch=window.end
+    )
+
+
+def build_optimizer(cfg: OptimConfig, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def _stats(cfg: RunConfig, data: DataBundle) -> dict[str, tuple[float, ...]]:
+    return {"mean": data.mean, "std": data.std} if cfg.data.normalize else {}
+
+
+def build_train_loader(
+    cfg: RunConfig,
+    data: DataBundle,
+    device: torch.device,
+    *,
+    cache: TeacherCache | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> BatchLoader:
+    """Shuffled, augmented training batches (only views the cache stores, when there is one)."""
+    return BatchLoader(
+        data.train,
+        cfg.data.batch_size,
+        device=device,
+        shuffle=True,
+        augment=build_augment(cfg.data.augment),
+        view_sampler=cache.view_sampler() if cache is not None else None,
+        seed=cfg.train.seed,
+        drop_last=cfg.data.drop_last or world_size > 1,
+        rank=rank,
+        world_size=world_size,
+        **_stats(cfg, data),
+    )
+
+
+def build_eval_loaders(
+    cfg: RunConfig, data: DataBundle, device: torch.device, *, rank: int = 0, world_size: int = 1
+) -> dict[str, BatchLoader]:
+    """``{"val": ..., "test": ...}`` (val only when there is a validation split); with several
+    processes each evaluates its share and the metrics are summed."""
+    batch = cfg.data.eval_batch_size
+    batch += (-batch) % world_size  # a multiple of the number of processes
+    shard = {"rank": rank, "world_size": world_size}
+    evals = {}
+    if data.val is not None:
+        evals["val"] = BatchLoader(data.val, batch, device=device, **shard, **_stats(cfg, data))
+    evals["test"] = BatchLoader(data.test, batch, device=device, **shard, **_stats(cfg, data))
+    return evals
+
+
+@dataclass
+class RunParts:
+    """Everything a run is made of, assembled and checked (see :func:`build_run`).
+
+    Attributes:
+        cfg: the config.
+        device: where the student trains.
+        data: the splits.
+        spec: the student's spec before compression (what its model files record, plus the
+            structure compression gives it: :meth:`student_spec`).
+        objective: what the trainer trains.
+        teacher: the teacher(s), or ``None``.
+        teacher_check: the frozen teacher's test accuracy and predictions, or ``None``.
+        cache: the teacher-output cache the run reads, or ``None``.
+        train_loader, eval_loaders: the batches.
+        loop: how the training loop runs.
+        compression: the compression policies' callbacks, in the order they act.
+        kd_gradient_ratio: the first batch's gradient ratio (distillation only).
+        warnings: what the health checks found (kept in the run record).
+    """
+
+    cfg: RunConfig
+    device: torch.device
+    data: DataBundle
+    spec: ModelSpec
+    objective: Objective
+    teacher: TeacherSetup | None
+    teacher_check: TeacherCheck | None
+    cache: TeacherCache | None
+    train_loader: BatchLoader
+    eval_loaders: dict[str, BatchLoader]
+    loop: Loop
+    compression: list[Callback]
+    kd_gradient_ratio: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def optimizer_factory(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return build_optimizer(self.cfg.optim, params)
+
+    def student_spec(self, student: nn.Module) -> ModelSpec:
+        """The spec of the student as it is now: compression may have changed its structure."""
+        del student  # the structure is what the compression callbacks did to it
+        return replace(self.spec, extra={**self.spec.extra, **structure_record(self.compression)})
+
+
+def build_run(
+    cfg: RunConfig,
+    *,
+    trust_code: bool = False,
+    dist_ctx: DistContext | None = None,
+    log: Log = print,
+    progress: bool = True,
+    resume_from: Path | None = None,
+    wait_for_cache_builder: bool = True,
+    rebuild_cache: bool = False,
+) -> RunParts:
+    """Assemble the parts of a run of ``cfg``.
+
+    Args:
+        cfg: the config.
+        trust_code: model files may name import paths the config does not write.
+        dist_ctx: this process's place in a data-parallel run, or ``None``.
+        log, progress: messages and progress bars.
+        resume_from: a checkpoint's model file: the student is rebuilt from it (with the
+            structure compression had given it) instead of from the config.
+        wait_for_cache_builder: wait for another process building the same teacher cache
+            (runs) instead of failing (``kdistill cache build``).
+        rebuild_cache: compute the teacher's outputs again even if the cache exists.
+
+    Raises:
+        TeacherCheckError: the teacher cannot teach; nothing was spent on it.
+    """
+    configure_torch(cfg, dist_ctx)
+    device = resolve_device(cfg.train.device, dist_ctx)
+    rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
+    trust = code_trust(cfg, trust_code)
+    data = build_data(cfg.data)
+    student, spec = build_student(cfg, data, trust, resume_from)
+    eval_loaders = build_eval_loaders(cfg, data, device, rank=rank, world_size=world)
+    teacher = check = cache = None
+    if cfg.kd is not None:
+        teacher = build_teacher(cfg, data, log, trust)
+        teacher.live.to(device)
+        check = check_teacher(cfg.kd, teacher, eval_loaders["test"], data, log)
+        cache = prepare_teacher_cache(
+            cfg,
+            data,
+            teacher,
+            device,
+            progress=progress,
+            log=log,
+            dist_ctx=dist_ctx,
+            wait_for_builder=wait_for_cache_builder,
+            force_build=rebuild_cache,
+        )
+    objective = build_objective(cfg, student, teacher, cache)
+    objective.to(device)
+    train_loader = build_train_loader(cfg, data, device, cache=cache, rank=rank, world_size=world)
+    # Before training only: on a resume the first run's result is kept (the check's eval-mode
+    # forward would also change a fake-quantized student, breaking an exact resume).
+    ratio, warnings = (
+        gradient_check(cfg, objective, train_loader, log) if resume_from is None else (None, [])
+    )
+    steps_per_epoch = -(-len(train_loader) // cfg.train.grad_accumulation)
+    loop = Loop(
+        epochs=cfg.train.epochs,
+        device=device,
+        num_classes=data.num_classes,
+        lr_factor=build_lr_factor(
+            cfg.schedule, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs
+        ),
+        precision=cfg.train.precision,
+        grad_clip=cfg.optim.grad_clip,
+        grad_accumulation=cfg.train.grad_accumulation,
+        data_parallel=world > 1,
+        sync_batchnorm=cfg.train.sync_batchnorm,
+    )
+    compression = build_callbacks(
+        cfg.policies, epochs=cfg.train.epochs, input_shape=data.input_shape, log=log
+    )
+    if world > 1 and dist_ctx is not None:
+        log(
+            f"data-parallel training on {world} processes ({dist_ctx.backend}); "
+            f"global batch {cfg.data.batch_size}"
+        )
+    return RunParts(
+        cfg, device, data, spec, objective, teacher, check, cache, train_loader, eval_loaders,
+        loop, compression, ratio, warnings,
+    )  # fmt: skip

@@ -1,0 +1,181 @@
+"""What a finished run leaves: its final files, then its record (written last)."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdistill._version import __version__
+from kdistill.compression.callbacks import compression_report, quantization_policy
+from kdistill.compression.export import export_int8
+from kdistill.engine.checkpoint import Checkpoint
+from kdistill.engine.evaluation import evaluate
+from kdistill.engine.trainer import Trainer
+from kdistill.experiment.assembly import RunParts, build_eval_loaders
+from kdistill.experiment.loading import build_from_spec
+from kdistill.experiment.rundir import run_identity
+from kdistill.files import (
+    BEST,
+    CONFIG,
+    INT8_ONNX,
+    METRICS,
+    MODEL,
+    TEACHER,
+    atomic_copy,
+    sha256_file,
+)
+from kdistill.models import count_macs, count_params, cpu_latency_ms, save_model_file
+from kdistill.record import RunRecord
+from kdistill.trust import CodeTrust
+
+LATENCY_BATCHES = (1, 128)
+
+
+def finish_run(
+    parts: RunParts,
+    trainer: Trainer,
+    run_dir: Path,
+    best: Checkpoint | None,
+    *,
+    setup_s: float,
+    warnings: list[str],
+    log: Any,
+) -> RunRecord:
+    """Write the final model, the best model, a jointly trained teacher, the export (int8 ONNX
+    of a QAT run) and finally the run record, which lists their checksums.
+
+    ``total_time_s`` counts this process's setup, every epoch (of every session of a resumed
+    run) and this finishing step."""
+    started = time.perf_counter()
+    cfg, student, state = parts.cfg, trainer.student, trainer.state
+    spec = parts.student_spec(student)
+    size = save_model_file(run_dir / MODEL, student.state_dict(), spec)
+    files = [CONFIG, METRICS, MODEL]
+    if best is not None:
+        atomic_copy(best.best_model_file, run_dir / BEST)
+        files.append(BEST)
+    if parts.teacher is not None and parts.teacher.joint:
+        first = parts.teacher.loaded[0]
+        save_model_file(run_dir / TEACHER, parts.teacher.network.state_dict(), first.spec)
+        files.append(TEACHER)
+    compression = compression_report(parts.compression, student)
+    policy = quantization_policy(parts.compression)
+    if policy is not None and policy.convert:
+        whole_test = build_eval_loaders(cfg, parts.data, parts.device)["test"]
+        compression["quantization"].update(
+            export_int8(
+                student,
+                parts.data.input_shape,
+                run_dir / INT8_ONNX,
+                {"kdistill": spec.to_json()},
+                lambda predict: (
+                    evaluate(
+                        predict, whole_test, parts.data.num_classes, across_processes=False
+                    ).metrics
+                ),
+            )
+        )
+        q = compression["quantization"]
+        log(
+            f"int8 model: {q['onnx_path']} (test top-1 {q['int8_test_top1']:.2%} after conversion "
+            f"vs {q['fake_quant_test_top1']:.2%} fake-quantized)"
+        )
+        files.append(INT8_ONNX)
+    if compression:
+        compression["description"] = ", ".join(
+            p.kind for p in cfg.policies if p.kind != "distillation"
+        )
+        compression["size_gzip_bytes"] = len(gzip.compress((run_dir / MODEL).read_bytes(), 9))
+    # Size and compute of the architecture itself (an exported QAT graph runs no hooks).
+    structure = build_from_spec(spec, trust=CodeTrust(frozenset({spec.arch})), quantized=False).to(
+        "cpu"
+    )
+    history = state.history
+    last = history[-1]
+    test_top1 = [h["test"]["top1"] for h in history]
+    teachers = ()
+    check = parts.teacher_check
+    if parts.teacher is not None:
+        measured = check.member_top1 if check is not None else ()
+        teachers = tuple(
+            replace(identity, test_top1=measured[i] if i < len(measured) else None)
+            for i, identity in enumerate(parts.teacher.identities)
+        )
+    record = RunRecord(
+        name=cfg.name,
+        run_dir=str(run_dir),
+        config_hash=run_identity(cfg),
+        seed=cfg.train.seed,
+        mode="distill" if cfg.kd is not None else "supervised",
+        arch=spec.arch,
+        dataset=parts.data.name,
+        epochs=cfg.train.epochs,
+        test_samples=len(parts.data.test),
+        test_top1=last["test"]["top1"],
+        test_top5=last["test"]["top5"],
+        test_loss=last["test"]["loss"],
+        test_ece=last["test"]["ece"],
+        best_test_top1=max(test_top1),
+        best_epoch=state.best_epoch,
+        params=count_params(structure),
+        macs=count_macs(structure, parts.data.input_shape),
+        size_bytes=size,
+        epoch_times_s=tuple(state.epoch_times),
+        total_time_s=setup_s + state.wall_time_s + time.perf_counter() - started,
+        kdistill_version=__version__,
+        torch_version=torch.__version__,
+        git_sha=git_sha(),
+        val_top1=last["val"]["top1"] if "val" in last else None,
+        test_top1_at_best_val=history[state.best_epoch]["test"]["top1"] if "val" in last else None,
+        test_agreement=last["test"].get("agreement"),
+        teachers=teachers,
+        teacher_test_top1=check.test_top1 if check is not None else None,
+        teacher_cache=str(parts.cache.path) if parts.cache is not None else None,
+        kd_gradient_ratio=parts.kd_gradient_ratio,
+        warnings=tuple(warnings),
+        cpu_latency_ms=(
+            {
+                f"batch_{b}": cpu_latency_ms(student, parts.data.input_shape, b)
+                for b in LATENCY_BATCHES
+            }
+            if cfg.train.measure_latency
+            else None
+        ),
+        compression=compression or None,
+        files={name: sha256_file(run_dir / name) for name in files},
+    )
+    record.write(run_dir)
+    return record
+
+
+def git_sha() -> str | None:
+    """The commit of the kdistill source tree, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def describe_record(record: RunRecord) -> str:
+    """One line for the console."""
+    line = (
+        f"{record.run_dir}: test top-1 {record.test_top1:.2%} (best {record.best_test_top1:.2%}), "
+        f"{record.params:,} params, {record.total_time_s:.1f}s"
+    )
+    if record.teacher_test_top1 is not None:
+        line += f"; teacher {record.teacher_test_top1:.2%}"
+    return line

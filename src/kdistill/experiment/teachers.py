@@ -1,0 +1,242 @@
+"""The run's teachers: loaded with their identities, wrapped, and checked before they teach."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from kdistill.config.schema import DataConfig, KDConfig, ModelConfig, RunConfig
+from kdistill.data import DataBundle
+from kdistill.engine.evaluation import Evaluation, evaluate
+from kdistill.engine.trainer import TrainingError
+from kdistill.experiment.loading import load_model
+from kdistill.files import sha256_file
+from kdistill.models import ModelFileError, ModelSpec, build_model
+from kdistill.record import TeacherIdentity
+from kdistill.teachers import EnsembleTeacher, FrozenTeacher, Renormalize
+from kdistill.trust import CodeTrust, UntrustedCodeError
+from kdistill.types import TeacherOutput, logits_of
+
+Log = Callable[[str], None]
+
+TEACHER_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TeacherCheckError(TrainingError):
+    """The teacher is too weak to teach (untrained, wrong checkpoint, wrong data)."""
+
+
+def model_spec(cfg_model: ModelConfig, data: DataBundle, data_cfg: DataConfig) -> ModelSpec:
+    """What a model file records: architecture, classes, input normalization and the data
+    settings that define its test split (so ``kdistill eval`` evaluates on the same one)."""
+    split = {
+        k: getattr(data_cfg, k)
+        for k in ("name", "root", "split_seed", "val_fraction", "image_size")
+    }
+    return ModelSpec(
+        arch=cfg_model.arch,  # type: ignore[arg-type]
+        args=dict(cfg_model.args),
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        mean=data.mean if data_cfg.normalize else None,
+        std=data.std if data_cfg.normalize else None,
+        dataset=data.name,
+        class_names=data.class_names,
+        extra={"data": split},
+    )
+
+
+def check_model_fits_data(spec: ModelSpec, data: DataBundle, what: str) -> None:
+    if spec.num_classes != data.num_classes:
+        raise ValueError(
+            f"{what} predicts {spec.num_classes} classes but {data.name} has {data.num_classes}"
+        )
+    if tuple(spec.input_shape) != tuple(data.input_shape):
+        raise ValueError(
+            f"{what} takes inputs of shape {tuple(spec.input_shape)} but {data.name} samples are "
+            f"{tuple(data.input_shape)}"
+        )
+
+
+def input_adapter(spec: ModelSpec, data: DataBundle, normalize: bool) -> nn.Module | None:
+    """A :class:`Renormalize` from the pipeline's normalization to the one ``spec`` expects."""
+    channels = data.input_shape[0]
+    zeros, ones = (0.0,) * channels, (1.0,) * channels
+    have = (data.mean, data.std) if normalize else (zeros, ones)
+    want = (spec.mean or zeros, spec.std or ones)
+    if all(
+        math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+        for x, y in zip(have, want)
+        for a, b in zip(x, y)
+    ):
+        return None
+    return Renormalize(have[0], have[1], want[0], want[1])
+
+
+@dataclass(frozen=True)
+class LoadedTeacher:
+    """One teacher network with its spec and identity (``identity`` is ``None`` for a teacher
+    trained jointly from scratch)."""
+
+    model: nn.Module
+    spec: ModelSpec
+    reference: str
+    identity: TeacherIdentity | None
+
+
+def load_teachers(
+    kd: KDConfig, data: DataBundle, data_cfg: DataConfig, log: Log, trust: CodeTrust
+) -> list[LoadedTeacher]:
+    """The teacher networks, weights loaded, each saying what its reference resolved to."""
+    teachers = []
+    for i, t in enumerate(kd.teachers):
+        what = f"kd.teachers[{i}]"
+        if t.checkpoint is None:  # joint training from scratch (validated by KDConfig)
+            spec = model_spec(t, data, data_cfg)
+            model = build_model(spec.arch, data.num_classes, data.input_shape, spec.args)
+            teachers.append(LoadedTeacher(model, spec, "(trained jointly)", None))
+            continue
+        try:
+            loaded = load_model(t.checkpoint, arch=t.arch, args=t.args or None, trust=trust)
+        except (ModelFileError, UntrustedCodeError) as e:
+            raise type(e)(f"{what}: {e}") from None
+        spec = loaded.spec
+        check_model_fits_data(spec, data, f"{what} ({t.checkpoint})")
+        record = loaded.source.record
+        identity = TeacherIdentity(
+            reference=t.checkpoint,
+            file=str(loaded.source.file.resolve()),
+            sha256=sha256_file(loaded.source.file),
+            arch=spec.arch,
+            run_dir=str(Path(t.checkpoint).resolve()) if record is not None else None,
+            record_test_top1=record.test_top1 if record is not None else None,
+        )
+        note = "" if loaded.checked else "; written by an older kdistill, its weights are unchecked"
+        log(f"{what}: {identity.describe()}{note}")
+        if spec.dataset is not None and spec.dataset != data.name:
+            log(f"note: {what} was trained on {spec.dataset}, the student trains on {data.name}")
+        teachers.append(LoadedTeacher(loaded.model, spec, t.checkpoint, identity))
+    return teachers
+
+
+@dataclass
+class TeacherSetup:
+    """The configured teacher(s), loaded.
+
+    Attributes:
+        loaded: each network with its spec and identity.
+        live: what runs the teacher: a ``FrozenTeacher``, an ``EnsembleTeacher``, or in joint
+            training the trainable network (behind its input adapter, if any).
+        members: the frozen members (one for a single teacher); empty in joint training.
+    """
+
+    loaded: list[LoadedTeacher]
+    live: nn.Module
+    members: list[FrozenTeacher]
+
+    @property
+    def joint(self) -> bool:
+        return not self.members
+
+    @property
+    def identities(self) -> tuple[TeacherIdentity, ...]:
+        return tuple(t.identity for t in self.loaded if t.identity is not None)
+
+    @property
+    def network(self) -> nn.Module:
+        """The trainable network of joint training (without its input adapter)."""
+        live = self.live
+        return live[1] if isinstance(live, nn.Sequential) else live
+
+    def predict(self, inputs: Tensor) -> Tensor:
+        """The teacher's predicted classes (in joint training, in eval mode for the moment)."""
+        if not self.joint:
+            return self.live(inputs).predictions()
+        was = self.live.training
+        self.live.eval()
+        try:
+            return logits_of(self.live(inputs)).argmax(dim=1)
+        finally:
+            self.live.train(was)
+
+
+def build_teacher(cfg: RunConfig, data: DataBundle, log: Log, trust: CodeTrust) -> TeacherSetup:
+    """Load ``kd.teachers`` and wrap them: frozen (and ensembled), or trainable in joint mode."""
+    kd = cfg.kd
+    assert kd is not None
+    loaded = load_teachers(kd, data, cfg.data, log, trust)
+    if kd.teacher_weight > 0:
+        first = loaded[0]
+        adapter = input_adapter(first.spec, data, cfg.data.normalize)
+        live = first.model if adapter is None else nn.Sequential(adapter, first.model)
+        return TeacherSetup(loaded, live.train(), [])
+    members = [
+        FrozenTeacher(
+            t.model,
+            input_transform=input_adapter(t.spec, data, cfg.data.normalize),
+            bn_policy=kd.bn_policy,
+            dtype=TEACHER_DTYPES[kd.teacher_precision],
+            channels_last=kd.teacher_channels_last,
+        )
+        for t in loaded
+    ]
+    if len(members) == 1:
+        return TeacherSetup(loaded, members[0], members)
+    ensemble = EnsembleTeacher(
+        members,
+        weights=kd.ensemble_weights,
+        reduce=kd.ensemble_reduce,
+        temperature=kd.temperature if kd.ensemble_reduce == "probs" else None,
+    )
+    return TeacherSetup(loaded, ensemble, members)
+
+
+def _scores(output: TeacherOutput) -> Tensor:
+    """Logits, or log-probabilities (whose softmax is the probabilities) for the metrics."""
+    return output.logits if output.logits is not None else output.probs.clamp_min(1e-12).log()  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class TeacherCheck:
+    """The teacher on the test split: its accuracy, each member's, and its predictions."""
+
+    test_top1: float
+    member_top1: tuple[float, ...]
+    test: Evaluation
+
+
+def check_teacher(
+    kd: KDConfig, teacher: TeacherSetup, test_loader: object, data: DataBundle, log: Log
+) -> TeacherCheck | None:
+    """Evaluate the frozen teacher(s) on the test split and refuse one that cannot teach.
+
+    Returns ``None`` in joint training (the teacher is still learning).
+
+    Raises:
+        TeacherCheckError: test top-1 below ``kd.min_teacher_top1`` (default twice chance).
+    """
+    if teacher.joint:
+        return None
+    test = evaluate(lambda x: _scores(teacher.live(x)), test_loader, data.num_classes)  # type: ignore[arg-type]
+    members = [test.metrics["top1"]]
+    if len(teacher.loaded) > 1:  # an ensemble: each member's own accuracy too
+        members = [
+            evaluate(lambda x, m=m: _scores(m(x)), test_loader, data.num_classes).metrics["top1"]  # type: ignore[arg-type]
+            for m in teacher.members
+        ]
+    for i, (t, top1) in enumerate(zip(teacher.loaded, members, strict=True)):
+        log(f"teacher {i}: {t.spec.arch} from {t.reference}: test top-1 {top1:.2%}")
+    top1 = test.metrics["top1"]
+    minimum = kd.min_teacher_top1 if kd.min_teacher_top1 is not None else 2.0 / data.num_classes
+    if top1 < minimum:
+        raise TeacherCheckError(
+            f"the teacher reaches only {top1:.2%} test top-1 on {data.name} (chance is "
+            f"{1 / data.num_classes:.1%}; required: {minimum:.1%}, kd.min_teacher_top1). It cannot "
+            "teach: check kd.teachers[].checkpoint points at a trained model for this dataset."
+        )
+    return TeacherCheck(top1, tuple(members), test)

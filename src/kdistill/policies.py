@@ -1,0 +1,201 @@
+"""Compression policies: *what* each technique does and *when*, as torch-free specs.
+
+The run config composes them (``policies:``, in the spirit of Distiller's schedules) and the
+compression package turns each into a trainer callback; neither imports the other's side.
+Epoch ranges are ``[starting_epoch, ending_epoch)``, 0-based; a null ``ending_epoch`` means
+"until the end of training". This module imports only :mod:`kdistill.validation`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kdistill.validation import QUANT_SETTINGS, EpochWindow, doc, require
+
+
+def _check_range(kind: str, start: int, end: int | None, frequency: int = 1) -> None:
+    try:
+        EpochWindow(start, end)
+    except ValueError as e:
+        raise ValueError(f"{kind} policy: {e} (starting_epoch / ending_epoch)") from None
+    require(frequency >= 1, f"{kind} policy: frequency must be >= 1 epoch, got {frequency}")
+
+
+class _Windowed:
+    """The epochs a policy acts in, as the one window type (policies without an
+    ``ending_epoch`` act until the end)."""
+
+    @property
+    def window(self) -> EpochWindow:
+        return EpochWindow(self.starting_epoch, getattr(self, "ending_epoch", None))
+
+
+@dataclass(frozen=True)
+class DistillationPolicy(_Windowed):
+    """When the distillation loss is on (teacher, T and weights come from the kd section)."""
+
+    kind: Literal["distillation"] = doc("policy type", "distillation")
+    starting_epoch: int = doc("first epoch with the distillation loss", 0)
+    ending_epoch: int | None = doc("epoch at which it stops (exclusive); null = the end", None)
+
+    def __post_init__(self) -> None:
+        _check_range("distillation", self.starting_epoch, self.ending_epoch)
+
+
+@dataclass(frozen=True)
+class QuantizationPolicy(_Windowed):
+    """Quantization-aware training from ``starting_epoch`` to the end, then conversion to int8."""
+
+    kind: Literal["quantization"] = doc("policy type", "quantization")
+    starting_epoch: int = doc("epoch at which fake quantization is inserted (0 = from scratch)", 0)
+    weight_bits: int = doc("bits of weights (2..8)", 8)
+    activation_bits: int = doc("bits of activations (2..8)", 8)
+    weight_symmetric: bool = doc("symmetric weight quantization (zero maps to zero exactly)", True)
+    activation_symmetric: bool = doc(
+        "symmetric (signed) activations; false = asymmetric unsigned, suited to ReLU outputs", False
+    )
+    weight_per_channel: bool = doc("one scale per output channel (else one per tensor)", True)
+    overrides: dict[str, Any] = doc(
+        "module name or 're:regex' -> null (stays FP32) or {weight_bits, activation_bits, ...}; "
+        "e.g. {features.0: null} keeps the first conv in FP32 (Distiller's DoReFa recipe)",
+        factory=dict,
+    )
+    freeze_epoch: int | None = doc(
+        "from this epoch on, observers and BatchNorm statistics stop updating (stabilizes the end "
+        "of QAT); null = never",
+        None,
+    )
+    convert: bool = doc(
+        "after training, convert to an int8 ONNX model, run it with onnxruntime and report its "
+        "accuracy next to the fake-quantized model's",
+        True,
+    )
+
+    def __post_init__(self) -> None:
+        _check_range("quantization", self.starting_epoch, None)
+        for name, bits in (
+            ("weight_bits", self.weight_bits),
+            ("activation_bits", self.activation_bits),
+        ):
+            require(2 <= bits <= 8, f"quantization policy: {name} must be in 2..8, got {bits}")
+        for key, value in self.overrides.items():
+            require(
+                value is None or isinstance(value, dict),
+                f"quantization policy: overrides[{key!r}] must be null (FP32) or a mapping, got {value!r}",
+            )
+            if isinstance(value, dict):
+                unknown = set(value) - set(QUANT_SETTINGS)
+                require(
+                    not unknown,
+                    f"quantization policy: overrides[{key!r}] has unknown key(s) {sorted(unknown)}; "
+                    f"valid: {', '.join(QUANT_SETTINGS)}",
+                )
+                for bits_key in ("weight_bits", "activation_bits"):
+                    if bits_key in value:
+                        require(
+                            isinstance(value[bits_key], int) and 2 <= value[bits_key] <= 8,
+                            f"quantization policy: overrides[{key!r}].{bits_key} must be in 2..8",
+                        )
+        require(
+            self.freeze_epoch is None or self.freeze_epoch > self.starting_epoch,
+            f"quantization policy: freeze_epoch ({self.freeze_epoch}) must come after "
+            f"starting_epoch ({self.starting_epoch})",
+        )
+
+
+@dataclass(frozen=True)
+class PruningPolicy(_Windowed):
+    """Unstructured magnitude pruning to a target sparsity, gradual (AGP) or one-shot."""
+
+    kind: Literal["pruning"] = doc("policy type", "pruning")
+    target_sparsity: float = doc("fraction of the pruned weights set to zero at the end", 0.5)
+    initial_sparsity: float = doc("AGP: sparsity at starting_epoch", 0.0)
+    schedule: Literal["agp", "one_shot"] = doc(
+        "agp: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3 (Zhu and Gupta 2017); one_shot: "
+        "the target at starting_epoch",
+        "agp",
+    )
+    scope: Literal["global", "per_layer"] = doc(
+        "global: one magnitude threshold over all pruned weights; per_layer: each layer to the target",
+        "global",
+    )
+    modules: tuple[str, ...] = doc(
+        "module names or 're:regex' whose weights are pruned; empty = every Conv2d and Linear",
+        (),
+    )
+    starting_epoch: int = doc("first pruning step (t0)", 0)
+    ending_epoch: int | None = doc(
+        "AGP reaches the target at this epoch (t0 + n dt); null = the last epoch", None
+    )
+    frequency: int = doc("epochs between pruning steps (dt)", 1)
+
+    def __post_init__(self) -> None:
+        _check_range("pruning", self.starting_epoch, self.ending_epoch, self.frequency)
+        require(
+            0.0 < self.target_sparsity < 1.0,
+            f"pruning policy: target_sparsity must be in (0, 1), got {self.target_sparsity}",
+        )
+        require(
+            0.0 <= self.initial_sparsity <= self.target_sparsity,
+            f"pruning policy: initial_sparsity must be in [0, target_sparsity], got {self.initial_sparsity}",
+        )
+
+
+@dataclass(frozen=True)
+class ChannelPruningPolicy(_Windowed):
+    """Structured pruning that removes whole channels (torch-pruning), then training recovers."""
+
+    kind: Literal["channel_pruning"] = doc("policy type", "channel_pruning")
+    ratio: float = doc("fraction of channels removed from each prunable layer group", 0.5)
+    starting_epoch: int = doc("epoch of the first pruning step", 0)
+    iterative_steps: int = doc(
+        "reach the ratio in this many steps, one every `frequency` epochs", 1
+    )
+    frequency: int = doc("epochs between steps", 1)
+    ignore: tuple[str, ...] | None = doc(
+        "module names never pruned; null = the first and the last layer (input and classes)", None
+    )
+    round_to: int | None = doc("keep channel counts multiples of this (hardware-friendly)", None)
+
+    def __post_init__(self) -> None:
+        _check_range("channel_pruning", self.starting_epoch, None, self.frequency)
+        require(
+            0.0 < self.ratio < 1.0,
+            f"channel_pruning policy: ratio must be in (0, 1), got {self.ratio}",
+        )
+        require(
+            self.iterative_steps >= 1,
+            f"channel_pruning policy: iterative_steps must be >= 1, got {self.iterative_steps}",
+        )
+
+
+@dataclass(frozen=True)
+class RegularizationPolicy(_Windowed):
+    """An L1 or group-lasso penalty on weights, added to the loss in its epochs."""
+
+    kind: Literal["regularization"] = doc("policy type", "regularization")
+    type: Literal["l1", "group_lasso"] = doc(
+        "l1: sum |w|; group_lasso: sum over output filters/neurons of ||w||_2 (drives whole "
+        "channels to zero, preparing channel pruning)",
+        "l1",
+    )
+    weight: float = doc("multiplier of the penalty", 1e-5)
+    modules: tuple[str, ...] = doc(
+        "module names or 're:regex'; empty = every Conv2d and Linear", ()
+    )
+    starting_epoch: int = doc("first epoch with the penalty", 0)
+    ending_epoch: int | None = doc("epoch at which it stops (exclusive); null = the end", None)
+
+    def __post_init__(self) -> None:
+        _check_range("regularization", self.starting_epoch, self.ending_epoch)
+        require(self.weight > 0, f"regularization policy: weight must be > 0, got {self.weight}")
+
+
+PolicyConfig = (
+    DistillationPolicy
+    | QuantizationPolicy
+    | PruningPolicy
+    | ChannelPruningPolicy
+    | RegularizationPolicy
+)
