@@ -56,7 +56,7 @@ def config(teacher: str, mode: str, out: str, *, precision: str, views: int | No
             "train": {"epochs": 10, "tensorboard": False, "threads": 2},
         },
     )
-    if mode != "student":
+    if mode != "student":  # teacher_inference: the same teacher, run alone
         cfg = apply_values(
             cfg,
             {
@@ -72,100 +72,83 @@ def config(teacher: str, mode: str, out: str, *, precision: str, views: int | No
     return cfg
 
 
+class FirstBatches:
+    """The first ``count`` batches of a loader, as a loader (an epoch of fixed length)."""
+
+    def __init__(self, loader: Any, count: int) -> None:
+        self.loader, self.count = loader, min(count, len(loader))
+
+    def __iter__(self):
+        return (b for _, b in zip(range(self.count), self.loader, strict=False))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+
 @dataclass
 class Workload:
-    """Everything one mode of the workload trains with, built as ``kdistill train`` builds it."""
+    """One mode of the workload, assembled as ``kdistill train`` assembles it (``build_run``),
+    with a trainer whose epochs are ``batches`` long and run no evaluation or callbacks."""
 
-    teacher: Any
-    cache: Any
-    loader: Any
-    objective: Any
-    optimizer: Any
-    cache_ready_s: float | None = None
-    cache_built: bool = False
+    parts: Any
+    trainer: Any
+    cache_ready_s: float
+    cache_built: bool
 
 
 def build_workload(
-    teacher_path: str, mode: str, work: str, *, precision: str, views: int | None
+    teacher_path: str, mode: str, work: str, *, precision: str, views: int | None, batches: int
 ) -> Workload:
-    import torch
-    from kdistill.teacher_cache import prepare_teacher_cache
-
-    from kdistill.data import build_data
-    from kdistill.experiment import (
-        build_objective,
-        build_optimizer,
-        build_student,
-        build_teacher,
-        build_train_loader,
-        configure_torch,
-    )
+    from kdistill.engine import Trainer
+    from kdistill.experiment import build_run
 
     cfg = config(teacher_path, mode, work, precision=precision, views=views)
-    configure_torch(cfg)
-    device = torch.device("cpu")
-    data = build_data(cfg.data)
-    student, _ = build_student(cfg, data)
-    teacher = build_teacher(cfg, data, lambda _: None) if cfg.kd is not None else None
-    cache, ready_s, built = None, None, False
-    if mode == "cached":
-        started = time.perf_counter()
-        messages: list[str] = []
-        cache = prepare_teacher_cache(
-            cfg, data, teacher, device, progress=False, log=messages.append
-        )
-        ready_s = time.perf_counter() - started
-        built = any("computing" in m for m in messages)
-    loader = build_train_loader(
-        cfg, data, device, view_sampler=cache.view_sampler() if cache else None
+    messages: list[str] = []
+    started = time.perf_counter()
+    parts = build_run(cfg, log=messages.append, progress=False)
+    ready_s = time.perf_counter() - started
+    trainer = Trainer(
+        parts.objective,
+        parts.optimizer_factory,
+        FirstBatches(parts.train_loader, batches),
+        {},
+        parts.loop,
+        [],
     )
-    objective = build_objective(cfg, student, teacher, cache)
-    optimizer = build_optimizer(cfg, list(objective.parameters()))
-    objective.train()
-    return Workload(teacher, cache, loader, objective, optimizer, ready_s, built)
+    return Workload(parts, trainer, ready_s, any("computing" in m for m in messages))
 
 
 def measure(args: argparse.Namespace) -> dict:
-    """One process, one mode: build what the mode needs, then time ``--batches`` steps."""
+    """One process, one mode: build what the mode needs, then time epochs of ``--batches``."""
     w = build_workload(
-        args.teacher, args.mode, args.work, precision=args.precision, views=args.views
+        args.teacher,
+        args.mode,
+        args.work,
+        precision=args.precision,
+        views=args.views,
+        batches=args.batches,
     )
-    loader, teacher = w.loader, w.teacher
     result: dict = {"mode": args.mode}
-    if w.cache is not None:
+    if w.parts.cache is not None:
         result["cache_ready_s"] = w.cache_ready_s
         result["cache_built"] = w.cache_built
-        result["cache_bytes"] = w.cache.size_bytes()
-    if args.mode == "teacher_inference":
-        # the teacher alone over the same augmented batches the student would see
-        times = []
-        for epoch in range(args.epochs):
+        result["cache_bytes"] = w.parts.cache.size_bytes()
+    times = []
+    for epoch in range(args.epochs):
+        started = time.perf_counter()
+        if args.mode == "teacher_inference":
+            # the teacher alone over the same augmented batches the student would see
+            loader = w.trainer.train_loader
             loader.set_epoch(epoch)
-            started = time.perf_counter()
-            for i, batch in enumerate(loader):
-                if i == args.batches:
-                    break
-                teacher.live(batch.inputs)
-            times.append(time.perf_counter() - started)
-        result["epoch_s"] = times
-    else:
-        objective, optimizer = w.objective, w.optimizer
-        times = []
-        for epoch in range(args.epochs):
-            loader.set_epoch(epoch)
-            objective.set_epoch(epoch)
-            started = time.perf_counter()
-            for i, batch in enumerate(loader):
-                if i == args.batches:
-                    break
-                out = objective(
-                    batch.inputs, batch.targets, sample_ids=batch.sample_ids, views=batch.views
-                )
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.total.backward()
-                optimizer.step()
-            times.append(time.perf_counter() - started)
-        result["epoch_s"] = times
+            for batch in loader:
+                w.parts.teacher.live(batch.inputs)
+        else:
+            w.trainer.train_epoch(epoch)  # the training step as kdistill train runs it
+        times.append(time.perf_counter() - started)
+    result["epoch_s"] = times
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -178,8 +161,7 @@ def teacher_throughput(teacher_path: str) -> dict:
     from kdistill.experiment import load_model
 
     torch.set_num_threads(2)
-    model, _ = load_model(teacher_path)
-    model.eval()
+    model = load_model(teacher_path).model
     x = torch.randn(1024, 1, 28, 28)
     out: dict = {}
     for precision in ("fp32", "bf16"):

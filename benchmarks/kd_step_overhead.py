@@ -1,11 +1,11 @@
 """What a cached distillation step costs over a student-only step, without the data pipeline.
 
 ``fmnist_kd.py`` times whole processes; its ratios carry process-to-process drift of this
-shared machine (10% and more). This script builds both objectives of the FMNIST-KD workload in
-one process, draws 100 batches once, and times the same batches through each, alternating
-modes ``--rounds`` times: student-only, cached distillation, and cached distillation with the
-loss's per-call input validation turned off. The data pipeline is timed the same way
-(random-crop batches vs cached-view batches plus the cache lookup).
+shared machine (10% and more). This script assembles both modes of the FMNIST-KD workload in
+one process (``build_run``, as ``kdistill train`` does), draws 100 batches of each once, and
+times ``Trainer.train_epoch`` over the same batches, alternating student-only and cached
+distillation ``--rounds`` times. The data pipeline is timed the same way (random-crop batches
+vs cached-view batches plus the cache lookup).
 
     python benchmarks/kd_step_overhead.py --teacher runs/fmnist-resnet20-teacher --work runs \
         --out benchmarks/results/kd_step_overhead.json
@@ -24,6 +24,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import provenance, publish
 from fmnist_kd import build_workload  # the workload, built as the benchmark builds it
 
+from kdistill.engine import Trainer
+
+
+class Replay:
+    """The same batches every epoch (the steps are timed without the data pipeline)."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
 
 def main() -> int:
     p = argparse.ArgumentParser(
@@ -39,24 +57,22 @@ def main() -> int:
 
     setups = {}
     for mode in ("student", "cached"):
-        w = build_workload(args.teacher, mode, args.work, precision="fp32", views=args.views)
-        batches = [b for _, b in zip(range(args.batches), w.loader, strict=False)]
-        setups[mode] = (w.objective, w.optimizer, batches, w.loader, w.cache)
+        w = build_workload(
+            args.teacher, mode, args.work, precision="fp32", views=args.views, batches=args.batches
+        )
+        loader = w.parts.train_loader
+        replay = Replay([b for _, b in zip(range(args.batches), loader, strict=False)])
+        trainer = Trainer(w.parts.objective, w.parts.optimizer_factory, replay, {}, w.parts.loop)
+        setups[mode] = (trainer, loader, w.parts.cache)
 
-    def steps(mode: str, validate: bool = True) -> float:
-        objective, optimizer, batches, _, _ = setups[mode]
-        if hasattr(objective, "loss_fn"):
-            objective.loss_fn.validate = validate
+    def steps(mode: str) -> float:
+        trainer = setups[mode][0]
         started = time.perf_counter()
-        for b in batches:
-            out = objective(b.inputs, b.targets, sample_ids=b.sample_ids, views=b.views)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.total.backward()
-            optimizer.step()
+        trainer.train_epoch(0)
         return time.perf_counter() - started
 
     def pipeline(mode: str, epoch: int) -> float:
-        _, _, _, loader, cache = setups[mode]
+        _, loader, cache = setups[mode]
         loader.set_epoch(epoch)
         started = time.perf_counter()
         for _, b in zip(range(args.batches), loader, strict=False):
@@ -65,12 +81,11 @@ def main() -> int:
         return time.perf_counter() - started
 
     times: dict[str, list[float]] = {
-        k: [] for k in ("student", "cached", "cached_no_validation", "pipeline_student", "pipeline_cached")
-    }  # fmt: skip
+        k: [] for k in ("student", "cached", "pipeline_student", "pipeline_cached")
+    }
     for r in range(args.rounds):
         times["student"].append(steps("student"))
         times["cached"].append(steps("cached"))
-        times["cached_no_validation"].append(steps("cached", validate=False))
         times["pipeline_student"].append(pipeline("student", r))
         times["pipeline_cached"].append(pipeline("cached", r))
     median = {k: statistics.median(v) for k, v in times.items()}
@@ -81,8 +96,6 @@ def main() -> int:
         "median_s": median,
         "ratios": {
             "step_cached_over_student": median["cached"] / median["student"],
-            "step_cached_no_validation_over_student": median["cached_no_validation"]
-            / median["student"],
             "with_pipeline_cached_over_student": (median["cached"] + median["pipeline_cached"])
             / (median["student"] + median["pipeline_student"]),
         },

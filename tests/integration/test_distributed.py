@@ -149,3 +149,45 @@ def test_the_teacher_cache_is_built_in_parallel(tmp_path, teacher_run, monkeypat
     a, b = TeacherCache(tmp_path / "cache1"), TeacherCache(tmp_path / "cache2")
     assert a.fingerprint == b.fingerprint
     np.testing.assert_allclose(np.asarray(a.logits), np.asarray(b.logits), rtol=1e-5, atol=1e-5)
+
+
+# Loaded into every process of the run (sitecustomize): records each file a process opens for
+# writing, in a log of its own rank.
+WRITES_AUDIT = """
+import os, sys
+_rank = os.environ.get("RANK")
+if _rank is not None:
+    _log = os.path.join(os.environ["WRITES_LOG_DIR"], f"rank-{_rank}.log")
+    def _hook(event, args):
+        if event == "open" and isinstance(args[0], str) and args[0].startswith(os.environ["WRITES_ROOT"]):
+            mode, flags = args[1], args[2]
+            if (mode and any(c in mode for c in "wax+")) or (flags and flags & (os.O_WRONLY | os.O_RDWR)):
+                with open(_log, "a") as f:  # not under WRITES_ROOT: not recorded itself
+                    f.write(args[0] + "\\n")
+    sys.addaudithook(_hook)
+"""
+
+
+def test_only_the_first_process_writes_files_in_a_qat_run(tmp_path):
+    """Quantization-aware training on two processes: rank 0 alone writes the run directory,
+    the checkpoints and the int8 model (the export step is not a training callback)."""
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    (audit / "sitecustomize.py").write_text(WRITES_AUDIT)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    out = tmp_path / "runs"
+    env = {
+        "PYTHONPATH": f"{audit}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "WRITES_LOG_DIR": str(logs),
+        "WRITES_ROOT": str(out),
+    }
+    qat = "policies=[{kind: quantization, starting_epoch: 1, weight_bits: 4}]"
+    result = train(out, "q", "--epochs", "2", qat, "train.on_collapse=warn", nproc=2, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = summary(out, "q")
+    assert Path(record["compression"]["quantization"]["onnx_path"]).is_file()
+    written = (logs / "rank-0.log").read_text().splitlines()
+    assert any(p.endswith("model.int8.onnx") or ".model.int8.onnx." in p for p in written)
+    assert any("checkpoints" in p for p in written)
+    assert not (logs / "rank-1.log").exists(), (logs / "rank-1.log").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from kdistill.cli.commands import UserError, parse_seeds, split_config_and_overrides
@@ -135,10 +136,22 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_config(args: argparse.Namespace) -> Any:
     """The run config from ``CONFIG``, flags and overrides (in that order of precedence)."""
-    from kdistill.config import load_config
+    from kdistill.config import ConfigError, load_config
 
     config, overrides = split_config_and_overrides(args.items)
-    return load_config(config, overrides, values=flag_values(args))
+    values = flag_values(args)
+    try:
+        return load_config(config, overrides, values=values)
+    except ConfigError as e:
+        # name the flag too when a flag set the bad value
+        flags = [
+            f"--{dest.replace('_', '-')}"
+            for dest, key in FLAG_KEYS.items()
+            if key in values and str(e).startswith(key)
+        ]
+        if flags:
+            raise ConfigError(f"{e} (set by {flags[0]})") from None
+        raise
 
 
 def owns_its_name(args: argparse.Namespace) -> bool:
@@ -150,6 +163,25 @@ def owns_its_name(args: argparse.Namespace) -> bool:
         return True
     changed = {k for k in flag_values(args) if k not in ("out_dir", "train.seed")}
     return not overrides and not changed
+
+
+def drop_launcher_traceback(lines: Iterable[str]) -> Iterator[str]:
+    """torchrun's stderr without its own traceback when a process fails (the failed process's
+    error and torchrun's summary of which rank failed how stay; the traceback of torchrun's
+    own ``ChildFailedError`` says nothing more)."""
+    held: list[str] = []
+    for line in lines:
+        if held:
+            held.append(line)
+            if not line[:1].isspace():  # the exception line ends a traceback
+                if "ChildFailedError" not in line:
+                    yield from held
+                held = []
+        elif line.startswith("Traceback (most recent call last):"):
+            held = [line]
+        else:
+            yield line
+    yield from held
 
 
 def launch_torchrun(args: argparse.Namespace) -> int:
@@ -178,7 +210,26 @@ def launch_torchrun(args: argparse.Namespace) -> int:
         *argv,
     ]
     print("launching: " + " ".join(cmd[1:]), flush=True)
-    returncode = subprocess.run(cmd, check=False).returncode
+    from kdistill.processes import die_with_parent
+
+    # torchrun dies with this launcher (even a SIGKILL), and its processes with it: a rerun
+    # never races ranks of a run that was stopped.
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, text=True, bufsize=1, preexec_fn=die_with_parent
+    )
+    try:
+        assert proc.stderr is not None
+        for line in drop_launcher_traceback(proc.stderr):
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        returncode = proc.wait()
+    except BaseException:
+        proc.terminate()  # torchrun stops its processes on SIGTERM
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
     if returncode != 0:
         # Said here, by the launcher, because a surviving process may be stopped by torchrun
         # before it can say anything itself.

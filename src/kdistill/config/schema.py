@@ -390,6 +390,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        _require(0 <= self.seed < 2**63, f"train.seed must be an integer >= 0, got {self.seed}")
         _require(
             self.device == "auto"
             or self.device == "cpu"

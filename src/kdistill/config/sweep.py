@@ -17,6 +17,11 @@ from kdistill.config.loader import ConfigError, from_dict, read_yaml
 from kdistill.validation import doc
 
 SamplerName = Literal["tpe", "random"]
+# Keys a sweep sets itself for every run.
+RESERVED_KEYS = {
+    "train.seed": "list the seeds under seeds: (each setting runs with every seed)",
+    "out_dir": "the runs of a sweep live in its own directory (set the sweep's out_dir)",
+}
 Metric = Literal["auto", "test_top1", "val_top1", "best_test_top1"]
 
 
@@ -79,6 +84,10 @@ class SweepConfig:
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"grid.{key} must be a non-empty list of values, got {values!r}")
+        swept = [*self.grid, *(self.search.space if self.search is not None else {})]
+        for key in swept:
+            if key in RESERVED_KEYS:
+                raise ConfigError(f"the sweep cannot vary {key}: {RESERVED_KEYS[key]}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must list distinct seeds, got {list(self.seeds)}")
         if self.parallel is not None and self.parallel < 1:

@@ -101,6 +101,26 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
+def check_classes(raw: RawData, name: str) -> None:
+    """At least two classes, and training samples for every class: a classifier cannot learn a
+    class it never sees, and "100%" on one class means nothing."""
+    names = raw.class_names
+    if len(names) < 2:
+        raise DataError(
+            f"{name} ({raw.source}) has {len(names)} class ({', '.join(names) or 'none'}): "
+            "classification needs at least two"
+        )
+    counts = torch.bincount(raw.train.labels, minlength=len(names))
+    empty = [names[i] for i in range(len(names)) if counts[i] == 0]
+    if empty:
+        listed = ", ".join(repr(c) for c in empty[:5])
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise DataError(
+            f"{name} ({raw.source}): class(es) {listed}{more} have no training samples; remove "
+            "them or add samples"
+        )
+
+
 def build_data(cfg: DataConfig) -> DataBundle:
     """Read ``cfg.name`` and split it.
 
@@ -108,6 +128,7 @@ def build_data(cfg: DataConfig) -> DataBundle:
         DataError: data missing or malformed, with what to do about it.
     """
     raw = READERS[cfg.name](cfg)
+    check_classes(raw, cfg.name)
     train, test = raw.train, raw.test
     if test is None:
         # The test samples keep their ids; a different split_seed gives a different split.

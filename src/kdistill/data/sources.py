@@ -12,6 +12,8 @@ import gzip
 import io
 import pickle
 import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -110,9 +112,15 @@ def read_digits() -> RawData:
 
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (as used by MNIST and Fashion-MNIST), gzipped or not."""
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(
+            f"{path}: cannot be read or decompressed ({e}); the file is truncated or damaged: "
+            "reinstall or re-copy it"
+        ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
     type_code, ndim = raw[2], raw[3]
@@ -262,6 +270,13 @@ def read_cifar(root: str | None, num_classes: int) -> RawData:
 
 def _images_from_array(x: np.ndarray, where: str) -> np.ndarray:
     """Arrays as ``(N, C, H, W)`` images, or ``(N, F)`` vectors, with dtype uint8 or float32."""
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{where}: pixels must be numbers, found an array of {x.dtype}")
+    if len(x) == 0:
+        raise DataError(f"{where}: holds no samples")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise DataError(f"{where}: {bad} values are NaN or infinite; every pixel must be a number")
     if x.ndim == 2:
         return x.astype(np.float32)
     if x.ndim == 3:
@@ -294,8 +309,18 @@ def read_npz(root: str | None) -> RawData:
         raise DataError(f"npz file {path} does not exist")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e or 'empty file'})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single .npy array, not an .npz archive of named arrays")
+
+    def array(name: str) -> np.ndarray:
+        try:
+            return archive[name]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            # object arrays would need unpickling, which is never done
+            raise DataError(f"{path}: array {name} cannot be read safely ({e})") from None
+
     with archive:
         keys = set(archive.files)
         if not {"x_train", "y_train"} <= keys:
@@ -306,14 +331,14 @@ def read_npz(root: str | None) -> RawData:
         for part in ("train", "test"):
             if f"x_{part}" not in keys:
                 continue
-            x = _images_from_array(archive[f"x_{part}"], f"{path} x_{part}")
-            y = archive[f"y_{part}"]
+            x = _images_from_array(array(f"x_{part}"), f"{path} x_{part}")
+            y = array(f"y_{part}")
             if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
                 raise DataError(
                     f"{path}: y_{part} must be {len(x)} integer labels, got {y.dtype} {y.shape}"
                 )
             parts[part] = _split(x, y)
-        names = [str(n) for n in archive["class_names"]] if "class_names" in keys else None
+        names = [str(n) for n in array("class_names")] if "class_names" in keys else None
     train, test = parts["train"], parts.get("test")
     if test is not None and train.images.shape[1:] != test.images.shape[1:]:
         raise DataError(

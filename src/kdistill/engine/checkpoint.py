@@ -182,6 +182,12 @@ class Checkpointer(Callback):
         remedy = "start the run over with --force (the damaged run is moved aside, not deleted)"
         try:
             pointer = read_json(pointer_path, "checkpoint pointer")
+            if isinstance(pointer, dict) and "dir" in pointer and "files" not in pointer:
+                raise CheckpointError(
+                    f"{pointer_path} was written by an older kdistill, before checkpoints carried "
+                    "checksums: this version cannot continue it. Finish it with the kdistill that "
+                    "started it, or start over with --force (the old run is moved aside)"
+                )
             newest, best = root / pointer["dir"], root / pointer["best"]
             for d in {pointer["dir"], pointer["best"]}:
                 for f, digest in pointer["files"][d].items():

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from kdistill.processes import die_with_parent
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -55,6 +57,7 @@ def init_from_env(device_name: str, timeout_s: float) -> DistContext | None:
         backend=backend,
     )
     _stop_cleanly_on_sigterm(ctx)
+    die_with_parent()  # a rank never trains on alone after torchrun, its parent, died
     return ctx
 
 

@@ -139,6 +139,19 @@ def link_latest(cfg: RunConfig, run_dir: Path) -> None:
         return  # a real file or directory of the user's: leave it alone
     tmp = link.with_name(f".{link.name}.{os.getpid()}.link.tmp")
     with os_errors(link, "link"):
+        for left in link.parent.glob(f".{link.name}.*.link.tmp"):  # by writers that died
+            if not _alive(left.name.split(".")[-3]):
+                left.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(os.path.relpath(run_dir, link.parent))
         os.replace(tmp, link)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

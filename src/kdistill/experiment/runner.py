@@ -115,6 +115,12 @@ def _run(
     if not main:
         log, progress = _quiet, False
     run_dir = run_dir_for(cfg)
+    if resume and not force and (run_dir / RECORD).is_file():
+        record = RunRecord.read(run_dir)  # checked: a finished run is only reused intact
+        log(f"{run_dir} has already finished; nothing to resume")
+        if link and main:
+            link_latest(cfg, run_dir)
+        return RunResult(run_dir, record if main else None)
     claim = (
         claim_run_dir(cfg, resume=resume, force=force, log=log)
         if main

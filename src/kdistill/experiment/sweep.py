@@ -29,8 +29,8 @@ from kdistill.config import (
     to_dict,
 )
 from kdistill.config.sweep import ParamSpec, SweepConfig, parse_param
-from kdistill.experiment.processes import die_with_parent
 from kdistill.files import atomic_path, atomic_write_text
+from kdistill.processes import die_with_parent
 from kdistill.reporting.aggregate import describe
 
 Log = Callable[[str], None]

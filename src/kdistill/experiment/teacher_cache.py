@@ -139,6 +139,12 @@ def prepare_teacher_cache(
             "the rest of its batch, which cannot be replayed; the teacher runs online"
         )
         return None
+    topk = kd.teacher_cache.topk
+    if topk is not None and topk > data.num_classes:
+        raise ValueError(
+            f"kd.teacher_cache.topk={topk} is more than the {data.num_classes} classes of "
+            f"{data.name}: use at most {data.num_classes}, or null to store all logits"
+        )
     augment = build_augment(cfg.data.augment)
     views = select_views(len(data.train), augment, kd.teacher_cache.views)
     description = describe_cache(cfg, data, teacher, augment, views)

@@ -2,6 +2,7 @@
 
 import gzip
 import pickle
+import shutil
 import struct
 
 import numpy as np
@@ -66,7 +67,7 @@ def test_idx_rejects_bad_files(tmp_path):
 def cifar_batch(path, n, label_key, num_classes, offset=0):
     data = {
         b"data": np.full((n, 3072), offset, dtype=np.uint8),
-        label_key.encode(): [i % num_classes for i in range(n)],
+        label_key.encode(): [(i + 2 * offset) % num_classes for i in range(n)],
     }
     with open(path, "wb") as f:
         pickle.dump(data, f, protocol=2)
@@ -90,8 +91,11 @@ def test_cifar10_batches(tmp_path):
 def test_cifar100_batches(tmp_path):
     cifar_batch(tmp_path / "train", 6, "fine_labels", 100)
     cifar_batch(tmp_path / "test", 2, "fine_labels", 100)
+    with pytest.raises(DataError, match=r"class\(es\) '6', '7', '8', '9', '10' and 89 more have no"):
+        build_data(DataConfig(name="cifar100", root=str(tmp_path)))  # 94 classes never seen
+    cifar_batch(tmp_path / "train", 200, "fine_labels", 100)
     data = build_data(DataConfig(name="cifar100", root=str(tmp_path)))
-    assert data.num_classes == 100 and len(data.train) == 6
+    assert data.num_classes == 100 and len(data.train) == 200
 
 
 def test_cifar_refuses_code_in_pickles(tmp_path):
@@ -137,9 +141,12 @@ def test_imagefolder_with_train_and_test(tmp_path):
 
 def test_imagefolder_without_splits_resizes_and_holds_out(tmp_path):
     write_images(tmp_path, ["a", "b"], 5, size=(12, 9), mode="L")
-    write_images(tmp_path / "more", ["c"], 0)  # a class folder without images is fine
+    write_images(tmp_path / "more", ["c"], 0)  # a class folder without images
     with pytest.raises(DataError, match="no class subdirectories|class folders"):
         build_data(DataConfig(name="imagefolder", root=str(tmp_path / "more" / "c")))
+    with pytest.raises(DataError, match="class\\(es\\) 'more' have no training samples"):
+        build_data(DataConfig(name="imagefolder", root=str(tmp_path), image_size=8))
+    shutil.rmtree(tmp_path / "more")
     data = build_data(DataConfig(name="imagefolder", root=str(tmp_path), image_size=8))
     assert data.input_shape == (1, 8, 8)
     assert len(data.train) + len(data.test) == 10 and len(data.test) == 2
