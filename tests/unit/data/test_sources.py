@@ -91,7 +91,9 @@ def test_cifar10_batches(tmp_path):
 def test_cifar100_batches(tmp_path):
     cifar_batch(tmp_path / "train", 6, "fine_labels", 100)
     cifar_batch(tmp_path / "test", 2, "fine_labels", 100)
-    with pytest.raises(DataError, match=r"class\(es\) '6', '7', '8', '9', '10' and 89 more have no"):
+    with pytest.raises(
+        DataError, match=r"class\(es\) '6', '7', '8', '9', '10' and 89 more have no"
+    ):
         build_data(DataConfig(name="cifar100", root=str(tmp_path)))  # 94 classes never seen
     cifar_batch(tmp_path / "train", 200, "fine_labels", 100)
     data = build_data(DataConfig(name="cifar100", root=str(tmp_path)))
