@@ -11,7 +11,9 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("script", ["fmnist_kd.py", "kd_step_overhead.py", "ddp_scaling.py"])
+@pytest.mark.parametrize(
+    "script", ["fmnist_kd.py", "kd_step_overhead.py", "ddp_scaling.py", "fmnist_collapse.py"]
+)
 def test_each_script_starts(script):
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True

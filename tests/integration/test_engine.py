@@ -216,3 +216,23 @@ def test_a_distillation_gradient_far_above_cross_entropy_is_reported(tmp_path, t
     assert "optim.grad_clip" in hot.record.warnings[0]
     clipped = run(digits_config(tmp_path / "c", *common, *strong, "optim.grad_clip=2.0"), **QUIET)
     assert clipped.record.kd_gradient_ratio > 2.5 and not clipped.record.warnings
+
+
+def test_a_teacher_weaker_than_the_scratch_student_is_reported(tmp_path):
+    scratch = run(digits_config(tmp_path, "name=scratch", "train.epochs=6"), **QUIET)
+    weak = run(
+        digits_config(
+            tmp_path / "teachers", "name=weak", "model.args.hidden=[6]", "train.epochs=2"
+        ),
+        **QUIET,
+    )
+    assert weak.record.test_top1 < scratch.record.test_top1
+    messages = []
+    distilled = run(
+        digits_config(tmp_path, "name=taught", f"kd.teachers.0.checkpoint={weak.run_dir}"),
+        progress=False,
+        log=messages.append,
+    )
+    (warning,) = [w for w in distilled.record.warnings if "from scratch" in w]
+    assert f"{scratch.record.test_top1:.2%}" in warning and str(scratch.run_dir) in warning
+    assert any(m.startswith("WARNING: the teacher") for m in messages)

@@ -424,7 +424,7 @@ class RunConfig:
 
     name: str = doc(
         "run name; a run writes to out_dir/NAME-HASH/seed-SEED (HASH: of the config) and "
-        "out_dir/NAME links to the newest finished one",
+        "out_dir/NAME links to the run of the recipe as written",
         "run",
     )
     out_dir: str = doc("where run directories are created", "runs")

@@ -159,41 +159,57 @@ class Callback:
 
 
 class _EpochSums:
-    """Running sums of one epoch's training metrics, kept on the device: reading them is the
-    only host synchronization, done once per logging interval and at the end of the epoch."""
+    """Running sums of one epoch's training metrics, kept on the device in one vector: a step
+    adds to it with a handful of kernels and no host synchronization; reading it (once per
+    logging interval and at the end of the epoch) is the only synchronization.
+
+    Loss parts are summed unweighted; their weighted values are the sums times the weights,
+    which are constant within an epoch.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.samples = 0
-        self.sums: dict[str, Tensor] = {}
+        self.keys: list[str] = []
+        self.weights: dict[str, float] = {}
+        self.sums: Tensor | None = None
 
-    def _add(self, key: str, value: Tensor) -> None:
-        value = value.detach().to(self.device, torch.float64)
-        self.sums[key] = self.sums[key] + value if key in self.sums else value
-
-    def add(self, out: DistillerOutput, targets: Tensor, values: Mapping[str, Tensor]) -> None:
+    def add(self, out: DistillerOutput, targets: Tensor, extra: Mapping[str, Tensor]) -> None:
         n = int(targets.shape[0])
         self.samples += n
         pred = out.student.logits.detach().argmax(dim=1)
-        self._add("correct", (pred == targets).sum())
+        values = {"loss": out.loss.total.detach()}
+        values.update({f"loss_{k}": v.detach() for k, v in out.loss.parts.items()})
+        values.update({f"loss_{k}": v.detach() for k, v in extra.items()})
+        values["top1"] = (pred == targets).sum().double() / n
         if out.teacher is not None:
-            self._add("agree", (pred == out.teacher.predictions()).sum())
-        for key, value in values.items():
-            self._add(f"loss_{key}" if key != "total" else "loss", value * n)
+            values["agreement"] = (pred == out.teacher.predictions()).sum().double() / n
+        self.weights.update({f"loss_{k}": w for k, w in out.loss.weights.items()})
+        keys = list(values)
+        step = torch.stack([v.to(torch.float64) for v in values.values()]) * n
+        if self.sums is None or keys != self.keys:
+            if self.sums is not None:  # a new part appeared: keep what was summed so far
+                old = dict(zip(self.keys, self.sums.unbind(), strict=True))
+                step = step + torch.stack([old.get(k, step.new_zeros(())) for k in keys])
+            self.keys, self.sums = keys, step
+        else:
+            self.sums = self.sums + step
 
     def means(self, *, across_processes: bool = False) -> dict[str, float]:
-        """Means over the samples so far (``correct`` -> ``top1``, ``agree`` -> ``agreement``)."""
+        """Means over the samples so far, with the weighted loss parts (``loss_X_weighted``)."""
         from kdistill.engine.distributed import all_reduce_sum
 
-        keys = sorted(self.sums)
-        values = torch.stack([self.sums[k] for k in keys]).tolist() if keys else []
+        values = self.sums.tolist() if self.sums is not None else []
         samples = float(self.samples)
         if across_processes:
             totals = all_reduce_sum([samples, *values], torch.device("cpu"))
             samples, values = totals[0], totals[1:]
         n = max(1.0, samples)
-        names = {"correct": "top1", "agree": "agreement"}
-        return {names.get(k, k): v / n for k, v in zip(keys, values, strict=True)}
+        out = {k: v / n for k, v in zip(self.keys, values, strict=True)}
+        for key, weight in self.weights.items():
+            if key in out:
+                out[f"{key}_weighted"] = out[key] * weight
+        return out
 
 
 class Trainer:
@@ -302,23 +318,23 @@ class Trainer:
                     batch.inputs, batch.targets, sample_ids=batch.sample_ids, views=batch.views
                 )
             total = out.loss.total
-            values = out.loss.detached()
+            extra: dict[str, Tensor] = {}
             for cb in self.callbacks:
                 for name, (term, weight) in cb.extra_loss(self).items():
                     total = total + weight * term
-                    values[name] = term.detach()
-            values["total"] = total.detach()
+                    extra[name] = term
             if not bool(torch.isfinite(total)):  # the one host synchronization of a step
+                parts = {**out.loss.parts, **extra}
                 raise NonFiniteLossError(
-                    f"the loss became {float(total.detach())} at epoch {epoch + 1}, step {i + 1} of "
-                    f"{n_batches} (parts: {_format_parts(values)}). Training stopped; the last "
+                    f"the loss became {float(total.detach())} at epoch {epoch + 1}, step {i + 1} "
+                    f"of {n_batches} (parts: {_format_parts(parts)}). Training stopped; the last "
                     "good checkpoint is intact. Usual fixes: a lower optim.lr, "
                     "optim.grad_clip: 1.0, or a lower kd.temperature."
                 )
             (total / self.loop.grad_accumulation).backward()
             if (i + 1) % self.loop.grad_accumulation == 0 or i + 1 == n_batches:
                 self._optimizer_step()
-            self.epoch_sums.add(out, batch.targets, values)
+            self.epoch_sums.add(out, batch.targets, extra)
             self._call("on_step_end", self.state.step)
         return self.epoch_sums.means(across_processes=True)
 
@@ -398,9 +414,7 @@ class Trainer:
 
 
 def _format_parts(values: Mapping[str, Tensor]) -> str:
-    return ", ".join(
-        f"{k}={float(v):.4g}" for k, v in values.items() if not k.endswith("_weighted")
-    )
+    return ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in values.items())
 
 
 def rng_state() -> dict[str, Tensor | list[Tensor]]:

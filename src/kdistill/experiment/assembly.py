@@ -23,7 +23,7 @@ from kdistill.data import BatchLoader, DataBundle, build_augment, build_data
 from kdistill.engine.distributed import DistContext
 from kdistill.engine.schedule import build_lr_factor
 from kdistill.engine.trainer import Callback, Loop
-from kdistill.experiment.health import gradient_check
+from kdistill.experiment.health import gradient_check, scratch_baselines, teacher_versus_scratch
 from kdistill.experiment.loading import load_model
 from kdistill.experiment.teacher_cache import prepare_teacher_cache
 from kdistill.experiment.teachers import (
@@ -35,7 +35,7 @@ from kdistill.experiment.teachers import (
     model_spec,
 )
 from kdistill.losses import DistillationLoss
-from kdistill.models import ModelSpec, build_model
+from kdistill.models import ModelSpec, build_model, count_params
 from kdistill.objectives import Distiller, Objective, Supervised
 from kdistill.teachers.cached import CachedTeacher
 from kdistill.trust import CodeTrust
@@ -291,6 +291,11 @@ def build_run(
     ratio, warnings = (
         gradient_check(cfg, objective, train_loader, log) if resume_from is None else (None, [])
     )
+    if check is not None and resume_from is None:
+        baselines = scratch_baselines(
+            cfg, data.name, spec.arch, count_params(student), len(data.test)
+        )
+        warnings += teacher_versus_scratch(check.test_top1, baselines, log)
     steps_per_epoch = -(-len(train_loader) // cfg.train.grad_accumulation)
     loop = Loop(
         epochs=cfg.train.epochs,

@@ -1,13 +1,17 @@
 """Checks that a run is healthy before and while it spends time: how hard distillation pulls on
-the student, and what to advise when a student collapses."""
+the student, whether the teacher is better than the student without it, and what to advise
+when a student collapses."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from kdistill.config.schema import RunConfig
 from kdistill.data import BatchLoader
+from kdistill.files import RECORD
 from kdistill.objectives import Objective
+from kdistill.record import RunRecord
 
 Log = Callable[[str], None]
 
@@ -57,3 +61,44 @@ def collapse_advice(cfg: RunConfig) -> str:
             "kd.temperature / kd.beta (a very confident teacher gives large gradients)."
         )
     return "Try a lower optim.lr or optim.grad_clip: 2.0, and check the labels of the data."
+
+
+def scratch_baselines(
+    cfg: RunConfig, dataset: str, arch: str, params: int, test_samples: int
+) -> list[tuple[Path, float]]:
+    """Finished runs of the same student trained from labels alone on the same data and test
+    split, found in the run tree (``out_dir``, and the run tree a sweep lives in):
+    ``(run directory, test top-1)``."""
+    root = Path(cfg.out_dir)
+    roots = [root]
+    if root.name == "runs" and (root.parent / "sweep.json").is_file():  # <tree>/sweeps/<name>/runs
+        roots.append(root.parents[2])
+    found: dict[Path, float] = {}
+    for base in roots:
+        for path in sorted(base.glob(f"*/seed-*/{RECORD}")):
+            try:
+                record = RunRecord.read(path, verify_files=False)
+            except ValueError:
+                continue  # a damaged record is reported where it is read for its own sake
+            same = (record.dataset, record.arch, record.params, record.test_samples)
+            if record.mode == "supervised" and same == (dataset, arch, params, test_samples):
+                found[path.parent.resolve()] = record.test_top1
+    return sorted(found.items())
+
+
+def teacher_versus_scratch(
+    teacher_top1: float, baselines: list[tuple[Path, float]], log: Log
+) -> list[str]:
+    """A warning when the teacher is not better than the student already is without it."""
+    if not baselines:
+        return []
+    best_dir, best = max(baselines, key=lambda item: item[1])
+    if teacher_top1 > best:
+        return []
+    warning = (
+        f"the teacher ({teacher_top1:.2%} test top-1) is not better than this student trained "
+        f"from scratch ({best:.2%}, {best_dir}): learning from it will likely make the student "
+        "worse; use a stronger teacher"
+    )
+    log(f"WARNING: {warning}")
+    return [warning]

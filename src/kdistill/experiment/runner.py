@@ -116,17 +116,9 @@ def _run(
         log, progress = _quiet, False
     run_dir = run_dir_for(cfg)
     if resume and not force and (run_dir / RECORD).is_file():
-        record = RunRecord.read(run_dir)  # checked: a finished run is only reused intact
-        log(f"{run_dir} has already finished; nothing to resume")
-        if link and main:
-            link_latest(cfg, run_dir)
-        return RunResult(run_dir, record if main else None)
-    claim = (
-        claim_run_dir(cfg, resume=resume, force=force, log=log)
-        if main
-        else contextlib.nullcontext(None)
-    )
-    with claim as checkpoint:
+        return _already_finished(cfg, run_dir, main=main, link=link, log=log)
+    claim = claim_run_dir(cfg, resume=resume, force=force, log=log) if main else None
+    with claim or contextlib.nullcontext(None) as checkpoint:
         barrier()  # the others wait until the directory is claimed (and moved aside by --force)
         if not main and resume:
             checkpoint = Checkpointer.latest(run_dir)
@@ -138,16 +130,14 @@ def _run(
             progress=progress,
             resume_from=checkpoint.model_file if checkpoint is not None else None,
         )
-        info = run_info(cfg, parts)
-        if checkpoint is not None:
-            check_same_run(checkpoint, info, run_dir)
-            # the health check ran before the first epoch, in the first session
-            info["health"] = dict(checkpoint.info.get("health", {}))
-            parts.kd_gradient_ratio = info["health"].get("kd_gradient_ratio")
-            parts.warnings = list(info["health"].get("warnings", []))
+        info = run_info(cfg, parts, checkpoint, run_dir)
         if main:
             atomic_write_text(run_dir / CONFIG, dump_yaml(cfg))
-        health = CollapseGuard(cfg.train.on_collapse, log, collapse_advice(cfg))
+        guard = CollapseGuard(cfg.train.on_collapse, log, collapse_advice(cfg))
+        keep = cfg.train.keep_checkpoints
+        checkpoints = Checkpointer(
+            run_dir, keep=keep, describe=parts.student_spec, info=info, enabled=main
+        )
         trainer = Trainer(
             parts.objective,
             parts.optimizer_factory,
@@ -159,14 +149,8 @@ def _run(
                 *load_callbacks(cfg.train.callbacks),
                 *callbacks,
                 *teacher_agreement(parts),
-                health,
-                Checkpointer(
-                    run_dir,
-                    keep=cfg.train.keep_checkpoints,
-                    describe=parts.student_spec,
-                    info=info,
-                    enabled=main,
-                ),
+                guard,
+                checkpoints,
                 MetricsLog(run_dir, tensorboard=cfg.train.tensorboard, enabled=main),
                 Console(log, progress=progress),
             ],
@@ -179,20 +163,27 @@ def _run(
         if not main:
             barrier()  # until the first process has written the results
             return RunResult(run_dir, None)
+        warnings = [*parts.warnings, *guard.warnings]
+        best = Checkpointer.latest(run_dir)
         record = finish_run(
-            parts,
-            trainer,
-            run_dir,
-            Checkpointer.latest(run_dir),
-            setup_s=setup_s,
-            warnings=[*parts.warnings, *health.warnings],
-            log=log,
+            parts, trainer, run_dir, best, setup_s=setup_s, warnings=warnings, log=log
         )
         if link:
             link_latest(cfg, run_dir)
     if dist_ctx is not None:
         barrier()
     return RunResult(run_dir, record)
+
+
+def _already_finished(
+    cfg: RunConfig, run_dir: Path, *, main: bool, link: bool, log: Log
+) -> RunResult:
+    """``--resume`` of a run that finished: its record (checked), nothing trained."""
+    record = RunRecord.read(run_dir)
+    log(f"{run_dir} has already finished; nothing to resume")
+    if link and main:
+        link_latest(cfg, run_dir)
+    return RunResult(run_dir, record if main else None)
 
 
 def teacher_agreement(parts: RunParts) -> list[Callback]:
@@ -206,17 +197,27 @@ def teacher_agreement(parts: RunParts) -> list[Callback]:
     return [Agreement(reference={"test": parts.teacher_check.test.predictions})]
 
 
-def run_info(cfg: RunConfig, parts: RunParts) -> dict[str, Any]:
+def run_info(
+    cfg: RunConfig, parts: RunParts, checkpoint: Checkpoint | None, run_dir: Path
+) -> dict[str, Any]:
     """What identifies a run beyond its directory, kept in its checkpoints: the config's
     identity, which teacher weights it learns from, and what the health check before the first
-    epoch found."""
+    epoch found. Resuming, the checkpoint's must match (and its health findings carry over)."""
     teachers = parts.teacher.identities if parts.teacher is not None else ()
-    return {
+    info = {
         "config_hash": run_identity(cfg),
         "teachers": [
             {"reference": t.reference, "file": t.file, "sha256": t.sha256} for t in teachers
         ],
+        "health": {"kd_gradient_ratio": parts.kd_gradient_ratio, "warnings": parts.warnings},
     }
+    if checkpoint is not None:
+        check_same_run(checkpoint, info, run_dir)
+        # the health check ran before the first epoch, in the first session
+        info["health"] = dict(checkpoint.info.get("health", {}))
+        parts.kd_gradient_ratio = info["health"].get("kd_gradient_ratio")
+        parts.warnings = list(info["health"].get("warnings", []))
+    return info
 
 
 def check_same_run(checkpoint: Checkpoint, info: Mapping[str, Any], run_dir: Path) -> None:

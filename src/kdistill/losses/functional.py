@@ -230,8 +230,8 @@ def soft_target_kl(
     log_p_s = _flatten(log_softmax_with_temperature(student_logits, temperature))
     if teacher_logits is not None:
         log_p_t = _flatten(log_softmax_with_temperature(teacher_logits.detach(), temperature))
-        p_t = log_p_t.exp()
-        per_sample = (p_t * (log_p_t - log_p_s)).sum(dim=1)
+        # exp(log_p_t) * (log_p_t - log_p_s), elementwise in one fused kernel (and its backward)
+        per_sample = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=1)
     else:
         p_t = _flatten(_upcast(teacher_probs.detach()))  # type: ignore[union-attr]
         # xlogy gives 0 * log(0) = 0, so top-k or one-hot soft targets are fine.

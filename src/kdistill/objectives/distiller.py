@@ -111,7 +111,9 @@ class Distiller(nn.Module):
             return DistillerOutput(StudentOutput(student_logits), loss, None)
         teacher_out = self._teacher_output(inputs, sample_ids, views)
         loss = self.loss_fn(student_logits, teacher_out, targets)
-        return DistillerOutput(StudentOutput(student_logits), loss, teacher_out.detach())
+        if self.joint:  # the only teacher whose outputs carry autograd history
+            teacher_out = teacher_out.detach()
+        return DistillerOutput(StudentOutput(student_logits), loss, teacher_out)
 
     def gradient_ratio(
         self,

@@ -66,7 +66,7 @@ def model_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
 
 def sweep_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     keys = summary["keys"]
-    header = [*keys, "seeds", "mean %", "std %", "best %", "worst %", "time s"]
+    header = [*keys, "seeds", "mean %", "std %", "best %", "worst %", "time s", "status"]
     rows = []
     for r in sorted(summary["rows"], key=lambda r: -(r["test_top1_mean"] or -1)):
 
@@ -82,9 +82,20 @@ def sweep_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 p(r["test_top1_best"]),
                 p(r["test_top1_worst"]),
                 "-" if r["time_s_mean"] is None else f"{r['time_s_mean']:.0f}",
+                _status(r),
             ]
         )
     return header, rows
+
+
+def _status(row: dict[str, Any]) -> str:
+    """A sweep row's health: collapsed and failed seeds are marked, never read as results."""
+    seeds = row["n_seeds"] + row.get("n_failed", 0)
+    if row.get("n_collapsed"):
+        return f"COLLAPSED ({row['n_collapsed']} of {seeds} seeds)"
+    if row.get("n_failed"):
+        return f"FAILED ({row['n_failed']} of {seeds} seeds)"
+    return "ok"
 
 
 def build_figures(collection: Collection, fig_dir: Path) -> list[Figure]:
