@@ -2,6 +2,7 @@
 ensembles and joint teacher training."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -236,3 +237,17 @@ def test_a_teacher_weaker_than_the_scratch_student_is_reported(tmp_path):
     (warning,) = [w for w in distilled.record.warnings if "from scratch" in w]
     assert f"{scratch.record.test_top1:.2%}" in warning and str(scratch.run_dir) in warning
     assert any(m.startswith("WARNING: the teacher") for m in messages)
+
+
+def test_a_run_moved_to_another_output_directory_resumes(tmp_path):
+    cfg = digits_config(tmp_path / "a", "train.epochs=3")
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, callbacks=[StopAt(2)], **QUIET)
+    group = next((tmp_path / "a").glob("run-*"))
+    shutil.move(str(group), str(tmp_path / "b" / group.name))
+    moved = digits_config(tmp_path / "b", "train.epochs=3")
+    messages = []
+    resumed = run(moved, resume=True, progress=False, log=messages.append)
+    assert any(m.startswith("resuming") and "after epoch 2" in m for m in messages)
+    assert resumed.run_dir == tmp_path / "b" / group.name / "seed-0"
+    assert len(resumed.record.epoch_times_s) == 3

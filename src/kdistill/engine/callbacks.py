@@ -64,6 +64,8 @@ class Agreement(Callback):
 COLLAPSE_SHARE = 0.5
 # A loss above this multiple of ln C (uniform predictions) means confident, wrong predictions.
 CONFIDENTLY_WRONG = 2.0
+# One class for this share of the inputs or more: the answer no longer depends on the input.
+CONSTANT_SHARE = 0.99
 
 
 def collapse_symptom(metrics: Mapping[str, float], num_classes: int) -> str | None:
@@ -85,18 +87,21 @@ def collapse_reason(metrics: Mapping[str, float], num_classes: int, *, final: bo
     """Why a split's metrics show a collapsed student, or ``None``.
 
     During training a student with a symptom (:func:`collapse_symptom`) has collapsed only if
-    it is also *confidently* wrong: its loss is above twice ``ln C`` (what predicting every
-    class equally costs). That is the signature of distillation that pushed the logits too far
-    (a constant, confident prediction: the Fashion-MNIST collapse sat at a loss of 12.4), and
-    not of a slow start, whose predictions stay near uniform (loss about ``ln C``; LeNet-5 on
-    the digits spends its first epochs there). After the last epoch any symptom is a failed
-    run.
+    it is also dead or *confidently* wrong: it gives the same answer for (almost) every input
+    (a network whose units all died: the stock Fashion-MNIST recipe leaves LeNet-5 so within
+    its first epoch), or its loss is above twice ``ln C``, what predicting every class equally
+    costs (distillation that pushed the logits too far; the collapse of the probe sat at 12.4).
+    A slow start has neither signature: its predictions still vary with the input and its loss
+    stays near ``ln C`` (LeNet-5 on the digits spends its first epochs there). After the last
+    epoch any symptom is a failed run.
     """
     symptom = collapse_symptom(metrics, num_classes)
     if symptom is None:
         return None
     if final:
         return f"{symptom} after the last epoch"
+    if metrics["top_class_share"] >= CONSTANT_SHARE:
+        return f"{symptom}, and it no longer depends on its input (the same class for all)"
     uniform = math.log(num_classes)
     if metrics["loss"] > CONFIDENTLY_WRONG * uniform:
         return (

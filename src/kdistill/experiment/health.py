@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kdistill.config.schema import RunConfig
 from kdistill.data import BatchLoader
-from kdistill.files import RECORD
+from kdistill.files import RECORD, SWEEP
 from kdistill.objectives import Objective
 from kdistill.record import RunRecord
 
@@ -71,7 +71,7 @@ def scratch_baselines(
     ``(run directory, test top-1)``."""
     root = Path(cfg.out_dir)
     roots = [root]
-    if root.name == "runs" and (root.parent / "sweep.json").is_file():  # <tree>/sweeps/<name>/runs
+    if root.name == "runs" and (root.parent / SWEEP).is_file():  # <tree>/sweeps/<name>/runs
         roots.append(root.parents[2])
     found: dict[Path, float] = {}
     for base in roots:

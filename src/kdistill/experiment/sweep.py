@@ -29,7 +29,14 @@ from kdistill.config import (
     to_dict,
 )
 from kdistill.config.sweep import ParamSpec, SweepConfig, parse_param
-from kdistill.files import atomic_path, atomic_write_text
+from kdistill.files import (
+    RECORD,
+    SWEEP,
+    SWEEP_STUDY,
+    SWEEP_TABLE,
+    atomic_path,
+    atomic_write_text,
+)
 from kdistill.processes import die_with_parent
 from kdistill.reporting.aggregate import describe
 
@@ -176,7 +183,7 @@ def run_sweep(
     out = sweep_dir(sweep)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
-        out / "sweep.json", json.dumps({"sweep": to_dict(sweep), "base": to_dict(base)}, indent=2)
+        out / SWEEP, json.dumps({"sweep": to_dict(sweep), "base": to_dict(base)}, indent=2)
     )
     parallel = sweep.parallel or default_parallel()
     started = time.perf_counter()
@@ -210,7 +217,7 @@ def run_sweep(
         result["teacher_test_top1"] = teacher
     write_summary(out, result)
     log(format_rows(result))
-    log(f"sweep summary written to {out / 'summary.csv'} and {out / 'summary.json'}")
+    log(f"sweep summary written to {out / SWEEP_TABLE} and {out / RECORD}")
     return result
 
 
@@ -230,7 +237,7 @@ def _run_search(
         if search.sampler == "tpe"
         else optuna.samplers.RandomSampler(seed=search.seed)
     )
-    storage = f"sqlite:///{(sweep_dir(sweep) / 'optuna.db').resolve()}"
+    storage = f"sqlite:///{(sweep_dir(sweep) / SWEEP_STUDY).resolve()}"
     study = optuna.create_study(
         study_name=sweep.name,
         storage=storage,
@@ -322,10 +329,10 @@ def summarize(
 
 
 def write_summary(out: Path, result: Mapping[str, Any]) -> None:
-    atomic_write_text(out / "summary.json", json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(out / RECORD, json.dumps(result, indent=2, default=str) + "\n")
     rows = result["rows"]
     fields = [k for k in rows[0] if k not in ("run_dirs", "failures")] if rows else []
-    with atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(out / SWEEP_TABLE) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

@@ -30,7 +30,7 @@ from kdistill.config.schema import RunConfig
 from kdistill.data import BatchLoader, CropFlip, DataBundle, build_augment
 from kdistill.engine.distributed import DistContext, barrier
 from kdistill.experiment.teachers import TeacherSetup
-from kdistill.files import remove_stale_temporaries
+from kdistill.files import TEACHER_CACHES, remove_stale_temporaries
 from kdistill.locks import exclusive_lock
 
 Log = Callable[[str], None]
@@ -109,7 +109,7 @@ def cache_path(cfg: RunConfig, fp: str) -> Path:
     assert kd is not None
     if kd.teacher_cache.dir is not None:
         return Path(kd.teacher_cache.dir)
-    return Path(cfg.out_dir) / "teacher-cache" / fp[:16]
+    return Path(cfg.out_dir) / TEACHER_CACHES / fp[:16]
 
 
 def prepare_teacher_cache(

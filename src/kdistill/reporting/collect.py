@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdistill.files import METRICS, MODEL, RECORD, read_json, read_jsonl
+from kdistill.files import METRICS, MODEL, RECORD, SWEEP, read_json, read_jsonl
 from kdistill.record import RunRecord
 from kdistill.reporting.aggregate import describe
 
@@ -76,7 +76,7 @@ def _is_run(path: Path) -> bool:
 
 
 def _is_sweep(path: Path) -> bool:
-    return (path / "sweep.json").is_file() and (path / RECORD).is_file()
+    return (path / SWEEP).is_file() and (path / RECORD).is_file()
 
 
 def load_run(path: Path) -> Run:
