@@ -204,3 +204,13 @@ def test_config_and_models_verbs(capsys):
     assert main(["models"]) == 0
     assert "preact_resnet110_cifar" in capsys.readouterr().out
     assert main([]) == 2
+
+
+def test_seeds_with_resume_start_seeds_that_never_started(tmp_path, capsys):
+    args = ["train", "--dataset", "digits", "model.args.hidden=[8]", "--epochs", "1",
+            "--out", str(tmp_path), "-q", "train.tensorboard=false"]  # fmt: skip
+    assert main([*args, "--seed", "0"]) == 0
+    assert main([*args, "--seeds", "0,1", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 0: already finished" in out and "nothing to resume yet" in out
+    assert len(list(tmp_path.glob("run-*/seed-*/summary.json"))) == 2

@@ -251,3 +251,41 @@ def test_a_run_moved_to_another_output_directory_resumes(tmp_path):
     assert any(m.startswith("resuming") and "after epoch 2" in m for m in messages)
     assert resumed.run_dir == tmp_path / "b" / group.name / "seed-0"
     assert len(resumed.record.epoch_times_s) == 3
+
+
+def test_a_teacher_that_now_resolves_to_other_weights_stops_a_resume(tmp_path, teacher_run):
+    teachers = tmp_path / "teachers"
+    shutil.copytree(teacher_run.run_dir, teachers / "t-1")
+    (teachers / "t").symlink_to("t-1")  # the name other recipes use, as runs/<name> is
+    reference = f"kd.teachers.0.checkpoint={teachers / 't'}"
+    cfg = digits_config(tmp_path / "runs", reference, "train.epochs=3")
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, callbacks=[StopAt(2)], **QUIET)
+    # the name now points at another teacher (say, a retrained one)
+    shutil.copytree(teacher_run.run_dir, teachers / "t-2")
+    weights = load_state_file(teachers / "t-2" / "model.safetensors")
+    first = next(iter(weights))
+    weights[first] = weights[first] + 0.01
+    spec = load_model(teachers / "t-1").spec
+    (teachers / "t-2" / "summary.json").unlink()  # a model file named directly this time
+    save_model_file(teachers / "t-2" / "model.safetensors", weights, spec)
+    (teachers / "t").unlink()
+    (teachers / "t").symlink_to("t-2/model.safetensors")
+    with pytest.raises(
+        RunDirError, match=r"was trained with the teacher .*sha256 .* now resolves to .*sha256"
+    ):
+        run(cfg, resume=True, **QUIET)
+
+
+def test_cache_build_refuses_a_teacher_that_cannot_teach(tmp_path, capsys):
+    from kdistill.cli.main import main
+
+    spec = ModelSpec("mlp", {"hidden": [4]}, 10, (1, 8, 8), dataset="digits")
+    zeros = {k: torch.zeros_like(v) for k, v in spec.build_architecture().state_dict().items()}
+    save_model_file(tmp_path / "zero.safetensors", zeros, spec)
+    code = main(
+        ["cache", "build", "--dataset", "digits", "--out", str(tmp_path),
+         f"kd.teachers.0.checkpoint={tmp_path / 'zero.safetensors'}", "-q"]
+    )  # fmt: skip
+    assert code == 1
+    assert "cannot" in capsys.readouterr().err and not (tmp_path / "teacher-cache").exists()
