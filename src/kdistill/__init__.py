@@ -23,6 +23,7 @@ _EXPORTS = {
     "EnsembleTeacher": "kdistill.teachers.ensemble",
     "FrozenTeacher": "kdistill.teachers.frozen",
     "Loop": "kdistill.engine.trainer",
+    "MethodDistiller": "kdistill.objectives.method_distiller",
     "LossOutput": "kdistill.types",
     "ModelSpec": "kdistill.models.spec",
     "Objective": "kdistill.objectives.protocol",
@@ -52,6 +53,7 @@ __all__ = [
     "FrozenTeacher",
     "Loop",
     "LossOutput",
+    "MethodDistiller",
     "ModelSpec",
     "Objective",
     "Renormalize",
@@ -94,6 +96,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from kdistill.losses.distillation import DistillationLoss
     from kdistill.models.spec import ModelSpec
     from kdistill.objectives.distiller import Distiller
+    from kdistill.objectives.method_distiller import MethodDistiller
     from kdistill.objectives.protocol import Objective
     from kdistill.objectives.supervised import Supervised
     from kdistill.record import RunRecord

@@ -110,6 +110,7 @@ class RunRecord:
     test_top1_at_best_val: float | None = None
     test_agreement: float | None = None
     teachers: tuple[TeacherIdentity, ...] = ()
+    methods: tuple[str, ...] = ()
     teacher_test_top1: float | None = None
     teacher_cache: str | None = None
     kd_gradient_ratio: float | None = None
@@ -206,6 +207,7 @@ class RunRecord:
         try:
             data["epoch_times_s"] = tuple(data["epoch_times_s"])
             data["warnings"] = tuple(data.get("warnings") or ())
+            data["methods"] = tuple(data.get("methods") or ())
             data["teachers"] = tuple(TeacherIdentity(**t) for t in data.get("teachers") or ())
             return cls(**data)
         except (TypeError, ValueError) as e:

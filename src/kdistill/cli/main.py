@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -14,7 +15,7 @@ EXIT_FAILED = 1
 
 def build_parser() -> argparse.ArgumentParser:
     # Verb modules import torch only inside their handlers, so --help and --version stay fast.
-    from kdistill.cli import cache, demo, evaluate, info, report, sweep, train
+    from kdistill.cli import cache, demo, evaluate, info, methods, report, sweep, train
 
     parser = argparse.ArgumentParser(
         prog="kdistill",
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate.register,
         info.register_models,
         info.register_config,
+        methods.register_methods,
+        methods.register_layers,
         cache.register,
         sweep.register,
         report.register,
@@ -55,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.handler(args) or 0)
+    except BrokenPipeError:  # the reader went away (`kdistill methods | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UserError, UnknownRecipeError) as e:
         print(f"kdistill {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from kdistill.methods import METHODS, method_args, method_info
 from kdistill.policies import ChannelPruningPolicy, PolicyConfig, QuantizationPolicy
 from kdistill.validation import (
     BatchNormPolicy,
@@ -19,6 +20,7 @@ from kdistill.validation import (
     EpochWindow,
     check_temperature,
     doc,
+    is_number,
     normalized_weights,
     require,
     resolve_weights,
@@ -186,6 +188,53 @@ class TeacherCacheConfig:
 
 
 @dataclass(frozen=True)
+class FeaturePair:
+    """A student layer matched with a teacher layer, by module path (``model.named_modules()``)."""
+
+    student: str = doc("the student's layer, e.g. layer3 or features.3", "")
+    teacher: str = doc("the teacher's layer", "")
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.student, str) and bool(self.student) and isinstance(self.teacher, str)
+            and bool(self.teacher),
+            f"a feature pair names a student and a teacher layer, e.g. {{student: layer3, "
+            f"teacher: layer3}}; got student={self.student!r}, teacher={self.teacher!r}",
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One distillation method of ``kd.methods`` (``kdistill methods`` lists them)."""
+
+    name: str = doc("the method: " + ", ".join(METHODS), "kd")
+    weight: float | None = doc("weight of its loss term; null = the method's default", None)
+    pairs: tuple[FeaturePair, ...] = doc("layer pairs of a feature method; empty = kd.features", ())
+    args: dict[str, Any] = doc(
+        "the method's own settings (kdistill methods lists them)", factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        info = method_info(self.name)
+        where = f"kd.methods[{self.name}]"
+        _require(
+            self.weight is None
+            or (is_number(self.weight) and math.isfinite(self.weight) and self.weight >= 0),
+            f"{where}.weight must be a finite number >= 0 or null, got {self.weight!r}",
+        )
+        method_args(info, dict(self.args), f"{where}.args")
+        _require(
+            info.needs_features or not self.pairs,
+            f"{where}: {self.name} reads logits only; it takes no pairs",
+        )
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The method's settings, defaults filled in."""
+        return method_args(method_info(self.name), dict(self.args), f"kd.methods[{self.name}].args")
+
+
+@dataclass(frozen=True)
 class KDConfig:
     """Knowledge distillation: teacher(s), temperature and loss weights."""
 
@@ -232,6 +281,18 @@ class KDConfig:
     teacher_cache: TeacherCacheConfig = doc(
         "precomputed teacher outputs", factory=TeacherCacheConfig
     )
+    methods: tuple[MethodConfig, ...] = doc(
+        "distillation methods and their weights, e.g. [{name: kd}, {name: at, pairs: [...]}]; "
+        "empty = Hinton's soft targets alone (kd.beta). With methods, kd.alpha weighs the labels' "
+        "cross-entropy and only the listed methods run",
+        (),
+    )
+    features: tuple[FeaturePair, ...] = doc(
+        "layer pairs for the feature methods that list none of their own", ()
+    )
+    standardize: bool = doc(
+        "standardize student and teacher logits before Hinton's term (Sun et al. 2024)", False
+    )
     min_teacher_top1: float | None = doc(
         "refuse to distill from a teacher whose test top-1 (in [0, 1]) is below this; "
         "null = twice chance level (catches an untrained or wrong teacher)",
@@ -267,11 +328,67 @@ class KDConfig:
                     "teaches nothing. Train it first (kdistill train ...) and set its checkpoint, "
                     "or set kd.teacher_weight > 0 to train it jointly",
                 )
+        self._check_methods()
         if self.min_teacher_top1 is not None:
             _require(
                 0.0 <= self.min_teacher_top1 <= 1.0,
                 f"kd.min_teacher_top1 must be in [0, 1] or null, got {self.min_teacher_top1}",
             )
+
+    def _check_methods(self) -> None:
+        names = [m.name for m in self.methods]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        _require(not duplicates, f"kd.methods lists {', '.join(duplicates)} more than once")
+        feature_methods = [m.name for m in self.methods if method_info(m.name).needs_features]
+        for m in self.methods:
+            info = method_info(m.name)
+            pairs = m.pairs or self.features
+            _require(
+                not info.needs_features or bool(pairs),
+                f"kd.methods[{m.name}] reads layers: give pairs: [{{student: LAYER, teacher: "
+                "LAYER}] (or kd.features); kdistill says which layers exist if a name is wrong",
+            )
+            _require(
+                info.pairs != "one" or len(pairs) == 1,
+                f"kd.methods[{m.name}] takes exactly one layer pair, got {len(pairs)}",
+            )
+        if not (self.methods or self.standardize):
+            return
+        _require(
+            self.beta is None or not self.methods or "kd" in names,
+            f"kd.beta={self.beta} weighs Hinton's term, which kd.methods ({', '.join(names)}) does "
+            "not list: add {name: kd} to kd.methods, or set kd.beta=null (a recipe may set it)",
+        )
+        _require(
+            self.teacher_weight == 0,
+            f"kd.methods / kd.standardize do not combine with joint teacher training "
+            f"(kd.teacher_weight={self.teacher_weight})",
+        )
+        if feature_methods:
+            _require(
+                not self.teacher_cache.enabled,
+                f"{', '.join(feature_methods)} read the teacher's layers, so the teacher runs "
+                "online: set kd.teacher_cache.enabled=false (logit methods can use the cache)",
+            )
+            _require(
+                len(self.teachers) == 1,
+                f"{', '.join(feature_methods)} read one teacher's layers; kd.teachers has "
+                f"{len(self.teachers)} (logit methods work with ensembles)",
+            )
+        uses_standardize = self.standardize or any(
+            m.name == "dkd" and m.settings["standardize"] for m in self.methods
+        )
+        _require(
+            not (uses_standardize and self.teacher_cache.enabled and self.teacher_cache.topk),
+            "logit standardization needs the teacher's logits, but a top-k teacher cache stores "
+            "probabilities: set kd.teacher_cache.topk=null",
+        )
+
+    @property
+    def uses_methods(self) -> bool:
+        """Whether the loss is built from ``methods`` (or standardized logits) rather than
+        Hinton's term alone."""
+        return bool(self.methods) or self.standardize
 
     @property
     def resolved_beta(self) -> float:

@@ -338,7 +338,24 @@ class Trainer:
             self._call("on_step_end", self.state.step)
         return self.epoch_sums.means(across_processes=True)
 
+    def _average_objective_gradients(self) -> None:
+        """DistributedDataParallel averages the student's gradients across processes; the
+        objective's own parameters (adapters, embedding heads, a jointly trained teacher) are
+        averaged here, so every process takes the same step."""
+        in_student = {id(p) for p in self.objective.student.parameters()}
+        grads = [
+            p.grad
+            for p in self.objective.parameters()
+            if id(p) not in in_student and p.grad is not None
+        ]
+        world = torch.distributed.get_world_size()
+        for grad in grads:
+            torch.distributed.all_reduce(grad)
+            grad.div_(world)
+
     def _optimizer_step(self) -> None:
+        if self.loop.data_parallel:
+            self._average_objective_gradients()
         if self.loop.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(
                 [p for g in self.optimizer.param_groups for p in g["params"]], self.loop.grad_clip

@@ -18,7 +18,7 @@ from torch import nn
 
 from kdistill.cache import TeacherCache
 from kdistill.compression.callbacks import build_callbacks, structure_record
-from kdistill.config.schema import KDConfig, ModelConfig, OptimConfig, RunConfig
+from kdistill.config.schema import KDConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig
 from kdistill.data import BatchLoader, DataBundle, build_augment, build_data
 from kdistill.engine.distributed import DistContext
 from kdistill.engine.schedule import build_lr_factor
@@ -35,8 +35,11 @@ from kdistill.experiment.teachers import (
     model_spec,
 )
 from kdistill.losses import DistillationLoss
+from kdistill.methods import method_info
 from kdistill.models import ModelSpec, build_model, count_params
 from kdistill.objectives import Distiller, Objective, Supervised
+from kdistill.objectives.method_distiller import MethodDistiller, probe_layers
+from kdistill.objectives.terms import Term, build_term
 from kdistill.teachers.cached import CachedTeacher
 from kdistill.trust import CodeTrust
 
@@ -109,10 +112,16 @@ def build_loss(kd: KDConfig) -> DistillationLoss:
 
 
 def build_objective(
-    cfg: RunConfig, student: nn.Module, teacher: TeacherSetup | None, cache: TeacherCache | None
-) -> Distiller | Supervised:
-    """``Supervised(student)`` without kd; else a ``Distiller`` reading the cache when there is
-    one, running the live teacher otherwise."""
+    cfg: RunConfig,
+    student: nn.Module,
+    teacher: TeacherSetup | None,
+    cache: TeacherCache | None,
+    data: DataBundle | None = None,
+    device: torch.device | None = None,
+) -> Objective:
+    """``Supervised(student)`` without kd; a ``Distiller`` for Hinton's loss alone; a
+    ``MethodDistiller`` for ``kd.methods``. The teacher's outputs come from the cache when there
+    is one, from the live teacher otherwise."""
     if teacher is None:
         return Supervised(student)
     kd = cfg.kd
@@ -126,9 +135,62 @@ def build_objective(
             temperature=kd.temperature,
         )
     window = cfg.kd_window
+    if kd.uses_methods:
+        if data is None:
+            raise ValueError("kd.methods needs the data (its layers are probed on one sample)")
+        terms = build_terms(kd, student, teacher, data, device or torch.device("cpu"))
+        return MethodDistiller(
+            student, source, terms, label_weight=kd.alpha,
+            kd_start_epoch=window.start, kd_end_epoch=window.end,
+        )  # fmt: skip
     return Distiller(
         student, source, build_loss(kd), kd_start_epoch=window.start, kd_end_epoch=window.end
     )
+
+
+def build_terms(
+    kd: KDConfig, student: nn.Module, teacher: TeacherSetup, data: DataBundle, device: torch.device
+) -> list[Term]:
+    """The terms of ``kd.methods`` (Hinton's term alone when only ``kd.standardize`` is set),
+    with adapters and heads sized from the layers' outputs for one training sample."""
+    methods = kd.methods or (MethodConfig("kd"),)
+    pairs = {
+        m.name: [(p.student, p.teacher) for p in (m.pairs or kd.features)]
+        if method_info(m.name).needs_features
+        else []
+        for m in methods
+    }
+    sample = data.train.images[:1].to(device)
+    sample = sample.float() / 255 if sample.dtype == torch.uint8 else sample.float()
+    student.to(device)
+    student_shapes, teacher_shapes = probe_layers(
+        student,
+        teacher.live,
+        [s for p in pairs.values() for s, _ in p],
+        [t for p in pairs.values() for _, t in p],
+        sample,
+    )
+    return [
+        build_term(
+            m.name,
+            m.weight if m.weight is not None else _default_weight(kd, m.name),
+            m.settings,
+            pairs[m.name],
+            kd_temperature=kd.temperature,
+            scale_by_t2=kd.scale_by_t2,
+            standardize=kd.standardize,
+            student_shapes=student_shapes,
+            teacher_shapes=teacher_shapes,
+            train_ids=data.train.ids,
+            train_labels=data.train.labels,
+        )
+        for m in methods
+    ]
+
+
+def _default_weight(kd: KDConfig, name: str) -> float:
+    weight = method_info(name).weight
+    return kd.resolved_beta if weight is None else weight
 
 
 def build_optimizer(cfg: OptimConfig, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
@@ -283,7 +345,7 @@ def build_run(
             wait_for_builder=wait_for_cache_builder,
             force_build=rebuild_cache,
         )
-    objective = build_objective(cfg, student, teacher, cache)
+    objective = build_objective(cfg, student, teacher, cache, data, device)
     objective.to(device)
     train_loader = build_train_loader(cfg, data, device, cache=cache, rank=rank, world_size=world)
     # Before training only: on a resume the first run's result is kept (the check's eval-mode

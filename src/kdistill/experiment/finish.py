@@ -14,6 +14,7 @@ import torch
 from kdistill._version import __version__
 from kdistill.compression.callbacks import compression_report, quantization_policy
 from kdistill.compression.export import export_int8
+from kdistill.config.schema import RunConfig
 from kdistill.engine.checkpoint import Checkpoint
 from kdistill.engine.evaluation import evaluate
 from kdistill.engine.trainer import Trainer
@@ -135,6 +136,7 @@ def finish_run(
         test_top1_at_best_val=history[state.best_epoch]["test"]["top1"] if "val" in last else None,
         test_agreement=last["test"].get("agreement"),
         teachers=teachers,
+        methods=_methods(cfg),
         teacher_test_top1=check.test_top1 if check is not None else None,
         teacher_cache=str(parts.cache.path) if parts.cache is not None else None,
         kd_gradient_ratio=parts.kd_gradient_ratio,
@@ -179,3 +181,10 @@ def describe_record(record: RunRecord) -> str:
     if record.teacher_test_top1 is not None:
         line += f"; teacher {record.teacher_test_top1:.2%}"
     return line
+
+
+def _methods(cfg: RunConfig) -> tuple[str, ...]:
+    """The distillation methods of the run (``("kd",)`` for Hinton's loss alone)."""
+    if cfg.kd is None:
+        return ()
+    return tuple(m.name for m in cfg.kd.methods) or ("kd",)

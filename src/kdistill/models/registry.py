@@ -20,6 +20,8 @@ from kdistill.models.torchvision_models import build_mobilenet_v2, build_torchvi
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": build_mlp,
     "lenet5": build_lenet5,
+    "resnet8_cifar": partial(build_cifar_resnet, depth=8, preact=False),
+    "resnet14_cifar": partial(build_cifar_resnet, depth=14, preact=False),
     "resnet20_cifar": partial(build_cifar_resnet, depth=20, preact=False),
     "resnet32_cifar": partial(build_cifar_resnet, depth=32, preact=False),
     "resnet44_cifar": partial(build_cifar_resnet, depth=44, preact=False),

@@ -1,7 +1,18 @@
-"""Objectives: what the trainer optimizes (plain cross-entropy, distillation), one contract."""
+"""Objectives: what the trainer optimizes (plain cross-entropy, Hinton's distillation, any
+combination of distillation methods), one contract."""
 
 from kdistill.objectives.distiller import Distiller
+from kdistill.objectives.method_distiller import MethodDistiller
 from kdistill.objectives.protocol import Objective
 from kdistill.objectives.supervised import Supervised
+from kdistill.objectives.terms import Term, TermInputs, build_term
 
-__all__ = ["Distiller", "Objective", "Supervised"]
+__all__ = [
+    "Distiller",
+    "MethodDistiller",
+    "Objective",
+    "Supervised",
+    "Term",
+    "TermInputs",
+    "build_term",
+]

@@ -101,6 +101,36 @@ def calibration(groups: Sequence[Group], path: Path) -> Path:
     return _save(fig, path)
 
 
+def method_label(g: Group) -> str:
+    """What taught a group: its distillation methods, ``scratch``, or ``teacher``."""
+    if g.role in ("teacher", "scratch"):
+        return g.role
+    return "+".join(g.first.methods) or "kd"
+
+
+def methods_tradeoff(groups: Sequence[Group], path: Path) -> Path:
+    """Test top-1 (mean and std over seeds) against the median epoch time, a point per group
+    labelled with its methods: what each distillation method buys and costs."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for g, color in zip(groups, group_colors(groups), strict=True):
+        top1 = g.stat("test_top1")
+        times = [sorted(r.summary.epoch_times_s)[len(r.summary.epoch_times_s) // 2]
+                 for r in g.runs if r.summary.epoch_times_s]  # fmt: skip
+        if top1 is None or not times:
+            continue
+        x = sum(times) / len(times)
+        ax.errorbar(x, 100 * top1["mean"], yerr=100 * top1["std"], fmt="o", color=color, capsize=3)
+        ax.annotate(
+            f"{method_label(g)} ({g.label})", (x, 100 * top1["mean"]), fontsize=7,
+            textcoords="offset points", xytext=(5, 4),
+        )  # fmt: skip
+    ax.set_xlabel("median epoch time (s)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Distillation methods: accuracy against epoch time")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def _numeric(values: Sequence[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 

@@ -119,6 +119,18 @@ def build_figures(collection: Collection, fig_dir: Path) -> list[Figure]:
                 )
             )
         distilled = [g for g in groups if g.role == "distilled"]
+        if len({figures.method_label(g) for g in distilled}) > 1:
+            out.append(
+                Figure(
+                    "Distillation methods",
+                    figures.methods_tradeoff(
+                        [g for g in groups if g.role != "teacher"], fig_dir / "methods.png"
+                    ),
+                    "Test top-1 (mean, whiskers: std over seeds) against the median epoch "
+                    "time of each group; labels name the methods (epoch times are comparable "
+                    "only between runs made on the same machine under the same load).",
+                )
+            )
         if distilled:
             out.append(
                 Figure(
