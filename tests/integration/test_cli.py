@@ -22,11 +22,13 @@ def test_version_from_the_console_script():
 
 def test_demo(demo_run):
     tmp_path, out = demo_run
+    assert "WARNING" not in out  # the shipped recipes do not warn about themselves
     assert "distilled student" in out and "scratch student" in out and "Distillation " in out
     for name in ("digits-teacher", "digits-scratch", "digits-distill"):
         run_dir = (tmp_path / name).resolve()  # the link to the newest run of that name
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["test_samples"] == 359 and 0.5 < summary["test_top1"] <= 1
+        assert summary["warnings"] == [], summary["warnings"]
         for item in ("config.yaml", "metrics.jsonl", "model.safetensors", "best.safetensors", "tb"):
             assert (run_dir / item).exists(), item
         assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == summary["epochs"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,7 +294,11 @@ def build_cache(
     recorded = _done_chunks(partial, fingerprint, only_rank=rank)
     total = sum((chunks[i][1] - chunks[i][0]) * k for i in mine)
     with tqdm(
-        total=total, desc="teacher cache", unit="img", disable=not progress, dynamic_ncols=True
+        total=total,
+        desc="teacher cache",
+        unit="img",
+        disable=not (progress and sys.stderr.isatty()),  # no bar frames in redirected logs
+        dynamic_ncols=True,
     ) as bar:
         for i in mine:
             lo, hi = chunks[i]

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="CONFIG|KEY=VALUE|DIR",
         help="build: config and overrides; info: cache directory",
     )
-    add_run_flags(p)
+    add_run_flags(p, training=False)
     p.add_argument(
         "--rebuild", action="store_true", help="compute the outputs again even if the cache exists"
     )

@@ -12,11 +12,13 @@ class UserError(ValueError):
 def user_errors() -> tuple[type[BaseException], ...]:
     """Failures that are explained by their message and need no traceback (exit status 1):
     bad values, files and run directories (ValueError and its kind), training that cannot go
-    on, a lost peer of a distributed run, and OS errors (named with their path)."""
+    on, a lost peer of a distributed run, OS errors (named with their path), and an optional
+    feature whose extra is not installed (named with the pip command)."""
     from kdistill.engine.distributed import PeerFailureError
     from kdistill.engine.trainer import TrainingError
+    from kdistill.extras import MissingExtraError
 
-    return (ValueError, TrainingError, PeerFailureError, OSError)
+    return (ValueError, TrainingError, PeerFailureError, OSError, MissingExtraError)
 
 
 def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:

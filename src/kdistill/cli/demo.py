@@ -55,7 +55,7 @@ def handle(args: argparse.Namespace) -> int:
         ("teacher", "scratch student", "distilled student"), demo_configs(args.out, args.seed)
     ):
         print(f"== {role}: {cfg.name} ({cfg.model.arch}, {cfg.train.epochs} epochs)")
-        log = (lambda _msg: None) if args.quiet else print
+        log = quiet_log if args.quiet else print
         results.append((role, run(cfg, force=True, progress=not args.quiet, log=log).record))
     print()
     print(format_table(results))
@@ -90,3 +90,9 @@ def verdict(scratch: RunRecord, distilled: RunRecord) -> str:
         f"images: one image is {1 / distilled.test_samples:.2%}. For a verdict that accounts "
         "for seed noise, run the recipes with kdistill train --seeds 0,1,2."
     )
+
+
+def quiet_log(message: str) -> None:
+    """``--quiet``: no per-epoch lines, but warnings still reach the user."""
+    if message.startswith("WARNING"):
+        print(message)

@@ -42,10 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from kdistill.config import DataConfig
-    from kdistill.data import BatchLoader, build_data
+    from kdistill.data import BatchLoader
     from kdistill.engine.evaluation import evaluate
-    from kdistill.experiment import check_model_fits_data, load_model, resolve_device
+    from kdistill.experiment import load_model, resolve_device
+    from kdistill.experiment.loading import data_of_model
     from kdistill.trust import CodeTrust
 
     if str(args.checkpoint).endswith(".onnx"):
@@ -60,24 +60,17 @@ def handle(args: argparse.Namespace) -> int:
             f"{args.checkpoint} -> {loaded.source.file}{unchecked}",
             file=sys.stderr if args.json else sys.stdout,
         )
-    recorded = dict(spec.extra.get("data", {}))
-    if args.dataset is not None and args.dataset != recorded.get("name"):
-        recorded = {"name": args.dataset}
-    if args.data_root is not None:
-        recorded["root"] = args.data_root
-    recorded.setdefault("name", spec.dataset or "digits")
-    data_cfg = DataConfig(
-        **{k: v for k, v in recorded.items() if k in DataConfig.__dataclass_fields__}
-    )
-    data = build_data(data_cfg)
-    check_model_fits_data(spec, data, f"the model in {args.checkpoint}")
+    data = data_of_model(spec, dataset=args.dataset, data_root=args.data_root)
     split = {"test": data.test, "val": data.val, "train": data.train}[args.split]
     if split is None:
         raise ValueError(
             f"{data.name} has no {args.split} split here (it was trained with data.val_fraction=0)"
         )
     device = resolve_device(args.device)
-    loader = BatchLoader(split, args.batch_size, device=device, mean=spec.mean, std=spec.std)
+    # A model exported with its normalization folded in takes raw samples.
+    raw = getattr(model, "raw_input", False)
+    stats = {} if raw else {"mean": spec.mean, "std": spec.std}
+    loader = BatchLoader(split, args.batch_size, device=device, **stats)
     metrics = evaluate(
         model.to(device) if hasattr(model, "to") else model, loader, data.num_classes
     ).metrics
@@ -100,7 +93,8 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _onnx_model(path: str):
-    """An int8 ONNX model written by kdistill, as an ``inputs -> logits`` function, and its spec."""
+    """An ONNX model written by kdistill, as an ``inputs -> logits`` function (marked
+    ``raw_input`` when its normalization is folded in), and its spec."""
     from pathlib import Path
 
     from kdistill.compression.export import onnx_predictor, onnx_session
@@ -112,4 +106,6 @@ def _onnx_model(path: str):
     meta = session.get_modelmeta().custom_metadata_map
     if "kdistill" not in meta:
         raise ModelFileError(f"{path} has no kdistill metadata: it was not exported by kdistill")
-    return onnx_predictor(session), ModelSpec.from_json(meta["kdistill"], path)
+    predictor = onnx_predictor(session)
+    predictor.raw_input = meta.get("input") == "raw"  # type: ignore[attr-defined]
+    return predictor, ModelSpec.from_json(meta["kdistill"], path)

@@ -15,10 +15,11 @@ EXIT_FAILED = 1
 
 def build_parser() -> argparse.ArgumentParser:
     # Verb modules import torch only inside their handlers, so --help and --version stay fast.
-    from kdistill.cli import cache, demo, evaluate, info, methods, report, sweep, train
+    from kdistill.cli import cache, demo, evaluate, export, info, methods, report, sweep, train
 
     parser = argparse.ArgumentParser(
         prog="kdistill",
+        allow_abbrev=False,
         description="Knowledge distillation for PyTorch: train teachers, students and distilled students.",
     )
     parser.add_argument("--version", action="version", version=f"kdistill {__version__}")
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         demo.register,
         train.register,
         evaluate.register,
+        export.register,
         info.register_models,
         info.register_config,
         methods.register_methods,
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         report.register,
     ):
         register(sub)
+    for verb in sub.choices.values():  # no silent abbreviations: --epoch is not --epochs
+        verb.allow_abbrev = False
     return parser
 
 

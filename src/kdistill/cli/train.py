@@ -31,18 +31,21 @@ FLAG_KEYS: dict[str, str] = {
 }
 
 
-def add_run_flags(p: argparse.ArgumentParser) -> None:
-    """Flags shared by ``train`` and other verbs that build a run config."""
+def add_run_flags(p: argparse.ArgumentParser, *, training: bool = True) -> None:
+    """Flags shared by ``train`` and other verbs that build a run config; ``training=False``
+    leaves out the ones that only shape training (epochs, learning rate, batch, seed, name)."""
     g = p.add_argument_group("common settings (each sets the config key in brackets)")
     g.add_argument("--arch", "-a", help="student architecture [model.arch]")
     g.add_argument("--dataset", help="dataset name [data.name]")
     g.add_argument("--data-root", help="dataset location [data.root]")
-    g.add_argument("--epochs", type=int, help="[train.epochs]")
-    g.add_argument("--lr", type=float, help="peak learning rate [optim.lr]")
-    g.add_argument("-b", "--batch-size", type=int, help="[data.batch_size]")
-    g.add_argument("--seed", type=int, help="[train.seed]")
+    if training:
+        g.add_argument("--epochs", type=int, help="[train.epochs]")
+        g.add_argument("--lr", type=float, help="peak learning rate [optim.lr]")
+        g.add_argument("-b", "--batch-size", type=int, help="[data.batch_size]")
+        g.add_argument("--seed", type=int, help="[train.seed]")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N [train.device]")
-    g.add_argument("--name", help="run name [name]")
+    if training:
+        g.add_argument("--name", help="run name [name]")
     g.add_argument("--out", help="directory of run directories [out_dir]")
     g.add_argument(
         "--trust-code",

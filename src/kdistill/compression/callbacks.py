@@ -20,6 +20,7 @@ from torch import nn
 from kdistill.compression import pruning, quantization, regularization
 from kdistill.compression.selection import first_and_last, select_layers
 from kdistill.engine.trainer import Callback, Trainer
+from kdistill.extras import require
 from kdistill.policies import (
     ChannelPruningPolicy,
     PruningPolicy,
@@ -240,6 +241,13 @@ def build_callbacks(
 ) -> list[Callback]:
     """The callbacks of a run's compression policies, in the order they must act."""
     by_kind = {p.kind: p for p in policies}
+    # Their packages are optional extras: a missing one stops the run before it starts.
+    if "channel_pruning" in by_kind:
+        require("torch_pruning", "prune")
+    if "quantization" in by_kind:
+        require("torchao", "quant")
+        require("onnxruntime", "quant")  # the int8 ONNX model written at the end
+        require("onnxscript", "quant")
     callbacks: list[Callback] = []
     if "channel_pruning" in by_kind:
         callbacks.append(ChannelPruning(by_kind["channel_pruning"], input_shape, log))

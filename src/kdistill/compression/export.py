@@ -9,23 +9,51 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from kdistill.compression.quantization import convert_qat
+from kdistill.extras import require
 from kdistill.files import atomic_path
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel (or per feature): a trained student's preprocessing, as
+    a layer."""
+
+    def __init__(self, mean: Iterable[float], std: Iterable[float], input_shape: tuple[int, ...]):
+        super().__init__()
+        shape = (1, -1, *([1] * (len(input_shape) - 1)))
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(shape))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def with_normalization(
+    model: nn.Module,
+    mean: Iterable[float] | None,
+    std: Iterable[float] | None,
+    input_shape: tuple[int, ...],
+) -> nn.Module:
+    """``model`` preceded by its input normalization (``model`` itself when it had none)."""
+    if mean is None or std is None:
+        return model
+    return nn.Sequential(Normalize(mean, std, input_shape), model)
 
 
 def write_onnx(
     graph: nn.Module, input_shape: tuple[int, ...], path: str | Path, metadata: Mapping[str, str]
 ) -> Path:
     """Export ``graph`` (batch dimension dynamic) as one ONNX file with ``metadata``, atomically."""
-    import onnx
+    onnx = require("onnx", "onnx")
+    require("onnxscript", "onnx")  # torch.onnx's exporter
 
     path = Path(path)
     with warnings.catch_warnings(), atomic_path(path) as tmp:
@@ -49,7 +77,7 @@ def write_onnx(
 
 def onnx_session(path: str | Path, threads: int | None = None):
     """An onnxruntime CPU session (graph optimizations fuse Q/DQ pairs into int8 kernels)."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "onnx")
 
     options = ort.SessionOptions()
     if threads:
@@ -88,15 +116,26 @@ def export_int8(
     path: str | Path,
     metadata: Mapping[str, str],
     evaluate: Callable[[Any], dict[str, float]],
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """Convert a trained QAT student to int8, write it as ONNX, and measure it beside the
-    fake-quantized model with ``evaluate`` (``predictor -> metrics``)."""
+    """Convert a trained QAT student to int8, write it as ONNX with its input normalization
+    (``mean``, ``std``) folded in, so that the file takes raw samples, and measure it beside
+    the fake-quantized model with ``evaluate`` (``predictor -> metrics`` on normalized
+    batches: the ONNX model gets them back in raw form)."""
     path = Path(path)
     fake = evaluate(student)
     started = time.perf_counter()
-    write_onnx(convert_qat(student), input_shape, path, metadata)
+    int8 = with_normalization(convert_qat(student), mean, std, input_shape)
+    write_onnx(int8, input_shape, path, metadata)
     session = onnx_session(path, threads=torch.get_num_threads())
-    converted = evaluate(onnx_predictor(session))
+    onnx = onnx_predictor(session)
+    if mean is not None and std is not None:
+        norm = Normalize(mean, std, input_shape)
+        converted = evaluate(lambda x: onnx(x * norm.std + norm.mean))
+    else:
+        converted = evaluate(onnx)
     return {
         "onnx_path": str(path),
         "onnx_bytes": path.stat().st_size,

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdistill.extras import require
+
 
 def agp_sparsity(epoch: int, *, initial: float, final: float, start: int, span: int) -> float:
     """Zhu and Gupta (2017): ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3``, clamped to
@@ -135,7 +137,7 @@ def channel_prune(
 ) -> None:
     """Remove ``ratio`` of the channels of every prunable layer group (in place), choosing the
     groups with the smallest L2 magnitude; residual-coupled layers are pruned consistently."""
-    import torch_pruning as tp
+    tp = require("torch_pruning", "prune")
 
     modules = dict(model.named_modules())
     missing = [n for n in ignore if n not in modules]

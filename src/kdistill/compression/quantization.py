@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from kdistill.compression.selection import PRUNABLE, matches
+from kdistill.extras import require
 from kdistill.validation import QUANT_SETTINGS
 
 
@@ -128,6 +129,7 @@ def prepare_qat(model: nn.Module, policy: Any, input_shape: tuple[int, ...]) -> 
 
     The batch dimension stays dynamic. The returned module supports ``.train()`` / ``.eval()``.
     """
+    require("torchao", "quant")
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
@@ -169,14 +171,20 @@ def convert_qat(model: nn.Module) -> torch.fx.GraphModule:
     quantize/dequantize ops with int8 weights, sub-8-bit activations clamped to their range."""
     import copy
 
-    from torchao.quantization.pt2e import move_exported_model_to_eval
+    require("torchao", "quant")
+    from torchao.quantization.pt2e import (
+        allow_exported_model_train_eval,
+        move_exported_model_to_eval,
+    )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     prepared = copy.deepcopy(model).to("cpu")
     move_exported_model_to_eval(prepared)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _clamp_narrow_activations(convert_pt2e(prepared))
+        converted = _clamp_narrow_activations(convert_pt2e(prepared))
+    allow_exported_model_train_eval(converted)  # so that .eval() of a wrapper reaches it safely
+    return converted
 
 
 _FULL_RANGE = {torch.uint8: (0, 255), torch.int8: (-128, 127)}

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from kdistill.config.errors import ConfigError
-from kdistill.config.recipes import resolve_config_path
+from kdistill.config.recipes import list_recipes, recipes_root, resolve_config_path
 from kdistill.config.schema import RunConfig
 
 T = TypeVar("T")
@@ -419,3 +419,16 @@ def _type_name(tp: Any) -> str:
     if tp is typing.Any:
         return "any"
     return getattr(tp, "__name__", str(tp))
+
+
+def recipes_writing(path: str | Path) -> list[str]:
+    """The shipped recipes whose run is linked at ``path`` (``<out_dir>/<name>``): what to
+    train when a config names a teacher that does not exist yet."""
+    target = Path(path)
+    found = []
+    for name in list_recipes():
+        data = read_yaml(recipes_root() / f"{name}.yaml")
+        out = Path(str(data.get("out_dir") or "runs")) / str(data.get("name") or "")
+        if out == target:
+            found.append(name)
+    return found

@@ -27,7 +27,7 @@ def format_duration(seconds: float) -> str:
 def loss_summary(metrics: Mapping[str, float]) -> str:
     """``loss 0.41 (student 0.30, distill 0.05)``: the mean loss and its unweighted parts."""
     parts = [
-        f"{k[5:]} {v:.4f}"
+        f"{k[5:]} {v:.4g}"  # significant digits: a part may be 1e-5 (PKT) or 20 (CRD)
         for k, v in sorted(metrics.items())
         if k.startswith("loss_") and not k.endswith("_weighted")
     ]

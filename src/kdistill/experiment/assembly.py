@@ -24,13 +24,12 @@ from kdistill.engine.distributed import DistContext
 from kdistill.engine.schedule import build_lr_factor
 from kdistill.engine.trainer import Callback, Loop
 from kdistill.experiment.health import gradient_check, scratch_baselines, teacher_versus_scratch
-from kdistill.experiment.loading import load_model
+from kdistill.experiment.loading import check_model_fits_data, load_model
 from kdistill.experiment.teacher_cache import prepare_teacher_cache
 from kdistill.experiment.teachers import (
     TeacherCheck,
     TeacherSetup,
     build_teacher,
-    check_model_fits_data,
     check_teacher,
     model_spec,
 )
@@ -357,7 +356,7 @@ def build_run(
         baselines = scratch_baselines(
             cfg, data.name, spec.arch, count_params(student), len(data.test)
         )
-        warnings += teacher_versus_scratch(check.test_top1, baselines, log)
+        warnings += teacher_versus_scratch(check.test_top1, baselines, len(data.test), log)
     steps_per_epoch = -(-len(train_loader) // cfg.train.grad_accumulation)
     loop = Loop(
         epochs=cfg.train.epochs,

@@ -13,6 +13,7 @@ import torch
 
 from kdistill._version import __version__
 from kdistill.compression.callbacks import compression_report, quantization_policy
+from kdistill.compression.deploy import metadata
 from kdistill.compression.export import export_int8
 from kdistill.config.schema import RunConfig
 from kdistill.engine.checkpoint import Checkpoint
@@ -74,12 +75,22 @@ def finish_run(
                 student,
                 parts.data.input_shape,
                 run_dir / INT8_ONNX,
-                {"kdistill": spec.to_json()},
+                metadata(
+                    spec.to_json(),
+                    class_names=spec.class_names,
+                    input_shape=spec.input_shape,
+                    mean=spec.mean,
+                    std=spec.std,
+                    source=str(run_dir / MODEL),
+                    precision="int8 (converted from quantization-aware training)",
+                ),
                 lambda predict: (
                     evaluate(
                         predict, whole_test, parts.data.num_classes, across_processes=False
                     ).metrics
                 ),
+                mean=spec.mean,
+                std=spec.std,
             )
         )
         q = compression["quantization"]

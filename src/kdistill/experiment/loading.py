@@ -97,3 +97,36 @@ def load_model(
     load_weights(model, file)
     model.eval()  # (a QAT graph's eval() returns None: do not chain it)
     return LoadedModel(model, spec, source, file.checked)
+
+
+def check_model_fits_data(spec: ModelSpec, data: Any, what: str) -> None:
+    """``ValueError`` unless the model predicts the data's classes from its input shape."""
+    if spec.num_classes != data.num_classes:
+        raise ValueError(
+            f"{what} predicts {spec.num_classes} classes but {data.name} has {data.num_classes}"
+        )
+    if tuple(spec.input_shape) != tuple(data.input_shape):
+        raise ValueError(
+            f"{what} takes inputs of shape {tuple(spec.input_shape)} but {data.name} samples are "
+            f"{tuple(data.input_shape)}"
+        )
+
+
+def data_of_model(spec: ModelSpec, *, dataset: str | None = None, data_root: str | None = None):
+    """The data a model file was trained on, rebuilt from its record (dataset, root, split seed,
+    image size), or another ``dataset`` with the same classes and input shape."""
+    from kdistill.config.schema import DataConfig
+    from kdistill.data import build_data
+
+    recorded = dict(spec.extra.get("data", {}))
+    if dataset is not None and dataset != recorded.get("name"):
+        recorded = {"name": dataset}
+    if data_root is not None:
+        recorded["root"] = data_root
+    recorded.setdefault("name", spec.dataset or "digits")
+    data_cfg = DataConfig(
+        **{k: v for k, v in recorded.items() if k in DataConfig.__dataclass_fields__}
+    )
+    data = build_data(data_cfg)
+    check_model_fits_data(spec, data, "the model")
+    return data

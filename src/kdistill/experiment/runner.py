@@ -35,6 +35,7 @@ from kdistill.experiment.rundir import (
     run_dir_for,
     run_identity,
 )
+from kdistill.extras import available, install_hint
 from kdistill.files import CONFIG, RECORD, atomic_write_text, sha256_file
 from kdistill.models import resolve_model
 from kdistill.record import RunRecord
@@ -151,7 +152,7 @@ def _run(
                 *teacher_agreement(parts),
                 guard,
                 checkpoints,
-                MetricsLog(run_dir, tensorboard=cfg.train.tensorboard, enabled=main),
+                MetricsLog(run_dir, tensorboard=tensorboard(cfg, log, main), enabled=main),
                 Console(log, progress=progress),
             ],
         )
@@ -300,3 +301,22 @@ def load_callbacks(paths: Sequence[str]) -> list[Callback]:
             )
         out.append(callback)
     return out
+
+
+_TENSORBOARD_NOTED = False  # said once per process, not once per run of a demo or sweep
+
+
+def tensorboard(cfg: RunConfig, log: Log, main: bool) -> bool:
+    """Whether to write TensorBoard events: asked for and installed (an optional extra; without
+    it the run goes on and says so once)."""
+    if not cfg.train.tensorboard:
+        return False
+    if available("tensorboard"):
+        return True
+    global _TENSORBOARD_NOTED
+    if main and not _TENSORBOARD_NOTED:
+        _TENSORBOARD_NOTED = True
+        log(
+            f"TensorBoard events not written: tensorboard is not installed ({install_hint('tensorboard')})"
+        )
+    return False

@@ -29,6 +29,7 @@ from kdistill.config import (
     to_dict,
 )
 from kdistill.config.sweep import ParamSpec, SweepConfig, parse_param
+from kdistill.extras import require
 from kdistill.files import (
     RECORD,
     SWEEP,
@@ -224,7 +225,7 @@ def run_sweep(
 def _run_search(
     sweep: SweepConfig, base: RunConfig, parallel: int, log: Log, trust_code: bool
 ) -> tuple[list[Task], list[dict[str, Any]]]:
-    import optuna
+    optuna = require("optuna", "sweep")
     from optuna.trial import TrialState
 
     search = sweep.search

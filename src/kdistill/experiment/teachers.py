@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from kdistill.config.loader import recipes_writing
 from kdistill.config.schema import DataConfig, KDConfig, ModelConfig, RunConfig
 from kdistill.data import DataBundle
 from kdistill.engine.evaluation import Evaluation, evaluate
 from kdistill.engine.trainer import TrainingError
-from kdistill.experiment.loading import load_model
+from kdistill.experiment.loading import check_model_fits_data, load_model
 from kdistill.files import sha256_file
 from kdistill.models import ModelFileError, ModelSpec, build_model
 from kdistill.record import TeacherIdentity
@@ -51,18 +52,6 @@ def model_spec(cfg_model: ModelConfig, data: DataBundle, data_cfg: DataConfig) -
     )
 
 
-def check_model_fits_data(spec: ModelSpec, data: DataBundle, what: str) -> None:
-    if spec.num_classes != data.num_classes:
-        raise ValueError(
-            f"{what} predicts {spec.num_classes} classes but {data.name} has {data.num_classes}"
-        )
-    if tuple(spec.input_shape) != tuple(data.input_shape):
-        raise ValueError(
-            f"{what} takes inputs of shape {tuple(spec.input_shape)} but {data.name} samples are "
-            f"{tuple(data.input_shape)}"
-        )
-
-
 def input_adapter(spec: ModelSpec, data: DataBundle, normalize: bool) -> nn.Module | None:
     """A :class:`Renormalize` from the pipeline's normalization to the one ``spec`` expects."""
     channels = data.input_shape[0]
@@ -89,6 +78,21 @@ class LoadedTeacher:
     identity: TeacherIdentity | None
 
 
+def missing_teacher(what: str, reference: str) -> str:
+    """The message for a teacher that does not exist: which recipe or command makes it."""
+    makers = recipes_writing(reference)
+    how = (
+        f"train it first: kdistill train {makers[0]} (that recipe's run is linked at {reference})"
+        if makers
+        else "train it first (kdistill train ...; a run directory is linked at <out_dir>/<name>)"
+    )
+    return (
+        f"{what}: the teacher {reference} does not exist; {how}, or point "
+        f"{what.replace('[', '.').replace(']', '')}.checkpoint (--kd-resume) at a trained run "
+        "directory or model file"
+    )
+
+
 def load_teachers(
     kd: KDConfig, data: DataBundle, data_cfg: DataConfig, log: Log, trust: CodeTrust
 ) -> list[LoadedTeacher]:
@@ -101,6 +105,8 @@ def load_teachers(
             model = build_model(spec.arch, data.num_classes, data.input_shape, spec.args)
             teachers.append(LoadedTeacher(model, spec, "(trained jointly)", None))
             continue
+        if not Path(t.checkpoint).exists():
+            raise ModelFileError(missing_teacher(what, t.checkpoint))
         try:
             loaded = load_model(t.checkpoint, arch=t.arch, args=t.args or None, trust=trust)
         except (ModelFileError, UntrustedCodeError) as e:
