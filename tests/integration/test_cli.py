@@ -29,8 +29,10 @@ def test_demo(demo_run):
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["test_samples"] == 359 and 0.5 < summary["test_top1"] <= 1
         assert summary["warnings"] == [], summary["warnings"]
-        for item in ("config.yaml", "metrics.jsonl", "model.safetensors", "best.safetensors", "tb"):
+        for item in ("config.yaml", "metrics.jsonl", "model.safetensors", "best.safetensors"):
             assert (run_dir / item).exists(), item
+        events = tmp_path / "tensorboard" / run_dir.parent.name / run_dir.name
+        assert list(events.glob("events.out.tfevents.*")), events
         assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == summary["epochs"]
     distilled = json.loads((tmp_path / "digits-distill" / "summary.json").read_text())
     assert distilled["mode"] == "distill" and distilled["teacher_test_top1"] > 0.9

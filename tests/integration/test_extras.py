@@ -49,7 +49,7 @@ def test_a_run_without_tensorboard_says_so_once_and_finishes(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("pip install 'kdistill[tensorboard]'") == 1
     (run,) = tmp_path.glob("*/seed-0")
-    assert (run / "summary.json").is_file() and not (run / "tb").exists()
+    assert (run / "summary.json").is_file() and not (tmp_path / "tensorboard").exists()
 
 
 def test_an_optuna_sweep_without_optuna(tmp_path):

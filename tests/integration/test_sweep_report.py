@@ -15,8 +15,9 @@ def grid_args(tmp_path, teacher_run):
     return [
         "sweep", "--base", "digits/distill", "--grid", "kd.temperature=1,4", "--grid", "kd.alpha=0.1,0.5",
         "--seeds", "0,1", "--out", str(tmp_path / "sweeps"), "--name", "g",
-        "--set", f"kd.teachers.0.checkpoint={teacher_run.run_dir}", "--set", "train.epochs=2",
-        "--set", "train.tensorboard=false", "--set", "train.measure_latency=false",
+        "--set", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        # positional key=value overrides, as train takes them (--set is the same)
+        "train.epochs=2", "train.tensorboard=false", "train.measure_latency=false",
     ]  # fmt: skip
 
 
@@ -38,6 +39,7 @@ def test_grid_sweep_summary_resume_and_shared_teacher(tmp_path, grid_args, capsy
     assert len(caches) == 1, "one teacher cache shared by every setting"
     # an interrupted sweep: one run lost its summary (as if it had not finished); run again
     run_dirs = [Path(d) for row in summary["rows"] for d in row["run_dirs"]]
+    assert json.loads((run_dirs[0] / "summary.json").read_text())["epochs"] == 2
     victim = run_dirs[3]
     (victim / "summary.json").unlink()
     before = {d: (d / "summary.json").stat().st_mtime_ns for d in run_dirs if d != victim}
@@ -141,6 +143,8 @@ def test_report_renders_runs_and_sweeps(tmp_path, grid_args, teacher_run, capsys
     assert "Sweep g" in md
     # the demo's scratch student is the sweep's student: drawn as the line to beat
     assert "dotted: the same student from scratch" in md
+    # ... trained for 30 epochs against the sweep's 2: the figure says so
+    assert "digits-scratch, 30 epochs against the sweep's 2" in md
 
 
 def test_report_of_nothing_is_an_error(tmp_path, capsys):

@@ -11,11 +11,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run a grid or search over config keys (temperature, weights, ...) with seeds",
         description=(
             "kdistill sweep SWEEP.yaml, or kdistill sweep --base CONFIG --grid "
-            "kd.temperature=1,2,4,8,20 --grid kd.beta=0.5,0.9 --seeds 0,1,2. Interrupted sweeps "
-            "resume where they stopped; finished runs are never trained again."
+            "kd.temperature=1,2,4,8,20 --grid kd.beta=0.5,0.9 --seeds 0,1,2; key=value items "
+            "override the base config, as with train. Interrupted sweeps resume where they "
+            "stopped; finished runs are never trained again."
         ),
     )
-    p.add_argument("sweep_file", nargs="?", help="a sweep YAML file (see docs/sweeps.md)")
+    p.add_argument(
+        "items",
+        nargs="*",
+        metavar="SWEEP.yaml|KEY=VALUE",
+        help="a sweep YAML file (see docs/sweeps.md), then overrides of its base config",
+    )
     p.add_argument("--base", help="run config (path or recipe) to sweep, instead of a sweep file")
     p.add_argument(
         "--grid",
@@ -29,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override of the base config (repeatable)",
+        help="override of the base config (repeatable; the same as a KEY=VALUE item)",
     )
     p.add_argument("--seeds", help="seeds of every setting, e.g. 0,1,2")
     p.add_argument("--name", help="sweep name")
@@ -48,14 +54,16 @@ def build_sweep(args: argparse.Namespace):
 
     import yaml
 
-    from kdistill.cli.commands import UserError, parse_seeds
+    from kdistill.cli.commands import UserError, parse_seeds, split_config_and_overrides
     from kdistill.config import from_dict
     from kdistill.config.sweep import SweepConfig, load_sweep
 
-    if args.sweep_file:
+    sweep_file, overrides = split_config_and_overrides(args.items)
+    overrides = [*args.set, *overrides]
+    if sweep_file:
         if args.base or args.grid:
             raise UserError("give a sweep file, or --base with --grid, not both")
-        sweep, base_dir = load_sweep(args.sweep_file)
+        sweep, base_dir = load_sweep(sweep_file)
     else:
         if not args.base or not args.grid:
             raise UserError(
@@ -76,8 +84,8 @@ def build_sweep(args: argparse.Namespace):
             changes[flag] = getattr(args, flag)
     if args.out:
         changes["out_dir"] = args.out
-    if args.set:
-        changes["overrides"] = (*sweep.overrides, *args.set)
+    if overrides:
+        changes["overrides"] = (*sweep.overrides, *overrides)
     if changes:
         from dataclasses import replace
 

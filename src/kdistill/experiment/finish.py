@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from kdistill._version import __version__
 from kdistill.compression.callbacks import compression_report, quantization_policy
@@ -152,14 +153,9 @@ def finish_run(
         teacher_cache=str(parts.cache.path) if parts.cache is not None else None,
         kd_gradient_ratio=parts.kd_gradient_ratio,
         warnings=tuple(warnings),
-        cpu_latency_ms=(
-            {
-                f"batch_{b}": cpu_latency_ms(student, parts.data.input_shape, b)
-                for b in LATENCY_BATCHES
-            }
-            if cfg.train.measure_latency
-            else None
-        ),
+        cpu_latency_ms=latency(student, parts.data.input_shape)
+        if cfg.train.measure_latency
+        else None,
         compression=compression or None,
         files={name: sha256_file(run_dir / name) for name in files},
     )
@@ -199,3 +195,13 @@ def _methods(cfg: RunConfig) -> tuple[str, ...]:
     if cfg.kd is None:
         return ()
     return tuple(m.name for m in cfg.kd.methods) or ("kd",)
+
+
+def latency(student: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
+    """``batch_N`` (median ms) and ``batch_N_iqr`` for each of ``LATENCY_BATCHES``."""
+    out: dict[str, float] = {}
+    for b in LATENCY_BATCHES:
+        measured = cpu_latency_ms(student, input_shape, b)
+        out[f"batch_{b}"] = measured["median"]
+        out[f"batch_{b}_iqr"] = measured["iqr"]
+    return out

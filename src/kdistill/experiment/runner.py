@@ -36,7 +36,7 @@ from kdistill.experiment.rundir import (
     run_identity,
 )
 from kdistill.extras import available, install_hint
-from kdistill.files import CONFIG, RECORD, atomic_write_text, sha256_file
+from kdistill.files import CONFIG, RECORD, TENSORBOARD, atomic_write_text, sha256_file
 from kdistill.models import resolve_model
 from kdistill.record import RunRecord
 
@@ -152,7 +152,15 @@ def _run(
                 *teacher_agreement(parts),
                 guard,
                 checkpoints,
-                MetricsLog(run_dir, tensorboard=tensorboard(cfg, log, main), enabled=main),
+                MetricsLog(
+                    run_dir,
+                    tensorboard_dir=tensorboard_dir(run_dir)
+                    if tensorboard(cfg, log, main)
+                    else None,
+                    hparams=hparams(cfg),
+                    config_text=dump_yaml(cfg),
+                    enabled=main,
+                ),
                 Console(log, progress=progress),
             ],
         )
@@ -320,3 +328,35 @@ def tensorboard(cfg: RunConfig, log: Log, main: bool) -> bool:
             f"TensorBoard events not written: tensorboard is not installed ({install_hint('tensorboard')})"
         )
     return False
+
+
+def tensorboard_dir(run_dir: Path) -> Path:
+    """``<out_dir>/tensorboard/<run>/seed-N``: TensorBoard's view of the runs, outside the
+    directories that ``<out_dir>/<name>`` links point into (so each run shows once)."""
+    return run_dir.parent.parent / TENSORBOARD / run_dir.parent.name / run_dir.name
+
+
+def hparams(cfg: RunConfig) -> dict[str, Any]:
+    """The settings that tell runs apart in TensorBoard's hparams table."""
+    out: dict[str, Any] = {
+        "name": cfg.name,
+        "model.arch": cfg.model.arch or "",
+        "data.name": cfg.data.name,
+        "data.batch_size": cfg.data.batch_size,
+        "optim.name": cfg.optim.name,
+        "optim.lr": cfg.optim.lr,
+        "train.epochs": cfg.train.epochs,
+        "train.seed": cfg.train.seed,
+        "policies": ",".join(p.kind for p in cfg.policies) or "none",
+    }
+    if cfg.kd is not None:
+        out.update(
+            {
+                "kd.temperature": cfg.kd.temperature,
+                "kd.alpha": cfg.kd.alpha,
+                "kd.beta": cfg.kd.resolved_beta,
+                "kd.methods": ",".join(m.name for m in cfg.kd.methods) or "kd",
+                "kd.teachers": len(cfg.kd.teachers),
+            }
+        )
+    return out

@@ -51,21 +51,45 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 def cpu_latency_ms(
-    model: nn.Module, input_shape: tuple[int, ...], batch_size: int, *, reps: int = 5
-) -> float:
-    """Median wall time (ms) of one inference forward pass of a batch on the CPU, after one
-    warm-up pass. Timing on a shared machine is noisy: compare values from the same run."""
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch_size: int,
+    *,
+    budget_s: float = 0.5,
+    min_reps: int = 15,
+    max_reps: int = 500,
+) -> dict[str, float]:
+    """Wall time (ms) of one inference forward pass of a batch on the CPU: the median over
+    repetitions, with the interquartile range as its spread.
+
+    Three warm-up passes first (allocations, lazy initialization, caches); then passes until
+    ``budget_s`` has been spent and at least ``min_reps`` were timed (at most ``max_reps``), so
+    a 0.1 ms model gets hundreds of samples and a slow one its minimum. Timing on a shared
+    machine is noisy: compare values from the same run, and read the spread.
+
+    Returns:
+        ``{"median": ms, "iqr": ms, "reps": n}``.
+    """
     import copy
     import statistics
     import time
 
     cpu_model = copy.deepcopy(model).to("cpu").eval()
     x = torch.randn(batch_size, *input_shape)
-    times = []
+    times: list[float] = []
     with torch.inference_mode():
-        cpu_model(x)
-        for _ in range(reps):
-            started = time.perf_counter()
+        for _ in range(3):
             cpu_model(x)
-            times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+        started = time.perf_counter()
+        while len(times) < max_reps and (
+            len(times) < min_reps or time.perf_counter() - started < budget_s
+        ):
+            t0 = time.perf_counter()
+            cpu_model(x)
+            times.append((time.perf_counter() - t0) * 1000)
+    quartiles = statistics.quantiles(times, n=4)
+    return {
+        "median": statistics.median(times),
+        "iqr": quartiles[2] - quartiles[0],
+        "reps": float(len(times)),
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,19 @@ def _curves(
         if not xs:
             continue
         seeds = f"{len(g.runs)} seed{'s' if len(g.runs) > 1 else ''}"
-        ax.plot(xs, [100 * v for v in mean], label=f"{g.label} ({g.role}, {seeds})", color=color)
+        ax.plot(
+            xs,
+            [100 * v for v in mean],
+            label=f"{g.label} ({g.role}, {seeds})",
+            color=color,
+            marker="o" if len(xs) <= 10 else None,  # a 1-epoch run is a point, not nothing
+        )
         if len(g.runs) > 1:
             ax.fill_between(
                 xs, [100 * v for v in lo], [100 * v for v in hi], alpha=0.15, color=color
             )
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -83,18 +91,26 @@ def agreement_curves(groups: Sequence[Group], path: Path) -> Path:
 
 def calibration(groups: Sequence[Group], path: Path) -> Path:
     """Expected calibration error of each group's final models (mean and std over seeds)."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(groups)), 4))
     labels, means, stds, colors = [], [], [], []
     for g, color in zip(groups, group_colors(groups), strict=True):
         stat = g.stat("test_ece")
         if stat is None:
             continue
-        labels.append(f"{g.label}\n({g.role})")
+        labels.append(f"{textwrap.fill(g.label, 16)}\n({g.role})")
         means.append(100 * stat["mean"])
         stds.append(100 * stat["std"])
         colors.append(color)
     ax.bar(range(len(labels)), means, yerr=stds, color=colors, capsize=4)
-    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    # many groups: labels turn so they do not run into each other
+    rotation = 0 if len(labels) <= 4 else 30
+    ax.set_xticks(
+        range(len(labels)),
+        labels,
+        fontsize=8,
+        rotation=rotation,
+        ha="right" if rotation else "center",
+    )
     ax.set_ylabel("ECE (%) - lower is better")
     ax.set_title("Calibration (expected calibration error, 15 bins)")
     ax.grid(alpha=0.3, axis="y")
@@ -129,6 +145,18 @@ def methods_tradeoff(groups: Sequence[Group], path: Path) -> Path:
     ax.set_title("Distillation methods: accuracy against epoch time")
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def text_color(rgba: Sequence[float]) -> str:
+    """Black or white, whichever reads better on a cell of this color (WCAG relative
+    luminance: black on light cells such as viridis' yellow, white on dark ones)."""
+
+    def channel(c: float) -> float:
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(c) for c in rgba[:3])
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "black" if luminance > 0.179 else "white"
 
 
 def _numeric(values: Sequence[Any]) -> bool:
@@ -207,7 +235,7 @@ def sweep_heatmap(summary: dict[str, Any], path: Path) -> Path | None:
                 "failed" if value != value else f"{value:.2f}",
                 ha="center",
                 va="center",
-                color="white",
+                color=text_color(im.cmap(im.norm(value))) if value == value else "black",
                 fontsize=8,
             )
     ax.set_xticks(range(len(xs)), [f"{v:g}" if isinstance(v, float) else str(v) for v in xs])

@@ -54,14 +54,25 @@ def model_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
                 f"{s.get('params', 0):,}",
                 f"{s.get('size_bytes', 0) / 1024:.1f}",
                 f"{s.get('macs', 0):,}",
-                f"{latency['batch_1']:.2f}" if "batch_1" in latency else "-",
-                f"{latency['batch_128']:.1f}" if "batch_128" in latency else "-",
+                _latency(latency, 1),
+                _latency(latency, 128),
                 str(s.get("compression", {}).get("description", "none"))
                 if isinstance(s.get("compression"), dict)
                 else "none",
             ]
         )
     return header, rows
+
+
+def _latency(latency: dict[str, float], batch: int) -> str:
+    """``median (IQR)`` in ms; records from before the spread was measured show the median
+    alone, marked with a question mark (a handful of passes: noise)."""
+    median = latency.get(f"batch_{batch}")
+    if median is None:
+        return "-"
+    iqr = latency.get(f"batch_{batch}_iqr")
+    digits = 2 if batch == 1 else 1
+    return f"{median:.{digits}f} ({iqr:.{digits}f})" if iqr is not None else f"{median:.{digits}f}?"
 
 
 def sweep_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -98,47 +109,65 @@ def _status(row: dict[str, Any]) -> str:
     return "ok"
 
 
+def by_dataset(groups: Sequence[Group]) -> dict[str, list[Group]]:
+    """The groups of each dataset, in order of first appearance: runs on different datasets
+    are never drawn on one axis."""
+    out: dict[str, list[Group]] = {}
+    for g in groups:
+        out.setdefault(str(g.first.get("dataset", "?")), []).append(g)
+    return out
+
+
+def model_figures(groups: Sequence[Group], fig_dir: Path, dataset: str | None) -> list[Figure]:
+    """The figures of one dataset's groups (``dataset`` names them when there are several)."""
+    tag = f"_{dataset}" if dataset else ""
+    on = f" ({dataset})" if dataset else ""
+    out = [
+        Figure(
+            f"Learning curves{on}",
+            figures.learning_curves(groups, fig_dir / f"learning_curves{tag}.png"),
+            "Test top-1 per epoch; lines are means over seeds, bands the range.",
+        )
+    ]
+    if any(g.stat("test_ece") for g in groups):
+        out.append(
+            Figure(
+                f"Calibration{on}",
+                figures.calibration(groups, fig_dir / f"calibration{tag}.png"),
+                "Expected calibration error of the final models (bars: mean, whiskers: std over seeds).",
+            )
+        )
+    distilled = [g for g in groups if g.role == "distilled"]
+    if len({figures.method_label(g) for g in distilled}) > 1:
+        out.append(
+            Figure(
+                f"Distillation methods{on}",
+                figures.methods_tradeoff(
+                    [g for g in groups if g.role != "teacher"], fig_dir / f"methods{tag}.png"
+                ),
+                "Test top-1 (mean, whiskers: std over seeds) against the median epoch "
+                "time of each group; labels name the methods (epoch times are comparable "
+                "only between runs made on the same machine under the same load).",
+            )
+        )
+    if distilled:
+        out.append(
+            Figure(
+                f"Student-teacher agreement{on}",
+                figures.agreement_curves(distilled, fig_dir / f"agreement{tag}.png"),
+                "How often the distilled student predicts the teacher's class on the test split.",
+            )
+        )
+    return out
+
+
 def build_figures(collection: Collection, fig_dir: Path) -> list[Figure]:
     fig_dir.mkdir(parents=True, exist_ok=True)
     out: list[Figure] = []
+    datasets = by_dataset(collection.groups)
+    for dataset, groups in datasets.items():
+        out += model_figures(groups, fig_dir, dataset if len(datasets) > 1 else None)
     groups = collection.groups
-    if groups:
-        out.append(
-            Figure(
-                "Learning curves",
-                figures.learning_curves(groups, fig_dir / "learning_curves.png"),
-                "Test top-1 per epoch; lines are means over seeds, bands the range.",
-            )
-        )
-        if any(g.stat("test_ece") for g in groups):
-            out.append(
-                Figure(
-                    "Calibration",
-                    figures.calibration(groups, fig_dir / "calibration.png"),
-                    "Expected calibration error of the final models (bars: mean, whiskers: std over seeds).",
-                )
-            )
-        distilled = [g for g in groups if g.role == "distilled"]
-        if len({figures.method_label(g) for g in distilled}) > 1:
-            out.append(
-                Figure(
-                    "Distillation methods",
-                    figures.methods_tradeoff(
-                        [g for g in groups if g.role != "teacher"], fig_dir / "methods.png"
-                    ),
-                    "Test top-1 (mean, whiskers: std over seeds) against the median epoch "
-                    "time of each group; labels name the methods (epoch times are comparable "
-                    "only between runs made on the same machine under the same load).",
-                )
-            )
-        if distilled:
-            out.append(
-                Figure(
-                    "Student-teacher agreement",
-                    figures.agreement_curves(distilled, fig_dir / "agreement.png"),
-                    "How often the distilled student predicts the teacher's class on the test split.",
-                )
-            )
     for sweep in collection.sweeps:
         name = sweep.summary["name"]
         baselines = _scratch_baselines(sweep, groups)
@@ -147,7 +176,13 @@ def build_figures(collection: Collection, fig_dir: Path) -> list[Figure]:
                 f"Sweep {name}",
                 figures.sweep_lines(sweep.summary, fig_dir / f"sweep_{name}.png", baselines),
                 f"Test top-1 against {sweep.summary['keys'][0]}; error bars: std over seeds"
-                + ("; dotted: the same student from scratch (mean)." if baselines else "."),
+                + (
+                    "; dotted: the same student from scratch (mean): "
+                    + "; ".join(label for label, _ in baselines)
+                    + "."
+                    if baselines
+                    else "."
+                ),
             )
         )
         heat = figures.sweep_heatmap(sweep.summary, fig_dir / f"sweep_{name}_heatmap.png")
@@ -168,7 +203,10 @@ def _scratch_baselines(sweep: Sweep, groups: Sequence[Group]) -> list[tuple[str,
     for g in groups:
         stat = g.stat("test_top1")
         if g.role == "scratch" and stat and all(g.first.get(k) == student.get(k) for k in keys):
-            out.append((g.label, stat["mean"]))
+            label = g.label
+            if g.first.epochs != student.epochs:  # another budget: say so on the figure
+                label += f", {g.first.epochs} epochs against the sweep's {student.epochs}"
+            out.append((label, stat["mean"]))
     return out
 
 
@@ -214,16 +252,21 @@ def write_report(
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Runs and sweeps from: <code>{html.escape(sources)}</code>.</p>",
     ]
-    if collection.groups:
-        header, rows = model_table(collection.groups)
-        md += ["## Models", "", _md_table(header, rows), ""]
+    datasets = by_dataset(collection.groups)
+    for dataset, groups in datasets.items():
+        heading = f"Models: {dataset}" if len(datasets) > 1 else "Models"
+        header, rows = model_table(groups)
+        md += [f"## {heading}", "", _md_table(header, rows), ""]
         md += [
-            "Test top-1 is the final epoch's; with several seeds it is mean ± std (worst-best), as in published KD tables.",
+            "Test top-1 is the final epoch's; with several seeds it is mean ± std (worst-best), "
+            "as in published KD tables. CPU latency: median over repeated passes, IQR in "
+            "brackets (compare runs timed on the same machine).",
             "",
         ]
-        body += ["<h2>Models</h2>", _html_table(header, rows)]
+        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)]
         body.append(
-            "<p>Test top-1 is the final epoch's; with several seeds it is mean ± std (worst-best).</p>"
+            "<p>Test top-1 is the final epoch's; with several seeds it is mean ± std "
+            "(worst-best). CPU latency: median over repeated passes, IQR in brackets.</p>"
         )
     for sweep in collection.sweeps:
         header, rows = sweep_table(sweep.summary)
