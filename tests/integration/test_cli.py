@@ -191,10 +191,22 @@ def test_existing_runs_are_not_clobbered(tmp_path, capsys):
             "does not exist",
         ),
         (["eval", "/nonexistent/model.safetensors"], 1, "does not exist"),
+        (["train", "--dataset", "digits", "--epoch", "1"], 2, "unrecognized arguments: --epoch"),
+        (["cache", "build", "digits/distill", "--epochs", "1"], 2, "unrecognized arguments: --epochs"),
+        (["train", "digits/distill", "--out", "/nonexistent-dir"], 1,
+         r"the teacher runs/demo/digits-teacher does not exist; train it first: kdistill train digits/teacher"),
+        (["train", "digits/distil"], 2, "did you mean 'digits/distill'"),
     ],
 )
-def test_errors_are_one_clear_line(tmp_path, capsys, argv, code, message):
-    assert main([*argv, "--out", str(tmp_path)] if argv[0] == "train" else argv) == code
+def test_errors_are_one_clear_line(tmp_path, capsys, monkeypatch, argv, code, message):
+    monkeypatch.chdir(tmp_path)  # relative paths (a recipe's runs/demo/...) resolve in here
+    if argv[0] == "train" and "--out" not in argv:
+        argv = [*argv, "--out", str(tmp_path)]
+    try:
+        status = main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        status = e.code
+    assert status == code
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert pytest.importorskip("re").search(message, err), err
