@@ -192,9 +192,16 @@ def test_existing_runs_are_not_clobbered(tmp_path, capsys):
         ),
         (["eval", "/nonexistent/model.safetensors"], 1, "does not exist"),
         (["train", "--dataset", "digits", "--epoch", "1"], 2, "unrecognized arguments: --epoch"),
-        (["cache", "build", "digits/distill", "--epochs", "1"], 2, "unrecognized arguments: --epochs"),
-        (["train", "digits/distill", "--out", "/nonexistent-dir"], 1,
-         r"the teacher runs/demo/digits-teacher does not exist; train it first: kdistill train digits/teacher"),
+        (
+            ["cache", "build", "digits/distill", "--epochs", "1"],
+            2,
+            "unrecognized arguments: --epochs",
+        ),
+        (
+            ["train", "digits/distill", "--out", "/nonexistent-dir"],
+            1,
+            r"the teacher runs/demo/digits-teacher does not exist; train it first: kdistill train digits/teacher",
+        ),
         (["train", "digits/distil"], 2, "did you mean 'digits/distill'"),
     ],
 )
