@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from kdistill.config.errors import ConfigError
 
 
@@ -19,6 +21,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from kdistill.extras import MissingExtraError
 
     return (ValueError, TrainingError, PeerFailureError, OSError, MissingExtraError)
+
+
+def add_trust_code_flag(p: argparse.ArgumentParser) -> None:
+    """``--trust-code`` for verbs that read model files: they may then build import-path
+    architectures the file names (which imports and runs their code)."""
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="build an import-path architecture named by a model file (imports and runs its code)",
+    )
 
 
 def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from kdistill.cli.commands import add_trust_code_flag
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -33,11 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the architecture you expect the file to hold; an import path given here may be "
         "imported (it is yours), one named only by the file is refused",
     )
-    p.add_argument(
-        "--trust-code",
-        action="store_true",
-        help="build an import-path architecture named by the file (imports and runs its code)",
-    )
+    add_trust_code_flag(p)
     p.set_defaults(handler=handle)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from kdistill.cli.commands import add_trust_code_flag
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -36,11 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=512,
         help="training samples that calibrate post-training quantization",
     )
-    p.add_argument(
-        "--trust-code",
-        action="store_true",
-        help="build an import-path architecture named by the file (imports and runs its code)",
-    )
+    add_trust_code_flag(p)
     p.set_defaults(handler=handle)
 
 

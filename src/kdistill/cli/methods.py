@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from kdistill.cli.commands import split_config_and_overrides
+from kdistill.cli.commands import add_trust_code_flag, split_config_and_overrides
 
 
 def register_methods(sub: argparse._SubParsersAction) -> None:
@@ -42,9 +42,7 @@ def register_layers(sub: argparse._SubParsersAction) -> None:
         help="list the student's and teacher's layers with their output shapes (for kd.features)",
     )
     p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="config and overrides")
-    p.add_argument(
-        "--trust-code", action="store_true", help="let model files name import-path builders"
-    )
+    add_trust_code_flag(p)
     p.set_defaults(handler=handle_layers)
 
 

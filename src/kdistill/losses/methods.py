@@ -77,6 +77,24 @@ def _check_temperature(temperature: float) -> float:
 # --------------------------------------------------------------------------- logit-based
 
 
+def _check_logit_pair(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    teacher_probs: Tensor | None,
+    temperature: float,
+) -> float:
+    """The temperature as a float; ``ValueError`` unless the student's logits and the teacher's
+    logits or probabilities are class scores of the same shape."""
+    t = _check_temperature(temperature)
+    teacher_scores = teacher_logits if teacher_logits is not None else teacher_probs
+    check_class_scores("student_logits", student_logits)
+    if teacher_scores is None:
+        raise ValueError("give exactly one of teacher_logits and teacher_probs=")
+    check_class_scores("teacher scores", teacher_scores)
+    check_same_shape(student_logits, teacher_scores, "teacher scores")
+    return t
+
+
 def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
     """Logit standardization (Sun et al., CVPR 2024): each sample's logits minus their mean,
     divided by their standard deviation (Bessel-corrected, as :func:`torch.std`) plus ``eps``.
@@ -99,13 +117,7 @@ def dkd_terms(
 ) -> tuple[Tensor, Tensor]:
     """Decoupled KD's two terms ``(TCKD, NCKD)``, each averaged over the labelled samples and
     multiplied by ``T**2`` (see :func:`dkd_loss`)."""
-    t = _check_temperature(temperature)
-    teacher_scores = teacher_logits if teacher_logits is not None else teacher_probs
-    check_class_scores("student_logits", student_logits)
-    if teacher_scores is None:
-        raise ValueError("give exactly one of teacher_logits and teacher_probs=")
-    check_class_scores("teacher scores", teacher_scores)
-    check_same_shape(student_logits, teacher_scores, "teacher scores")
+    t = _check_logit_pair(student_logits, teacher_logits, teacher_probs, temperature)
     if student_logits.dim() != 2 or student_logits.shape[1] < 2:
         raise ValueError(
             f"DKD needs (N, C) logits with C >= 2 classes, got shape {tuple(student_logits.shape)}"
@@ -212,13 +224,7 @@ def dist_loss(
         teacher_probs: instead of ``teacher_logits``, the teacher's probabilities at T.
         eps: guards the correlation of a constant vector (which is then 0).
     """
-    t = _check_temperature(temperature)
-    teacher_scores = teacher_logits if teacher_logits is not None else teacher_probs
-    check_class_scores("student_logits", student_logits)
-    if teacher_scores is None:
-        raise ValueError("give exactly one of teacher_logits and teacher_probs=")
-    check_class_scores("teacher scores", teacher_scores)
-    check_same_shape(student_logits, teacher_scores, "teacher scores")
+    t = _check_logit_pair(student_logits, teacher_logits, teacher_probs, temperature)
     if student_logits.dim() != 2:
         raise ValueError(f"DIST needs (N, C) logits, got shape {tuple(student_logits.shape)}")
     p_s = F.softmax(_upcast(student_logits) / t, dim=1)

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from kdistill.losses.distillation import DistillationLoss
 from kdistill.losses.functional import gradient_norms, student_cross_entropy
+from kdistill.objectives.base import StudentObjective
 from kdistill.teachers.frozen import as_teacher
 from kdistill.types import DistillerOutput, LossOutput, StudentOutput, TeacherOutput, logits_of
 from kdistill.validation import EpochWindow
 
 
-class Distiller(nn.Module):
+class Distiller(StudentObjective):
     """Runs teacher and student on a batch and returns the student's output and the loss.
 
     Args:
@@ -65,15 +65,6 @@ class Distiller(nn.Module):
         self.student = student
         self.loss_fn = loss
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Tell the distiller which epoch (0-based) is running; it gates ``kd_start_epoch``."""
-        self.epoch = int(epoch)
-
-    @property
-    def kd_active(self) -> bool:
-        """Whether the distillation loss is on for the current epoch."""
-        return self.window.contains(self.epoch)
 
     def _teacher_output(
         self, inputs: Tensor, sample_ids: Tensor | None, views: Tensor | None
@@ -132,36 +123,16 @@ class Distiller(nn.Module):
         """
         if self.joint:
             return None
-        was_training = self.student.training
-        self.student.eval()
-        with torch.no_grad():
-            logits = logits_of(self.student(inputs)).detach().float()
-        self.student.train(was_training)
-        logits.requires_grad_(True)
+        logits = self.probe_logits(inputs)
         loss = self.loss_fn(logits, self._teacher_output(inputs, sample_ids, views), targets)
         norms = gradient_norms({"total": loss.total, "labels": loss.parts["student"]}, logits)
         return None if norms["labels"] <= 0.0 else norms["total"] / norms["labels"]
 
     # -- what is trained and saved ----------------------------------------------------------
 
-    def named_parameters(
-        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
-    ) -> Iterator[tuple[str, nn.Parameter]]:
-        """Trainable parameters only: the student's, plus the teacher's in joint mode."""
-        dot = f"{prefix}." if prefix else ""
-        yield from self.student.named_parameters(f"{dot}student", recurse, remove_duplicate)
-        if self.joint:
-            yield from self.teacher.named_parameters(f"{dot}teacher", recurse, remove_duplicate)
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """The student's ``state_dict`` (same keys as ``student.state_dict()``)."""
-        return self.student.state_dict(*args, **kwargs)
-
-    def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
-    ):
-        """Load a student ``state_dict`` into the student."""
-        return self.student.load_state_dict(state_dict, strict=strict, assign=assign)
+    def trained_besides_student(self) -> dict[str, nn.Module]:
+        """The teacher in joint mode (Distiller's ``--kd-tw``)."""
+        return {"teacher": self.teacher} if self.joint else {}
 
     def extra_state(self) -> dict[str, Any]:
         """What a checkpoint keeps besides the student: the teacher's weights in joint mode."""

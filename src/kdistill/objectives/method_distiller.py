@@ -9,13 +9,14 @@ the frozen teacher's own forward, under its eval mode, BatchNorm policy and prec
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from kdistill.losses.functional import gradient_norms, student_cross_entropy
+from kdistill.objectives.base import StudentObjective
 from kdistill.objectives.taps import FeatureTaps, describe_modules, module_shapes
 from kdistill.objectives.terms import Term, TermInputs
 from kdistill.teachers.frozen import FrozenTeacher, as_teacher
@@ -64,7 +65,7 @@ def probe_layers(
     return student_shapes, teacher_shapes
 
 
-class MethodDistiller(nn.Module):
+class MethodDistiller(StudentObjective):
     """A student trained on labels and on any weighted combination of distillation methods.
 
     Args:
@@ -119,13 +120,6 @@ class MethodDistiller(nn.Module):
         self.teacher_taps = FeatureTaps(teacher_layers, "teacher", clone=False)
 
     # -- the schedule -----------------------------------------------------------------------
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    @property
-    def kd_active(self) -> bool:
-        return self.window.contains(self.epoch)
 
     def _active_terms(self) -> list[Term]:
         exclusive = [t for t in self.terms if t.exclusive_at(self.epoch)]  # type: ignore[attr-defined]
@@ -208,12 +202,7 @@ class MethodDistiller(nn.Module):
         logit_terms = [t for t in self.terms if not t.needs_features]  # type: ignore[attr-defined]
         if not logit_terms:
             return None
-        was_training = self.student.training
-        self.student.eval()
-        with torch.no_grad():
-            logits = logits_of(self.student(inputs)).detach().float()
-        self.student.train(was_training)
-        logits.requires_grad_(True)
+        logits = self.probe_logits(inputs)
         teacher_out = self.teacher(inputs, sample_ids=sample_ids, views=views)
         x = TermInputs(logits, teacher_out, targets, {}, {}, sample_ids, self.epoch)
         ce = student_cross_entropy(logits, targets, ignore_index=self.ignore_index)
@@ -225,22 +214,9 @@ class MethodDistiller(nn.Module):
 
     # -- what is trained and saved ----------------------------------------------------------
 
-    def named_parameters(
-        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
-    ) -> Iterator[tuple[str, nn.Parameter]]:
-        """Trainable parameters only: the student's and the terms' (never the teacher's)."""
-        dot = f"{prefix}." if prefix else ""
-        yield from self.student.named_parameters(f"{dot}student", recurse, remove_duplicate)
-        yield from self.terms.named_parameters(f"{dot}terms", recurse, remove_duplicate)
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """The student's ``state_dict`` (same keys as ``student.state_dict()``)."""
-        return self.student.state_dict(*args, **kwargs)
-
-    def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
-    ):
-        return self.student.load_state_dict(state_dict, strict=strict, assign=assign)
+    def trained_besides_student(self) -> dict[str, nn.Module]:
+        """The terms' adapters and embedding heads."""
+        return {"terms": self.terms}
 
     def extra_state(self) -> dict[str, Any]:
         """The terms' trained state (adapters, embedding heads, CRD's memory)."""
