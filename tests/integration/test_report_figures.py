@@ -38,6 +38,8 @@ def test_one_epoch_runs_are_drawn_as_points(short_runs, tmp_path):
     assert pixels_of(curves, SHADES["distilled"][0]) > 20
     agreement = out / "figures" / "agreement.png"
     assert pixels_of(agreement, SHADES["distilled"][0]) > 20
+    calibration = out / "figures" / "calibration.png"
+    assert pixels_of(calibration, SHADES["scratch"][0]) > 200  # the bars
     md = (out / "report.md").read_text()
     # latency: median with its interquartile range in brackets
     row = next(line for line in md.splitlines() if line.startswith("| one-epoch-scratch"))

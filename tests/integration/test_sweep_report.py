@@ -6,6 +6,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from kdistill.cli.main import main
 
@@ -139,6 +140,7 @@ def test_report_renders_runs_and_sweeps(tmp_path, grid_args, teacher_run, capsys
     } <= set(figures)
     for f in figures:
         assert (out / f).stat().st_size > 1000
+        assert len(Image.open(out / f).convert("RGB").getcolors(1 << 16)) > 20  # drawn
     assert "| digits-teacher | teacher |" in md and "| digits-distill | distilled |" in md
     assert "Sweep g" in md
     # the demo's scratch student is the sweep's student: drawn as the line to beat
