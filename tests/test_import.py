@@ -35,3 +35,21 @@ def test_import_is_lean():
         if "kdistill" in p or p.endswith((".npz", ".gz", ".safetensors", ".yaml", ".pt"))
     ]
     assert data_files == [], data_files
+
+
+def test_help_and_recipe_list_do_not_import_torch():
+    probe = (
+        "import sys, contextlib, io\n"
+        "from kdistill.cli.main import main\n"
+        "for argv in (['--help'], ['config', 'list'], ['methods']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "import kdistill\n"
+        "kdistill.load_config\n"  # a torch-free export stays torch-free
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
