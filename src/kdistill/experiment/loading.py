@@ -23,6 +23,7 @@ from kdistill.models import (
     read_model_file,
     resolve_model,
 )
+from kdistill.models.foreign import PICKLE_SUFFIXES
 from kdistill.trust import NO_TRUST, CodeTrust
 
 
@@ -78,6 +79,12 @@ def load_model(
         UntrustedCodeError: the file names an import path that neither ``arch`` nor ``trust``
             allows; nothing was imported.
     """
+    if Path(path).suffix in PICKLE_SUFFIXES and Path(path).is_file():
+        raise ModelFileError(
+            f"{path} is a plain PyTorch checkpoint, which records no architecture: use it as a "
+            "teacher (kd.teachers[i].checkpoint with kd.teachers[i].arch) or as a starting point "
+            "(model.checkpoint with model.arch); kdistill eval and export read files kdistill wrote"
+        )
     source = resolve_model(path)
     file = read_model_file(source.file)
     spec = file.spec

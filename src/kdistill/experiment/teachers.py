@@ -18,6 +18,7 @@ from kdistill.engine.trainer import TrainingError
 from kdistill.experiment.loading import check_model_fits_data, load_model
 from kdistill.files import sha256_file
 from kdistill.models import ModelFileError, ModelSpec, build_model
+from kdistill.models.foreign import is_plain_state_dict, load_plain_weights, read_state_dict
 from kdistill.record import TeacherIdentity
 from kdistill.teachers import EnsembleTeacher, FrozenTeacher, Renormalize
 from kdistill.trust import CodeTrust, UntrustedCodeError
@@ -93,6 +94,39 @@ def missing_teacher(what: str, reference: str) -> str:
     )
 
 
+def plain_teacher(
+    t: ModelConfig,
+    what: str,
+    data: DataBundle,
+    data_cfg: DataConfig,
+    log: Log,
+) -> LoadedTeacher:
+    """A teacher from weights trained elsewhere (a plain state dict or a foreign
+    ``.safetensors``): built from the architecture the config names, the weights strictly
+    loaded. It is taken to expect the student's input normalization. The architecture comes
+    from the user's own config, so an import path there is theirs to run."""
+    assert t.checkpoint is not None
+    if t.arch is None:
+        raise ModelFileError(
+            f"{what}: {t.checkpoint} holds weights without an architecture (a plain PyTorch state "
+            f"dict or a .safetensors file not written by kdistill): name it with "
+            f"{what.replace('[', '.').replace(']', '')}.arch (--kd-teacher ARCH), e.g. resnet20_cifar"
+        )
+    spec = model_spec(t, data, data_cfg)
+    model = build_model(spec.arch, data.num_classes, data.input_shape, spec.args)
+    load_plain_weights(model, read_state_dict(t.checkpoint), f"{what} ({t.checkpoint})")
+    model.eval()
+    file = Path(t.checkpoint)
+    identity = TeacherIdentity(
+        reference=t.checkpoint,
+        file=str(file.resolve()),
+        sha256=sha256_file(file),
+        arch=spec.arch,
+    )
+    log(f"{what}: {identity.describe()} (plain weights, architecture {spec.arch} from the config)")
+    return LoadedTeacher(model, spec, t.checkpoint, identity)
+
+
 def load_teachers(
     kd: KDConfig, data: DataBundle, data_cfg: DataConfig, log: Log, trust: CodeTrust
 ) -> list[LoadedTeacher]:
@@ -107,6 +141,9 @@ def load_teachers(
             continue
         if not Path(t.checkpoint).exists():
             raise ModelFileError(missing_teacher(what, t.checkpoint))
+        if is_plain_state_dict(t.checkpoint):
+            teachers.append(plain_teacher(t, what, data, data_cfg, log))
+            continue
         try:
             loaded = load_model(t.checkpoint, arch=t.arch, args=t.args or None, trust=trust)
         except (ModelFileError, UntrustedCodeError) as e:
