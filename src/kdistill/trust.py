@@ -20,9 +20,14 @@ class UntrustedCodeError(ValueError):
     """A file names code (an import path) that the user did not ask to run."""
 
 
+# Model families looked up by name in a library's own registry (``torchvision:resnet18``): the
+# name selects one of the library's builders, it does not import a module of the file's choice.
+LIBRARY_PREFIXES = ("torchvision:",)
+
+
 def is_import_path(arch: str) -> bool:
     """Whether an architecture name is an import path (``module:function``), i.e. code."""
-    return ":" in arch
+    return ":" in arch and not arch.startswith(LIBRARY_PREFIXES)
 
 
 @dataclass(frozen=True)

@@ -339,6 +339,8 @@ def build_run(
     trust = code_trust(cfg, trust_code)
     data = build_data(cfg.data)
     student, spec = build_student(cfg, data, trust, resume_from)
+    for note in getattr(student, "kdistill_adapted", ()):
+        log(f"student {spec.arch}: {note}")
     eval_loaders = build_eval_loaders(cfg, data, device, rank=rank, world_size=world)
     teacher = check = cache = None
     if cfg.kd is not None:

@@ -114,6 +114,8 @@ def plain_teacher(
         )
     spec = model_spec(t, data, data_cfg)
     model = build_model(spec.arch, data.num_classes, data.input_shape, spec.args)
+    for note in getattr(model, "kdistill_adapted", ()):
+        log(f"{what} {spec.arch}: {note}")
     load_plain_weights(model, read_state_dict(t.checkpoint), f"{what} ({t.checkpoint})")
     model.eval()
     file = Path(t.checkpoint)

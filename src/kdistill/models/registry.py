@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
@@ -41,10 +42,29 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 _SHAPE_ARGS = ("num_classes", "in_channels", "input_size")
 
 
+def torchvision_builder(name: str) -> Callable[..., nn.Module]:
+    """Any torchvision classification model by name (``torchvision:resnet18``), untrained
+    (``weights=None``: nothing is downloaded)."""
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"torchvision has no classification model {name!r}{hint} "
+            "(torchvision.models.list_models(module=torchvision.models) lists them)"
+        )
+    return partial(torchvision.models.get_model, name, weights=None)
+
+
 def resolve_builder(arch: str) -> Callable[..., nn.Module]:
-    """The builder for a registry name or a ``package.module:function`` import path."""
+    """The builder for a registry name, ``torchvision:<name>``, or a ``package.module:function``
+    import path."""
     if arch in MODELS:
         return MODELS[arch]
+    if arch.startswith("torchvision:"):
+        return torchvision_builder(arch.partition(":")[2])
     if ":" in arch:
         module_name, _, attr = arch.partition(":")
         try:
@@ -108,13 +128,81 @@ def build_model(
         shape = {"num_classes": num_classes, "in_channels": input_shape[0], "input_size": None}
     else:
         raise ValueError(f"input shape must be (C, H, W) or (F,), got {input_shape}")
-    accepted = {k: v for k, v in shape.items() if k in sig.parameters or takes_kwargs}
-    try:
-        model = builder(**accepted, **args)
-    except TypeError as e:
-        raise ValueError(f"model {arch!r} with args {args}: {e}") from None
+    model, passed = _call_builder(builder, arch, shape, args, sig, takes_kwargs)
     if not isinstance(model, nn.Module):
         raise ValueError(
             f"model builder {arch!r} returned {type(model).__name__}, not an nn.Module"
         )
+    # A builder with its own signature (torchvision's, a user's) is adapted to the data: the
+    # first convolution takes the data's channels, the last linear layer gives its classes.
+    # Only a parameter the builder names is trusted to have been used: one passed through
+    # **kwargs may have been swallowed (torchvision's MobileNetV3 ignores unknown keywords).
+    notes = []
+    if "in_channels" not in passed and len(input_shape) == 3:
+        notes += adapt_first_conv(model, input_shape[0])
+    if "num_classes" not in passed:
+        notes += adapt_head(model, num_classes)
+    model.kdistill_adapted = tuple(notes)  # type: ignore[assignment]
     return model
+
+
+def _call_builder(
+    builder: Callable[..., nn.Module],
+    arch: str,
+    shape: Mapping[str, Any],
+    args: Mapping[str, Any],
+    sig: inspect.Signature,
+    takes_kwargs: bool,
+) -> tuple[Any, set[str]]:
+    """Call ``builder`` with the shape arguments it accepts: those it names, and, through
+    ``**kwargs``, those it does not reject (torchvision's builders forward every keyword to the
+    model, which rejects ``in_channels``). Returns the model and the shape arguments the
+    builder names (the only ones known to have been used)."""
+    named = {k: v for k, v in shape.items() if k in sig.parameters}
+    hopeful = {k: v for k, v in shape.items() if k not in named and takes_kwargs}
+    while True:
+        try:
+            return builder(**named, **hopeful, **args), set(named)
+        except TypeError as e:
+            rejected = next((k for k in hopeful if f"'{k}'" in str(e)), None)
+            if rejected is None:
+                raise ValueError(f"model {arch!r} with args {dict(args)}: {e}") from None
+            del hopeful[rejected]
+
+
+def adapt_first_conv(model: nn.Module, in_channels: int) -> list[str]:
+    """Replace the first ``Conv2d`` when it takes another number of channels (a 3-channel
+    network for 1-channel images); the new layer is freshly initialized."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if module.in_channels == in_channels:
+                return []
+            new = nn.Conv2d(
+                in_channels, module.out_channels, module.kernel_size, module.stride,
+                module.padding, module.dilation, 1,  # groups: a depthwise stem becomes dense
+                module.bias is not None, module.padding_mode,
+            )  # fmt: skip
+            _set_submodule(model, name, new)
+            return [
+                f"replaced {name} (Conv2d {module.in_channels} -> {in_channels} input channels)"
+            ]
+    return []
+
+
+def adapt_head(model: nn.Module, num_classes: int) -> list[str]:
+    """Replace the last ``Linear`` layer when it gives another number of classes."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (name, module)
+    if last is None or last[1].out_features == num_classes:
+        return []
+    name, module = last
+    _set_submodule(model, name, nn.Linear(module.in_features, num_classes, module.bias is not None))
+    return [f"replaced {name} (Linear {module.out_features} -> {num_classes} classes)"]
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
