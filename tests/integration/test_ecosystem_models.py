@@ -9,7 +9,6 @@ from kdistill.experiment import load_model, run
 from kdistill.models import build_model
 
 from .conftest import digits_config
-from .test_engine import QUIET
 
 
 def imagenet_style_builder(width=8):
