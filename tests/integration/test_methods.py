@@ -217,3 +217,18 @@ def test_feature_methods_train_with_compression(tmp_path, teacher_run, policy):
     result = run(cfg, **QUIET)
     last = metric_lines(result.run_dir)[-1]
     assert last["train"]["loss_pkt"] > 0 and result.record.test_top1 > 0.3  # chance: 0.1
+
+
+def test_a_quantized_run_with_a_feature_method_resumes(tmp_path, teacher_run):
+    cfg = digits_config(
+        tmp_path, "model.arch=lenet5", "model.args={}", "kd.alpha=1.0", "train.epochs=2",
+        f"kd.teachers.0.checkpoint={teacher_run.run_dir}", "train.measure_latency=false",
+        "policies=[{kind: quantization, weight_bits: 4, activation_bits: 8}]",
+        "kd.methods=[{name: fitnet, weight: 1.0, pairs: [{student: classifier.4, teacher: classifier.4}]}]",
+        "optim.grad_clip=2.0", "train.on_collapse=warn",  # a 4-bit LeNet-5 on 8x8 digits is fragile
+    )  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, callbacks=[StopAt(1)], **QUIET)
+    # the student comes back as the exported QAT graph: its layers are found through it
+    result = run(cfg, resume=True, **QUIET)
+    assert metric_lines(result.run_dir)[-1]["train"]["loss_fitnet"] > 0

@@ -29,16 +29,30 @@ _HALF = (torch.float16, torch.bfloat16)
 def check_layer_names(
     model: nn.Module, names: Sequence[str], sample: Tensor, role: str
 ) -> dict[str, tuple[int, ...]]:
-    """The output shapes of the named layers of ``model`` for ``sample`` (one sample); an
+    """The output shapes of the named layers of ``model`` for ``sample`` (one sample), tapped
+    as training taps them (so an exported QAT student is probed through its graph); an
     unknown name is an error listing every layer with its output shape."""
-    shapes = dict(module_shapes(model, sample))
-    missing = [n for n in names if n not in shapes]
+    if not names:
+        return {}
+    captured: dict[str, Tensor] = {}
+    taps = FeatureTaps(names, role, clone=False)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), taps.capture(model) as captured:
+            model(sample)
+    except ValueError:  # a name the model does not have
+        captured = {}
+    finally:
+        model.train(was_training)
+    missing = [n for n in names if n not in captured]
     if missing:
+        shapes = module_shapes(model, sample)
         raise ValueError(
             f"the {role} has no layer {', '.join(map(repr, missing))} (or it gives no tensor); "
-            f"its layers and their outputs for one sample:\n{describe_modules(list(shapes.items()))}"
+            f"its layers and their outputs for one sample:\n{describe_modules(shapes)}"
         )
-    return {n: shapes[n] for n in names}
+    return {n: tuple(captured[n].shape) for n in names}
 
 
 def probe_layers(
