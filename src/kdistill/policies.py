@@ -51,7 +51,11 @@ class QuantizationPolicy(_Windowed):
     starting_epoch: int = doc("epoch at which fake quantization is inserted (0 = from scratch)", 0)
     weight_bits: int = doc("bits of weights (2..8)", 8)
     activation_bits: int = doc("bits of activations (2..8)", 8)
-    weight_symmetric: bool = doc("symmetric weight quantization (zero maps to zero exactly)", True)
+    weight_symmetric: bool = doc(
+        "symmetric weight quantization (zero maps to zero exactly); must stay true: the int8 "
+        "kernels kdistill trains for (torchao's x86 quantizer) take symmetric weights only",
+        True,
+    )
     activation_symmetric: bool = doc(
         "symmetric (signed) activations; false = asymmetric unsigned, suited to ReLU outputs", False
     )
@@ -79,6 +83,18 @@ class QuantizationPolicy(_Windowed):
             ("activation_bits", self.activation_bits),
         ):
             require(2 <= bits <= 8, f"quantization policy: {name} must be in 2..8, got {bits}")
+        asymmetric = [
+            key for key, value in self.overrides.items()
+            if isinstance(value, dict) and value.get("weight_symmetric") is False
+        ]  # fmt: skip
+        require(
+            self.weight_symmetric and not asymmetric,
+            "quantization policy: weight_symmetric=false"
+            + (f" (overrides {', '.join(asymmetric)})" if asymmetric else "")
+            + ": asymmetric weights are not supported; the int8 kernels kdistill trains for "
+            "(torchao's x86 quantizer, converted to ONNX) take symmetric weights. Activations "
+            "may be asymmetric (activation_symmetric: false)",
+        )
         for key, value in self.overrides.items():
             require(
                 value is None or isinstance(value, dict),
@@ -126,9 +142,23 @@ class PruningPolicy(_Windowed):
     )
     starting_epoch: int = doc("first pruning step (t0)", 0)
     ending_epoch: int | None = doc(
-        "AGP reaches the target at this epoch (t0 + n dt); null = the last epoch", None
+        "the window is [starting_epoch, ending_epoch): AGP reaches the target in its last "
+        "epoch, ending_epoch - 1 (t0 + n dt); null = in the run's last epoch",
+        None,
     )
     frequency: int = doc("epochs between pruning steps (dt)", 1)
+    structure: Literal["elements", "filters", "channels"] = doc(
+        "what is pruned: single weights, or whole groups ranked by their L1 norm within each "
+        "layer: filters (Conv2d output channels; rows, i.e. output neurons, of a Linear) or "
+        "channels (Conv2d input channels; columns of a Linear)",
+        "elements",
+    )
+    remove_epoch: int | None = doc(
+        "structured pruning: at the start of this epoch the zeroed filters or channels are "
+        "removed from the network (torch-pruning), so it really shrinks, as Distiller's "
+        "net_thinner does; null = they stay as zeros",
+        None,
+    )
 
     def __post_init__(self) -> None:
         _check_range("pruning", self.starting_epoch, self.ending_epoch, self.frequency)
@@ -140,6 +170,32 @@ class PruningPolicy(_Windowed):
             0.0 <= self.initial_sparsity <= self.target_sparsity,
             f"pruning policy: initial_sparsity must be in [0, target_sparsity], got {self.initial_sparsity}",
         )
+        require(
+            self.structure == "elements" or self.scope == "per_layer",
+            f"pruning policy: structure={self.structure} ranks groups within each layer; set "
+            "scope: per_layer",
+        )
+        if self.remove_epoch is not None:
+            require(
+                self.structure != "elements",
+                "pruning policy: remove_epoch removes zeroed filters or channels; it needs "
+                "structure: filters or channels (single zeroed weights cannot be removed)",
+            )
+            last_step = self.last_step
+            require(
+                last_step is not None and self.remove_epoch >= last_step,
+                f"pruning policy: remove_epoch={self.remove_epoch} comes before the last pruning "
+                f"step (epoch {last_step if last_step is not None else 'the last'}); remove the "
+                "filters once pruning is done (set ending_epoch, then remove_epoch >= "
+                "ending_epoch - 1)",
+            )
+
+    @property
+    def last_step(self) -> int | None:
+        """The epoch of the last pruning step, where known without the run's length."""
+        if self.schedule == "one_shot":
+            return self.starting_epoch
+        return None if self.ending_epoch is None else self.ending_epoch - 1
 
 
 @dataclass(frozen=True)
@@ -181,6 +237,11 @@ class RegularizationPolicy(_Windowed):
         "l1",
     )
     weight: float = doc("multiplier of the penalty", 1e-5)
+    groups: Literal["filters", "channels"] = doc(
+        "group_lasso: the groups, filters (Conv2d output channels; rows of a Linear) or "
+        "channels (Conv2d input channels; columns of a Linear)",
+        "filters",
+    )
     modules: tuple[str, ...] = doc(
         "module names or 're:regex'; empty = every Conv2d and Linear", ()
     )
@@ -190,6 +251,10 @@ class RegularizationPolicy(_Windowed):
     def __post_init__(self) -> None:
         _check_range("regularization", self.starting_epoch, self.ending_epoch)
         require(self.weight > 0, f"regularization policy: weight must be > 0, got {self.weight}")
+        require(
+            self.type == "group_lasso" or self.groups == "filters",
+            f"regularization policy: groups={self.groups} applies to group_lasso, not {self.type}",
+        )
 
 
 PolicyConfig = (

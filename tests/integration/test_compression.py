@@ -146,6 +146,28 @@ def test_resume_mid_schedule_equals_uninterrupted(tmp_path, teacher_run):
     )
 
 
+def test_resume_after_structured_removal_equals_uninterrupted(tmp_path, teacher_run):
+    extra = [
+        *LENET, "train.epochs=4", "train.deterministic=true", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        policies(
+            "{kind: pruning, structure: filters, scope: per_layer, target_sparsity: 0.5, modules: [features.3], starting_epoch: 0, ending_epoch: 2, remove_epoch: 2}",
+            "{kind: pruning, target_sparsity: 0.5, modules: [classifier.1], starting_epoch: 1, ending_epoch: 3}",
+        ),
+    ]  # fmt: skip
+    whole = run(digits_config(tmp_path / "a", *extra), **QUIET)
+    cfg = digits_config(tmp_path / "b", *extra)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, callbacks=[StopAt(3)], **QUIET)  # after the filters were removed
+    resumed = run(cfg, resume=True, **QUIET)
+    assert metric_lines(resumed.run_dir) == metric_lines(whole.run_dir)
+    a, b = load_state_file(whole.run_dir), load_state_file(resumed.run_dir)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    model, _spec = load_model(resumed.run_dir)
+    assert model.features[3].out_channels == 8 and model.classifier[1].in_features == 8 * 2 * 2
+    layers = resumed.summary["compression"]["pruning"]["layers"]
+    assert layers["classifier.1.weight"] == pytest.approx(0.5, abs=1e-3)
+
+
 @pytest.mark.parametrize(
     ("items", "message"),
     [
@@ -161,6 +183,22 @@ def test_resume_mid_schedule_equals_uninterrupted(tmp_path, teacher_run):
         ),
         (["{kind: pruning, starting_epoch: 9}"], "not before train.epochs"),
         (["{kind: sparsify}"], "kind must be one of"),
+        (["{kind: pruning, structure: filters}"], "set scope: per_layer"),
+        (["{kind: pruning, remove_epoch: 2, ending_epoch: 2}"], "needs structure: filters"),
+        (
+            [
+                "{kind: pruning, structure: filters, scope: per_layer, ending_epoch: 3, remove_epoch: 1}"
+            ],
+            "comes before the last pruning step \\(epoch 2\\)",
+        ),
+        (
+            [
+                "{kind: pruning, structure: channels, scope: per_layer, ending_epoch: 2, remove_epoch: 2}",
+                "{kind: quantization, starting_epoch: 1}",
+            ],
+            "after quantization starts",
+        ),
+        (["{kind: quantization, weight_symmetric: false}"], "asymmetric weights are not supported"),
     ],
 )
 def test_bad_schedules(tmp_path, items, message):
@@ -173,4 +211,13 @@ def test_unknown_layer_names_are_reported(tmp_path):
     with pytest.raises(
         ValueError, match="'conv9' matches no Conv2d/Linear module; candidates: features.0"
     ):
+        run(cfg, **QUIET)
+
+
+def test_a_layer_pruned_by_two_policies_is_refused(tmp_path):
+    cfg = digits_config(
+        tmp_path, *LENET, "train.epochs=1",
+        policies("{kind: pruning, modules: [features.0]}", "{kind: pruning, modules: ['re:features\\..']}"),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="features.0 chosen by more than one policy"):
         run(cfg, **QUIET)

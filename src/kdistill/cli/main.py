@@ -15,7 +15,18 @@ EXIT_FAILED = 1
 
 def build_parser() -> argparse.ArgumentParser:
     # Verb modules import torch only inside their handlers, so --help and --version stay fast.
-    from kdistill.cli import cache, demo, evaluate, export, info, methods, report, sweep, train
+    from kdistill.cli import (
+        cache,
+        demo,
+        distiller,
+        evaluate,
+        export,
+        info,
+        methods,
+        report,
+        sweep,
+        train,
+    )  # fmt: skip
 
     parser = argparse.ArgumentParser(
         prog="kdistill",
@@ -27,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     for register in (
         demo.register,
         train.register,
+        distiller.register,
         evaluate.register,
         export.register,
         info.register_models,
@@ -52,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.raw_argv = raw
     if extra:
         if not hasattr(args, "items") or any(item.startswith("-") for item in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            hint = getattr(args, "unknown_hint", "")
+            parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
         args.items = [*args.items, *extra]
     if args.command is None:
         parser.print_help()

@@ -142,22 +142,34 @@ class Quantization(Callback):
 
 
 class UnstructuredPruning(Callback):
-    """Magnitude masks on a schedule (AGP or one-shot), re-applied after every optimizer step."""
+    """Magnitude masks on a schedule (AGP or one-shot), re-applied after every optimizer step:
+    single weights, or whole filters/channels (``structure``), which ``remove_epoch`` then
+    removes from the network. (The class keeps its first name: checkpoints key its state by it.)
+    """
 
-    def __init__(self, policy: PruningPolicy, epochs: int, log: Log) -> None:
+    def __init__(
+        self, policy: PruningPolicy, epochs: int, input_shape: tuple[int, ...], log: Log
+    ) -> None:
         self.policy = policy
         self.end = policy.window.last(epochs)  # AGP reaches the target here
+        self.input_shape = input_shape
         self.log = log
         self.pruner: pruning.MaskPruner | None = None
         self.last_target = 0.0
+        self.removed = False
+        self.shapes: dict[str, Any] | None = None  # the layer shapes after removal
         self._saved: Mapping[str, Any] | None = None
+        self.siblings: Sequence[UnstructuredPruning] = ()  # every pruning policy of the run
+
+    def layers(self, model: nn.Module) -> list[str]:
+        return select_layers(model, self.policy.modules, what="pruning policy modules")
 
     def _ensure(self, trainer: Trainer) -> pruning.MaskPruner:
         if self.pruner is None:
-            layers = select_layers(
-                trainer.student, self.policy.modules, what="pruning policy modules"
+            layers = self.layers(trainer.student)
+            self.pruner = pruning.MaskPruner(
+                [f"{n}.weight" for n in layers], self.policy.scope, self.policy.structure
             )
-            self.pruner = pruning.MaskPruner([f"{n}.weight" for n in layers], self.policy.scope)
             if self._saved is not None:
                 self.pruner.load_state_dict(self._saved)
         return self.pruner
@@ -179,7 +191,17 @@ class UnstructuredPruning(Callback):
         )
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        self._ensure(trainer)
+        mine = set(self._ensure(trainer).param_names)
+        for other in self.siblings:
+            if other is self or other.pruner is None:
+                continue
+            shared = sorted(mine & set(other.pruner.param_names))
+            if shared:
+                raise ValueError(
+                    f"pruning policies: {', '.join(n[: -len('.weight')] for n in shared)} "
+                    "chosen by more than one policy; each layer may be pruned by one policy "
+                    "(list disjoint modules)"
+                )
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         target = self.target(epoch)
@@ -187,10 +209,29 @@ class UnstructuredPruning(Callback):
         if target is not None and target > 0:
             pruner.prune_to(trainer.student, target)
             self.last_target = target
+            what = "weights" if self.policy.structure == "elements" else self.policy.structure
             self.log(
-                f"pruning: {target:.1%} of the selected weights are zero from epoch {epoch + 1}"
+                f"pruning: {target:.1%} of the selected {what} are zero from epoch {epoch + 1}"
             )
         pruner.apply(trainer.student)
+        if epoch == self.policy.remove_epoch and not self.removed:
+            self._remove(trainer, pruner)
+
+    def _remove(self, trainer: Trainer, pruner: pruning.MaskPruner) -> None:
+        student = trainer.student
+        before = sum(p.numel() for p in student.parameters())
+        layers = [n[: -len(".weight")] for n in pruner.param_names]
+        outcome = pruning.remove_zeroed_groups(
+            student, self.input_shape, layers, self.policy.structure
+        )
+        pruner.refresh(student)
+        self.removed = True
+        self.shapes = pruning.layer_shapes(student)
+        trainer.replace_student(student)  # new, smaller parameters: re-wrap, new optimizer
+        after = sum(p.numel() for p in student.parameters())
+        for name, what in outcome.items():
+            self.log(f"  {name}: {what}")
+        self.log(f"removed the zeroed {self.policy.structure}: {before:,} -> {after:,} parameters")
 
     def on_step_end(self, trainer: Trainer, step: int) -> None:
         if self.pruner is not None:
@@ -202,11 +243,18 @@ class UnstructuredPruning(Callback):
             if self.pruner is not None
             else {"param_names": [], "masks": {}}
         )
-        return {**state, "last_target": self.last_target}
+        return {
+            **state,
+            "last_target": self.last_target,
+            "removed": self.removed,
+            "shapes": self.shapes,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._saved = state
         self.last_target = float(state["last_target"])
+        self.removed = bool(state.get("removed", False))
+        self.shapes = state.get("shapes")
         if self.pruner is not None:
             self.pruner.load_state_dict(state)
 
@@ -231,9 +279,12 @@ class Regularization(Callback):
         if not self.active or self.layers is None:
             return {}
         weights = regularization.weights_of(trainer.student, self.layers)
-        return {
-            self.name: (regularization.PENALTIES[self.policy.type](weights), self.policy.weight)
-        }
+        penalty = (
+            regularization.group_lasso_penalty(weights, self.policy.groups)
+            if self.policy.type == "group_lasso"
+            else regularization.l1_penalty(weights)
+        )
+        return {self.name: (penalty, self.policy.weight)}
 
 
 def build_callbacks(
@@ -248,13 +299,20 @@ def build_callbacks(
         require("torchao", "quant")
         require("onnxruntime", "quant")  # the int8 ONNX model written at the end
         require("onnxscript", "quant")
+    if any(getattr(p, "remove_epoch", None) is not None for p in policies):
+        require("torch_pruning", "prune")
     callbacks: list[Callback] = []
     if "channel_pruning" in by_kind:
         callbacks.append(ChannelPruning(by_kind["channel_pruning"], input_shape, log))
+    # Pruning before quantization: a structured policy may remove filters at the epoch QAT
+    # starts (masks are looked up by parameter name, so they survive the switch to the graph).
+    prunings = [p for p in policies if p.kind == "pruning"]
+    pruners = [UnstructuredPruning(p, epochs, input_shape, log) for p in prunings]
+    for cb in pruners:
+        cb.siblings = pruners
+    callbacks += pruners
     if "quantization" in by_kind:
         callbacks.append(Quantization(by_kind["quantization"], input_shape, log))
-    if "pruning" in by_kind:
-        callbacks.append(UnstructuredPruning(by_kind["pruning"], epochs, log))
     regs = [p for p in policies if p.kind == "regularization"]
     callbacks += [Regularization(p, i) for i, p in enumerate(regs)]
     return callbacks
@@ -264,8 +322,8 @@ def structure_record(callbacks: Sequence[Callback]) -> dict[str, Any]:
     """What a model file must record to rebuild the student's current structure (pruned channel
     counts; the fake-quantized graph's settings), for ``ModelSpec.extra``."""
     record: dict[str, Any] = {}
-    for cb in callbacks:
-        if isinstance(cb, ChannelPruning) and cb.shapes is not None:
+    for cb in callbacks:  # the last structural change holds every layer's current shape
+        if isinstance(cb, (ChannelPruning, UnstructuredPruning)) and cb.shapes is not None:
             record["layer_shapes"] = cb.shapes
         if isinstance(cb, Quantization) and cb.prepared:
             record["qat"] = {k: getattr(cb.policy, k) for k in (*QUANT_SETTINGS, "overrides")}
@@ -300,8 +358,20 @@ def compression_report(callbacks: Sequence[Callback], student: nn.Module) -> dic
             }
         elif isinstance(cb, UnstructuredPruning):
             names = cb.pruner.param_names if cb.pruner is not None else None
-            report["pruning"] = {
+            entry = {
                 "target_sparsity": cb.policy.target_sparsity,
+                "structure": cb.policy.structure,
                 **pruning.sparsity_report(student, names),
             }
+            if cb.removed:
+                entry["removed"] = True
+            # several pruning policies (Distiller schedules have one per group of layers)
+            report.setdefault("pruning_policies", []).append(entry)
+    policies = report.pop("pruning_policies", [])
+    if len(policies) == 1:
+        report["pruning"] = policies[0]
+    elif policies:
+        names = [n for cb in callbacks if isinstance(cb, UnstructuredPruning) and cb.pruner
+                 for n in cb.pruner.param_names]  # fmt: skip
+        report["pruning"] = {**pruning.sparsity_report(student, names), "policies": policies}
     return report

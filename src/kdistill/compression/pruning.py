@@ -28,19 +28,49 @@ def agp_sparsity(epoch: int, *, initial: float, final: float, start: int, span: 
     return final + (initial - final) * (1.0 - progress) ** 3
 
 
+# The dimension whose slices form a group: filters are output channels (dim 0: a Conv2d's
+# filters, a Linear's rows), channels input channels (dim 1: a Conv2d's input channels, a
+# Linear's columns).
+GROUP_DIMS = {"filters": 0, "channels": 1}
+
+
+def group_norms(weight: Tensor, structure: str) -> Tensor:
+    """The L1 norm of each filter or channel of ``weight`` (Distiller's ranking criterion)."""
+    dim = GROUP_DIMS[structure]
+    return weight.detach().abs().float().transpose(0, dim).flatten(1).sum(1)
+
+
+def expand_groups(keep: Tensor, weight: Tensor, structure: str) -> Tensor:
+    """A per-group keep vector as a mask of ``weight``'s shape."""
+    dim = GROUP_DIMS[structure]
+    shape = [1] * weight.dim()
+    shape[dim] = -1
+    return keep.view(shape).expand_as(weight).clone()
+
+
 class MaskPruner:
     """Magnitude masks over the weights ``param_names`` of a model.
 
     Args:
         param_names: the weights to prune (``"features.3.weight"``, ...).
         scope: ``"global"`` (one threshold over all of them) or ``"per_layer"``.
+        structure: ``"elements"`` (single weights), or ``"filters"`` / ``"channels"`` (whole
+            groups, ranked by L1 norm within each layer; needs ``per_layer``).
     """
 
-    def __init__(self, param_names: Sequence[str], scope: str = "global") -> None:
+    def __init__(
+        self, param_names: Sequence[str], scope: str = "global", structure: str = "elements"
+    ) -> None:
         if scope not in ("global", "per_layer"):
             raise ValueError(f"scope must be global or per_layer, got {scope!r}")
+        if structure != "elements" and (structure not in GROUP_DIMS or scope != "per_layer"):
+            raise ValueError(
+                f"structure must be elements, or filters/channels with per_layer scope; got "
+                f"{structure!r} with {scope!r}"
+            )
         self.param_names = list(param_names)
         self.scope = scope
+        self.structure = structure
         self.masks: dict[str, Tensor] = {}
 
     def _params(self, model: nn.Module) -> dict[str, Tensor]:
@@ -55,6 +85,10 @@ class MaskPruner:
         """Masks with exactly ``round(sparsity * N)`` zeros (per layer, or over all layers);
         weights pruned earlier stay pruned (they are the first to go)."""
         params = self._params(model)
+        if self.structure != "elements":
+            self._prune_groups(params, sparsity)
+            self.apply(model)
+            return
         scores = {}
         for name, p in params.items():
             s = p.detach().abs().float().flatten()
@@ -77,6 +111,27 @@ class MaskPruner:
                 offset += size
         self.apply(model)
 
+    def _prune_groups(self, params: Mapping[str, Tensor], sparsity: float) -> None:
+        """Per layer, ``round(sparsity * groups)`` whole filters or channels with the smallest
+        L1 norms masked (groups pruned earlier stay pruned)."""
+        for name, p in params.items():
+            norms = group_norms(p, self.structure)
+            if name in self.masks:
+                kept = group_norms(self.masks[name].to(p.device).float(), self.structure) > 0
+                norms = torch.where(kept, norms, torch.full_like(norms, -1.0))
+            keep = torch.ones(norms.numel(), dtype=torch.bool, device=norms.device)
+            k = min(round(sparsity * norms.numel()), norms.numel() - 1)  # one group always stays
+            if k > 0:
+                keep[torch.topk(norms, k, largest=False).indices] = False
+            self.masks[name] = expand_groups(keep, p, self.structure).cpu()
+
+    def refresh(self, model: nn.Module) -> None:
+        """Masks whose weight changed shape (its zeroed filters were removed) are taken again
+        from the weight's zeros: the pruned weights are exactly zero, so this keeps them."""
+        for name, p in self._params(model).items():
+            if name in self.masks and self.masks[name].shape != p.shape:
+                self.masks[name] = (p.detach() != 0).cpu()
+
     @torch.no_grad()
     def apply(self, model: nn.Module) -> None:
         """Zero the pruned weights (after every optimizer step they may have moved)."""
@@ -89,11 +144,13 @@ class MaskPruner:
     def state_dict(self) -> dict[str, Any]:
         return {
             "param_names": list(self.param_names),
+            "structure": self.structure,
             "masks": {n: m.clone() for n, m in self.masks.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.param_names = list(state["param_names"])
+        self.structure = str(state.get("structure", "elements"))
         self.masks = {n: m.bool() for n, m in state["masks"].items()}
 
 
@@ -157,6 +214,87 @@ def channel_prune(
     )
     pruner.step()
     model.train(was_training)
+
+
+def remove_zeroed_groups(
+    model: nn.Module, input_shape: tuple[int, ...], layers: Sequence[str], structure: str
+) -> dict[str, str]:
+    """Remove the all-zero filters (or input channels) of ``layers`` from ``model`` in place,
+    with the layers that depend on them (the next layer's inputs, BatchNorm), as Distiller's
+    thinning does: removing filters also removes the next layer's matching input channels and
+    the BatchNorm entries between; removing input channels also removes the filters that feed
+    them. Groups coupled with other layers' non-zero weights (filters summed with a residual)
+    are kept: removing them would throw trained weights away.
+
+    Returns:
+        layer name -> what happened to it, for the log.
+    """
+    tp = require("torch_pruning", "prune")
+
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    graph = tp.DependencyGraph().build_dependency(
+        model, example_inputs=torch.zeros(1, *input_shape, device=device)
+    )
+    dim = GROUP_DIMS[structure]
+    outcome: dict[str, str] = {}
+    for name in layers:
+        layer = modules[name]
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            outcome[name] = f"kept: a {type(layer).__name__}, not a Conv2d or Linear"
+            continue
+        zero = (group_norms(layer.weight, structure) == 0).nonzero().flatten().tolist()
+        total = layer.weight.shape[dim]
+        if not zero or len(zero) == total:
+            outcome[name] = "nothing to remove" if not zero else "kept: every group is zero"
+            continue
+        conv = isinstance(layer, nn.Conv2d)
+        fn = {
+            (True, 0): tp.prune_conv_out_channels, (True, 1): tp.prune_conv_in_channels,
+            (False, 0): tp.prune_linear_out_channels, (False, 1): tp.prune_linear_in_channels,
+        }[(conv, dim)]  # fmt: skip
+        group = graph.get_pruning_group(layer, fn, idxs=zero)
+        coupled = _nonzero_coupled(group, layer, dim, names, tp)
+        if coupled:
+            outcome[name] = (
+                f"kept {len(zero)} zeroed {structure}: coupled with non-zero weights of "
+                f"{', '.join(coupled)}"
+            )
+            continue
+        if not graph.check_pruning_group(group):
+            outcome[name] = f"kept {len(zero)} zeroed {structure}: torch-pruning cannot remove them"
+            continue
+        group.prune()
+        outcome[name] = f"removed {len(zero)} of {total} {structure}"
+    model.train(was_training)
+    return outcome
+
+
+def _nonzero_coupled(
+    group: Any, layer: nn.Module, dim: int, names: Mapping[nn.Module, str], tp: Any
+) -> list[str]:
+    """Other layers from which the group would cut the same kind of slice (filters coupled
+    through a residual sum; other readers of the same input channels) where it is not zero:
+    removing those would throw away trained weights, not zeros."""
+    same_cut = (
+        (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
+        if dim == 0
+        else (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+    )
+    found = []
+    for dep, idxs in group:
+        module = dep.target.module
+        if module is layer or not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        if dep.handler not in same_cut:
+            continue
+        cut = module.weight.detach().transpose(0, dim)[list(idxs)]
+        if bool(cut.abs().sum() != 0):
+            found.append(names.get(module, type(module).__name__))
+    return found
 
 
 def step_ratio(total_ratio: float, step: int, steps: int) -> float:

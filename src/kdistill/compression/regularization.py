@@ -13,13 +13,12 @@ def l1_penalty(weights: Sequence[Tensor]) -> Tensor:
     return torch.stack([w.abs().sum() for w in weights]).sum()
 
 
-def group_lasso_penalty(weights: Sequence[Tensor]) -> Tensor:
-    """``sum_g ||w_g||_2`` with one group per output filter (Conv2d) or output neuron (Linear):
-    it drives whole groups to exactly zero, which channel pruning can then remove."""
-    return torch.stack([w.flatten(1).norm(dim=1).sum() for w in weights]).sum()
-
-
-PENALTIES = {"l1": l1_penalty, "group_lasso": group_lasso_penalty}
+def group_lasso_penalty(weights: Sequence[Tensor], groups: str = "filters") -> Tensor:
+    """``sum_g ||w_g||_2`` with one group per output filter (Conv2d) or output neuron (Linear),
+    or with ``groups="channels"`` per input channel (column): it drives whole groups to exactly
+    zero, which structured pruning can then remove."""
+    dim = {"filters": 0, "channels": 1}[groups]
+    return torch.stack([w.transpose(0, dim).flatten(1).norm(dim=1).sum() for w in weights]).sum()
 
 
 def weights_of(model: nn.Module, layer_names: Sequence[str]) -> list[Tensor]:

@@ -339,16 +339,33 @@ def dump_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
-def config_hash(cfg: Any, *, exclude: Iterable[str] = ()) -> str:
-    """A short, stable hash of the config's values (dotted keys in ``exclude`` are left out)."""
+def _parents(data: Any, keys: list[str]) -> list[dict[str, Any]]:
+    """The mappings reached by ``keys`` (``name[]`` descends into every item of a list)."""
+    nodes = [data]
+    for key in keys:
+        listed = key.endswith("[]")
+        key = key.removesuffix("[]")
+        found = [n.get(key) for n in nodes if isinstance(n, dict)]
+        nodes = [i for f in found if isinstance(f, list) for i in f] if listed else found
+    return [n for n in nodes if isinstance(n, dict)]
+
+
+def config_hash(
+    cfg: Any, *, exclude: Iterable[str] = (), at_default: Mapping[str, Any] | None = None
+) -> str:
+    """A short, stable hash of the config's values. Dotted keys in ``exclude`` are left out;
+    keys in ``at_default`` are left out while they hold the given value (``policies[].x``
+    names a key of every policy)."""
     data = to_dict(cfg)
     for dotted in exclude:
-        node = data
         *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict):
+        for node in _parents(data, parents):
             node.pop(last, None)
+    for dotted, default in (at_default or {}).items():
+        *parents, last = dotted.split(".")
+        for node in _parents(data, parents):
+            if last in node and node[last] == default:
+                del node[last]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 

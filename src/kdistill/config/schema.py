@@ -26,9 +26,11 @@ from kdistill.validation import (
     resolve_weights,
 )
 
-DatasetName = Literal["digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder", "npz"]
+DatasetName = Literal[
+    "digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "npz"
+]
 OptimizerName = Literal["sgd", "adamw"]
-ScheduleName = Literal["cosine", "multistep", "onecycle", "constant"]
+ScheduleName = Literal["cosine", "multistep", "exponential", "onecycle", "constant"]
 Precision = Literal["fp32", "bf16"]
 TeacherPrecision = Literal["fp32", "bf16", "fp16"]
 CollapseAction = Literal["warn", "stop", "ignore"]
@@ -430,11 +432,20 @@ class OptimConfig:
 class ScheduleConfig:
     """The learning-rate schedule, evaluated per step."""
 
-    name: ScheduleName = doc("cosine, multistep, onecycle or constant", "cosine")
+    name: ScheduleName = doc("cosine, multistep, exponential, onecycle or constant", "cosine")
     warmup_epochs: float = doc("linear warm-up from 0 over this many epochs (not onecycle)", 0.0)
     min_lr_ratio: float = doc("cosine: final lr as a fraction of the peak lr", 0.0)
     milestones: tuple[int, ...] = doc("multistep: epochs at which lr is multiplied by gamma", ())
-    gamma: float = doc("multistep: the factor applied at each milestone", 0.1)
+    gamma: float = doc(
+        "multistep: the factor applied at each milestone; exponential: the factor applied "
+        "every epoch (lr = lr0 * gamma^epoch)",
+        0.1,
+    )
+    gammas: tuple[float, ...] = doc(
+        "multistep: one factor per milestone (Distiller's MultiStepMultiGammaLR); empty = gamma "
+        "at each",
+        (),
+    )
     pct_start: float = doc("onecycle: fraction of training spent increasing the lr", 0.3)
     div_factor: float = doc("onecycle: initial lr = lr / div_factor", 25.0)
     final_div_factor: float = doc("onecycle: final lr = initial lr / final_div_factor", 1e4)
@@ -463,6 +474,13 @@ class ScheduleConfig:
             self.name != "multistep" or len(self.milestones) > 0,
             "schedule.name=multistep needs schedule.milestones, e.g. [30, 60]",
         )
+        _require(
+            not self.gammas or len(self.gammas) == len(self.milestones),
+            f"schedule.gammas has {len(self.gammas)} factors for {len(self.milestones)} "
+            "milestones; give one per milestone (or none, for gamma at each)",
+        )
+        for g in self.gammas:
+            _positive("schedule.gammas[]", g)
 
 
 @dataclass(frozen=True)
@@ -600,8 +618,9 @@ class RunConfig:
         kinds = [p.kind for p in self.policies]
         for kind in set(kinds):
             _require(
-                kinds.count(kind) == 1 or kind == "regularization",
-                f"policies: {kinds.count(kind)} {kind} policies; give at most one (regularization may repeat)",
+                kinds.count(kind) == 1 or kind in ("regularization", "pruning"),
+                f"policies: {kinds.count(kind)} {kind} policies; give at most one (pruning and "
+                "regularization may repeat, on different layers)",
             )
         for p in self.policies:
             _require(
@@ -625,6 +644,20 @@ class RunConfig:
                 "policy's starting_epoch",
             )
         q, c = self.policy("quantization"), self.policy("channel_pruning")
+        for p in self.policies:
+            remove = getattr(p, "remove_epoch", None)
+            if remove is None:
+                continue
+            _require(
+                remove < self.train.epochs,
+                f"policies: a pruning policy removes filters at epoch {remove}, not before "
+                f"train.epochs={self.train.epochs}",
+            )
+            _require(
+                not isinstance(q, QuantizationPolicy) or remove <= q.starting_epoch,
+                f"policies: a pruning policy removes filters at epoch {remove}, after quantization "
+                f"starts (epoch {q.starting_epoch if q else ''}): structure first, then QAT",
+            )
         if isinstance(q, QuantizationPolicy) and isinstance(c, ChannelPruningPolicy):
             last_step = c.starting_epoch + (c.iterative_steps - 1) * c.frequency
             _require(

@@ -18,6 +18,7 @@ from kdistill.data.sources import (
     read_digits,
     read_fashion_mnist,
     read_image_folder,
+    read_mnist,
     read_npz,
 )
 
@@ -28,6 +29,7 @@ HELD_OUT_TEST_FRACTION = 0.2
 READERS: dict[str, Callable[[DataConfig], RawData]] = {
     "digits": lambda cfg: read_digits(),
     "fashion-mnist": lambda cfg: read_fashion_mnist(cfg.root),
+    "mnist": lambda cfg: read_mnist(cfg.root),
     "cifar10": lambda cfg: read_cifar(cfg.root, 10),
     "cifar100": lambda cfg: read_cifar(cfg.root, 100),
     "imagefolder": lambda cfg: read_image_folder(cfg.root, cfg.image_size),

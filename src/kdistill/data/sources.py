@@ -143,25 +143,24 @@ def _find(root: Path, stem: str) -> Path | None:
     return None
 
 
-def read_fashion_mnist(root: str | None) -> RawData:
-    """Fashion-MNIST from its four IDX files (Debian package ``dataset-fashion-mnist``)."""
-    base = Path(root or FASHION_MNIST_DIR)
-    stems = {
-        "train_x": "train-images-idx3-ubyte",
-        "train_y": "train-labels-idx1-ubyte",
-        "test_x": "t10k-images-idx3-ubyte",
-        "test_y": "t10k-labels-idx1-ubyte",
-    }
-    found = {k: _find(base, s) for k, s in stems.items()}
-    missing = [stems[k] for k, p in found.items() if p is None]
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
+def _read_idx_dataset(base: Path, name: str, classes: tuple[str, ...], hint: str) -> RawData:
+    """A dataset of the MNIST family from its four IDX files in ``base``."""
+    found = {k: _find(base, s) for k, s in IDX_FILES.items()}
+    missing = [IDX_FILES[k] for k, p in found.items() if p is None]
     if missing:
         where = "it does not exist" if not base.is_dir() else f"missing {', '.join(missing)}[.gz]"
         raise DataError(
-            f"Fashion-MNIST not found in {base} ({where}). Install it with "
-            "`sudo apt-get install dataset-fashion-mnist` (files land in "
-            f"{FASHION_MNIST_DIR}), or point data.root (--data-root) at a directory holding "
-            "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
-            "t10k-labels-idx1-ubyte (gzipped or not)."
+            f"{name} not found in {base} ({where}). {hint}point data.root (--data-root) at a "
+            "directory holding train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+            "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (gzipped or not)."
         )
     arrays = {k: read_idx(p) for k, p in found.items()}  # type: ignore[arg-type]
     for part in ("train", "test"):
@@ -170,9 +169,34 @@ def read_fashion_mnist(root: str | None) -> RawData:
             raise DataError(f"{base}: {part} images {x.shape} and labels {y.shape} do not match")
     train = _split(arrays["train_x"][:, None], arrays["train_y"])
     test = _split(arrays["test_x"][:, None], arrays["test_y"])
-    for name, split in (("train", train), ("test", test)):
-        _check_labels(split.labels, 10, f"{base} {name}")
-    return RawData(train, test, FASHION_MNIST_CLASSES, str(base))
+    for part, split in (("train", train), ("test", test)):
+        _check_labels(split.labels, len(classes), f"{base} {part}")
+    return RawData(train, test, classes, str(base))
+
+
+def read_fashion_mnist(root: str | None) -> RawData:
+    """Fashion-MNIST from its four IDX files (Debian package ``dataset-fashion-mnist``)."""
+    return _read_idx_dataset(
+        Path(root or FASHION_MNIST_DIR),
+        "Fashion-MNIST",
+        FASHION_MNIST_CLASSES,
+        "Install it with `sudo apt-get install dataset-fashion-mnist` (files land in "
+        f"{FASHION_MNIST_DIR}), or ",
+    )
+
+
+def read_mnist(root: str | None) -> RawData:
+    """MNIST from its four IDX files in ``root``, or in ``root/MNIST/raw`` where torchvision
+    (and so Distiller) keeps them."""
+    if root is None:
+        raise DataError(
+            "the mnist dataset needs data.root: the directory of its IDX files, which kdistill "
+            "never downloads"
+        )
+    base = Path(root)
+    if _find(base, IDX_FILES["train_x"]) is None and (base / "MNIST" / "raw").is_dir():
+        base = base / "MNIST" / "raw"
+    return _read_idx_dataset(base, "MNIST", tuple(str(i) for i in range(10)), "")
 
 
 # ----------------------------------------------------------------------------- CIFAR

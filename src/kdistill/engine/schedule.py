@@ -34,7 +34,10 @@ def build_lr_factor(
             return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos
         if cfg.name == "multistep":
             epoch = step // steps_per_epoch
-            return cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
+            gammas = cfg.gammas or (cfg.gamma,) * len(cfg.milestones)
+            return math.prod(g for m, g in zip(cfg.milestones, gammas) if epoch >= m)
+        if cfg.name == "exponential":  # stepped once per epoch, as torch's ExponentialLR
+            return cfg.gamma ** (step // steps_per_epoch)
         # onecycle: linear rise from 1/div_factor to 1, then cosine down to
         # 1 / (div_factor * final_div_factor) (the shape of torch's OneCycleLR).
         peak = max(1, round(cfg.pct_start * total))

@@ -36,7 +36,12 @@ from kdistill.experiment.teachers import (
 from kdistill.losses import DistillationLoss
 from kdistill.methods import method_info
 from kdistill.models import ModelSpec, build_model, count_params
-from kdistill.models.foreign import is_plain_state_dict, load_plain_weights, read_state_dict
+from kdistill.models.foreign import (
+    is_plain_state_dict,
+    load_plain_weights,
+    read_state_dict,
+    recorded_arch,
+)
 from kdistill.objectives import Distiller, Objective, Supervised
 from kdistill.objectives.method_distiller import MethodDistiller, probe_layers
 from kdistill.objectives.terms import Term, build_term
@@ -89,13 +94,14 @@ def build_student(
         spec = model_spec(m, data, cfg.data)
         return build_model(spec.arch, data.num_classes, data.input_shape, spec.args), spec
     if checkpoint is None and is_plain_state_dict(source):  # weights trained elsewhere
-        if m.arch is None:
+        arch = m.arch or recorded_arch(source, "model.checkpoint")
+        if arch is None:
             raise ValueError(
                 f"model.checkpoint {source} holds weights without an architecture (a plain "
                 "PyTorch state dict or a .safetensors file not written by kdistill): name it "
                 "with model.arch"
             )
-        spec = model_spec(m, data, cfg.data)
+        spec = model_spec(replace(m, arch=arch), data, cfg.data)
         model = build_model(spec.arch, data.num_classes, data.input_shape, spec.args)
         load_plain_weights(model, read_state_dict(source), f"model.checkpoint {source}")
         return model.train(), spec

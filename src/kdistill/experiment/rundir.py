@@ -37,18 +37,20 @@ class RunDirError(ValueError):
 
 # Settings added after runs were already made: left out of the identity while at their
 # default, so the runs made before them keep their directories (and resume, and are reused).
-_ADDED_SETTINGS = {"kd.methods": (), "kd.features": (), "kd.standardize": False}
+_ADDED_SETTINGS = {
+    "kd.methods": [],
+    "kd.features": [],
+    "kd.standardize": False,
+    "schedule.gammas": [],
+    "policies[].structure": "elements",
+    "policies[].remove_epoch": None,
+    "policies[].groups": "filters",
+}
 
 
 def run_identity(cfg: RunConfig) -> str:
     """A hash of what determines a run's result apart from its seed: the config's values."""
-    kd = cfg.kd
-    added = [
-        key
-        for key, default in _ADDED_SETTINGS.items()
-        if kd is None or getattr(kd, key.split(".")[1]) == default
-    ]
-    return config_hash(cfg, exclude=("out_dir", "train.seed", *added))
+    return config_hash(cfg, exclude=("out_dir", "train.seed"), at_default=_ADDED_SETTINGS)
 
 
 def group_dir(cfg: RunConfig) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,7 +18,12 @@ from kdistill.engine.trainer import TrainingError
 from kdistill.experiment.loading import check_model_fits_data, load_model
 from kdistill.files import sha256_file
 from kdistill.models import ModelFileError, ModelSpec, build_model
-from kdistill.models.foreign import is_plain_state_dict, load_plain_weights, read_state_dict
+from kdistill.models.foreign import (
+    is_plain_state_dict,
+    load_plain_weights,
+    read_state_dict,
+    recorded_arch,
+)
 from kdistill.record import TeacherIdentity
 from kdistill.teachers import EnsembleTeacher, FrozenTeacher, Renormalize
 from kdistill.trust import CodeTrust, UntrustedCodeError
@@ -106,6 +111,11 @@ def plain_teacher(
     loaded. It is taken to expect the student's input normalization. The architecture comes
     from the user's own config, so an import path there is theirs to run."""
     assert t.checkpoint is not None
+    named_by = "the config"
+    if t.arch is None:
+        arch = recorded_arch(t.checkpoint, what)  # Distiller's checkpoints name theirs
+        if arch is not None:
+            t, named_by = replace(t, arch=arch), "the checkpoint's arch"
     if t.arch is None:
         raise ModelFileError(
             f"{what}: {t.checkpoint} holds weights without an architecture (a plain PyTorch state "
@@ -125,7 +135,7 @@ def plain_teacher(
         sha256=sha256_file(file),
         arch=spec.arch,
     )
-    log(f"{what}: {identity.describe()} (plain weights, architecture {spec.arch} from the config)")
+    log(f"{what}: {identity.describe()} (plain weights, architecture {spec.arch} from {named_by})")
     return LoadedTeacher(model, spec, t.checkpoint, identity)
 
 

@@ -78,9 +78,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             raise ModelFileError(
                 f"{p} stores Python objects besides tensors, and unpickling them could run code, "
                 "so kdistill does not load it (torch.load(weights_only=True) refused: "
-                f"{str(e).splitlines()[0][:160]}). Where you trust the file, save its weights "
-                "alone: torch.save(torch.load(path, weights_only=False)['state_dict'], "
-                "'weights.pt') (for a Distiller checkpoint, in Distiller's environment)"
+                f"{str(e).splitlines()[0][:160]}). Where you trust the file, keep its weights "
+                "alone, in the environment that wrote it (for a Distiller checkpoint, Distiller's "
+                "own, whose classes the file names: its optimizer type, compression schedule and "
+                "quantizer): python -c \"import torch; c = torch.load('CKPT', weights_only=False); "
+                "torch.save({'arch': c.get('arch'), 'state_dict': c['state_dict']}, "
+                "'weights.pth.tar')\""
             ) from None
         except Exception as e:
             raise ModelFileError(f"{p}: not a readable PyTorch checkpoint ({e})") from None
@@ -100,6 +103,42 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if all(k.startswith(prefix) for k in state):
         state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
+
+
+def checkpoint_arch(path: str | Path) -> str | None:
+    """The architecture name a checkpoint records beside its weights (Distiller's ``arch``),
+    or ``None``. Read with ``weights_only=True`` like the weights."""
+    p = Path(path)
+    if p.suffix not in PICKLE_SUFFIXES:
+        return None
+    try:
+        raw = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception:  # the weights' own reading says what is wrong with the file
+        return None
+    arch = raw.get("arch") if isinstance(raw, Mapping) else None
+    return arch if isinstance(arch, str) and arch else None
+
+
+def recorded_arch(path: str | Path, what: str) -> str | None:
+    """The registry architecture a checkpoint names (Distiller's model names mapped to
+    kdistill's), or ``None`` when it names none. A file never chooses code: an import path
+    recorded in it is refused."""
+    from kdistill.config.distiller import DistillerError, map_arch
+    from kdistill.trust import is_import_path
+
+    name = checkpoint_arch(path)
+    if name is None:
+        return None
+    try:
+        arch = map_arch(name, flag=f"{what} {path} records arch")
+    except DistillerError as e:
+        raise ModelFileError(f"{e}; name the architecture yourself") from None
+    if is_import_path(arch):
+        raise ModelFileError(
+            f"{what}: {path} records the import path {name!r} as its architecture; kdistill "
+            "does not import code a file names. Name the architecture yourself"
+        )
+    return arch
 
 
 def load_plain_weights(model: nn.Module, state: Mapping[str, Tensor], what: str) -> None:

@@ -9,7 +9,9 @@ from kdistill.compression.pruning import (
     agp_sparsity,
     apply_layer_shapes,
     channel_prune,
+    group_norms,
     layer_shapes,
+    remove_zeroed_groups,
     sparsity_report,
     step_ratio,
 )
@@ -105,3 +107,67 @@ def test_channel_pruning_and_shape_replay(arch):
     torch.testing.assert_close(fresh(x), model(x))
     with pytest.raises(ValueError, match="no module"):
         channel_prune(model, (1, 28, 28), ratio=0.5, ignore=["nothing"])
+
+
+@pytest.mark.parametrize(("structure", "dim"), [("filters", 0), ("channels", 1)])
+def test_structured_masks_prune_whole_groups_by_l1(structure, dim):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 6))
+    pruner = MaskPruner(["0.weight", "3.weight"], "per_layer", structure)
+    norms = {
+        n: group_norms(p, structure) for n, p in model.named_parameters() if n.endswith("weight")
+    }
+    pruner.prune_to(model, 0.5)
+    for name in ("0.weight", "3.weight"):
+        weight = dict(model.named_parameters())[name]
+        zero = group_norms(weight, structure) == 0
+        assert int(zero.sum()) == round(0.5 * weight.shape[dim])
+        # the groups with the smallest L1 norms went
+        assert set(zero.nonzero().flatten().tolist()) == set(
+            norms[name].argsort()[: int(zero.sum())].tolist()
+        )
+    pruner.prune_to(model, 0.75)  # groups pruned before stay pruned
+    weight = model[0].weight
+    assert int((group_norms(weight, structure) == 0).sum()) == (6 if dim == 0 else 3)
+    with pytest.raises(ValueError, match="per_layer"):
+        MaskPruner(["0.weight"], "global", structure)
+
+
+def test_removing_zeroed_filters_keeps_the_function_and_spares_coupled_ones():
+    torch.manual_seed(0)
+    model = build_model("resnet20_cifar", 10, (3, 32, 32))
+    names = ["layer1.0.conv1", "layer1.0.conv2", "layer2.1.conv1"]
+    MaskPruner([f"{n}.weight" for n in names], "per_layer", "filters").prune_to(model, 0.5)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    before, params = model(x), sum(p.numel() for p in model.parameters())
+    outcome = remove_zeroed_groups(model, (3, 32, 32), names, "filters")
+    assert outcome["layer1.0.conv1"] == "removed 8 of 16 filters"
+    assert model.layer1[0].conv1.out_channels == 8 and model.layer1[0].conv2.in_channels == 8
+    assert model.layer1[0].bn1.num_features == 8
+    # conv2's filters are summed with the residual path: removing them would cut non-zero
+    # filters of the other blocks, so they stay
+    assert outcome["layer1.0.conv2"].startswith("kept 8 zeroed filters: coupled")
+    assert model.layer2[1].conv1.out_channels == 16
+    assert sum(p.numel() for p in model.parameters()) < params
+    # fresh BatchNorm maps a zero filter to zero, so the function is unchanged
+    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+
+
+def test_removing_zeroed_channels_removes_the_filters_feeding_them():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.ReLU(), nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 3),
+    )  # fmt: skip
+    pruner = MaskPruner(["2.weight"], "per_layer", "channels")
+    pruner.prune_to(model, 0.25)
+    x = torch.randn(2, 1, 8, 8)
+    before = model(x)
+    assert remove_zeroed_groups(model, (1, 8, 8), ["2"], "channels") == {
+        "2": "removed 2 of 8 channels"
+    }
+    assert model[0].out_channels == 6 and model[2].in_channels == 6
+    torch.testing.assert_close(model(x), before)
+    pruner.refresh(model)  # the mask now has the layer's new shape
+    assert pruner.masks["2.weight"].shape == model[2].weight.shape

@@ -67,7 +67,7 @@ def test_null_override_disables_a_section():
         ("train.epochs=ten", r"train.epochs must be an integer, got 'ten'"),
         ("data.augment.hflip=maybe", r"data.augment.hflip must be true or false"),
         ("optim.lr=-1", r"optim.lr must be > 0, got -1.0"),
-        ("data.name=mnist", r"data.name must be one of digits, fashion-mnist"),
+        ("data.name=svhn", r"data.name must be one of digits, fashion-mnist"),
         ("lr=0.1", r"unknown key 'lr'. Valid keys in the top level"),
         ("train.epochs", r"must look like key.path=value"),
     ],

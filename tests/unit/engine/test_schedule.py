@@ -33,6 +33,17 @@ def test_multistep():
     assert values[29] == 1.0 and values[30] == 0.5 and values[60] == 0.25
 
 
+def test_multistep_with_a_factor_per_milestone_and_exponential():
+    values = factors(ScheduleConfig(name="multistep", milestones=(3, 6), gammas=(0.5, 0.1)))
+    assert values[29] == 1.0 and values[30] == 0.5 and values[60] == pytest.approx(0.05)
+    values = factors(ScheduleConfig(name="exponential", gamma=0.9))
+    assert (
+        values[9] == 1.0 and values[10] == pytest.approx(0.9) and values[35] == pytest.approx(0.729)
+    )
+    with pytest.raises(ValueError, match="2 factors for 1 milestones"):
+        ScheduleConfig(name="multistep", milestones=(3,), gammas=(0.5, 0.1))
+
+
 def test_onecycle_rises_then_falls():
     values = factors(
         ScheduleConfig(name="onecycle", pct_start=0.3, div_factor=10, final_div_factor=100)

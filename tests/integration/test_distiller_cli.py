@@ -1,0 +1,265 @@
+"""``kdistill distiller``: Distiller command lines and schedules, run end to end."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from kdistill.cli.main import main
+from kdistill.config import load_config
+from kdistill.experiment import load_model
+from kdistill.models import load_state_file
+
+SCHEDULE = """\
+version: 1
+pruners:
+  filter_pruner:
+    class: L1RankedStructureParameterPruner_AGP
+    initial_sparsity: 0.2
+    final_sparsity: 0.5
+    group_type: Filters
+    weights: [module.features.0.weight]
+  fc_pruner:
+    class: AutomatedGradualPruner
+    initial_sparsity: 0.05
+    final_sparsity: 0.8
+    weights: [module.classifier.1.weight, module.classifier.3.weight]
+regularizers:
+  l1:
+    class: L1Regularizer
+    reg_regims:
+      module.features.3.weight: 0.00002
+lr_schedulers:
+  decay:
+    class: MultiStepMultiGammaLR
+    milestones: [2, 4]
+    gammas: [0.5, 0.2]
+extensions:
+  net_thinner:
+    class: FilterRemover
+    thinning_func_str: remove_filters
+    arch: lenet5
+    dataset: digits
+policies:
+  - pruner: {instance_name: filter_pruner}
+    starting_epoch: 0
+    ending_epoch: 3
+    frequency: 1
+  - pruner: {instance_name: fc_pruner}
+    starting_epoch: 0
+    ending_epoch: 4
+    frequency: 1
+  - regularizer: {instance_name: l1}
+    starting_epoch: 0
+    ending_epoch: 3
+    frequency: 1
+  - lr_scheduler: {instance_name: decay}
+    starting_epoch: 0
+    ending_epoch: 5
+    frequency: 1
+  - extension: {instance_name: net_thinner}
+    epochs: [3]
+"""
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def only_run(out):
+    (run_dir,) = out.glob("*/seed-*")
+    return run_dir
+
+
+def test_a_distillation_command_with_its_schedule(tmp_path, teacher_run, capsys):
+    schedule = tmp_path / "agp.yaml"
+    schedule.write_text(SCHEDULE)
+    out = tmp_path / "logs"
+    argv = [
+        "distiller", "digits", "-a", "lenet5", "--epochs", "5", "-b", "32", "--lr", "0.05",
+        "--seed", "0", "--kd-teacher", "lenet5", "--kd-resume", str(teacher_run.run_dir),
+        "--kd-temp", "4", "--kd-dw", "0.7", "--kd-sw", "0.3", "--kd-start-epoch", "1",
+        "--compress", str(schedule), "-o", str(out), "-n", "agp", "-j", "8", "-p", "50",
+        "--vs", "0.1", "--cpu", "-q", "--write-config", str(tmp_path / "agp-kdistill.yaml"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "--workers 8 ignored" in printed and "the equivalent kdistill config" in printed
+    run_dir = only_run(out)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    pruning = summary["compression"]["pruning"]
+    # AGP reached the scheduled sparsity on the named weights
+    assert pruning["layers"]["classifier.1.weight"] == pytest.approx(0.8, abs=1e-3)
+    assert pruning["layers"]["classifier.3.weight"] == pytest.approx(0.8, abs=1e-3)
+    # the structured pruner zeroed half of the first convolution's filters, which the thinner
+    # then removed, with the next convolution's inputs
+    model, _spec = load_model(run_dir)
+    assert model.features[0].out_channels == 3 and model.features[3].in_channels == 3
+    history = rows(run_dir)
+    assert [r["lr"] for r in history] == pytest.approx([0.05, 0.05, 0.025, 0.025, 0.005])
+    # the regularizer's penalty in its epochs only; distillation from --kd-start-epoch on
+    assert [("loss_reg_l1" in r["train"]) for r in history] == [True] * 3 + [False] * 2
+    assert [("loss_distill" in r["train"]) for r in history] == [False] + [True] * 4
+    # the written config is the native form of the same run
+    cfg = load_config(str(tmp_path / "agp-kdistill.yaml"))
+    assert (cfg.kd.alpha, cfg.kd.beta, cfg.kd.temperature, cfg.kd.start_epoch) == (0.3, 0.7, 4, 1)
+    assert len(cfg.policies) == 3 and cfg.schedule.gammas == (0.5, 0.2)
+
+
+QAT = """\
+quantizers:
+  linear_quantizer:
+    class: QuantAwareTrainRangeLinearQuantization
+    bits_activations: 8
+    bits_weights: 4
+    mode: ASYMMETRIC_UNSIGNED
+    per_channel_wts: true
+    overrides:
+      features.0: {bits_weights: null, bits_activations: null}
+policies:
+  - quantizer: {instance_name: linear_quantizer}
+    starting_epoch: 1
+    ending_epoch: 3
+    frequency: 1
+"""
+
+
+def test_quantization_aware_training_converts_to_int8(tmp_path):
+    schedule = tmp_path / "qat.yaml"
+    schedule.write_text(QAT)
+    out = tmp_path / "logs"
+    argv = ["distiller", "digits", "-a", "lenet5", "--epochs", "3", "-b", "32", "--lr", "0.05",
+            "--seed", "0", "--compress", str(schedule), "-o", str(out), "-q"]  # fmt: skip
+    assert main(argv) == 0
+    q = json.loads((only_run(out) / "summary.json").read_text())["compression"]["quantization"]
+    assert q["layers"]["features.0"] == "fp32" and q["layers"]["features.3"] == "w4a8"
+    assert (only_run(out) / "model.int8.onnx").is_file()
+    assert abs(q["int8_test_top1"] - q["fake_quant_test_top1"]) <= 0.02
+
+
+def write_cifar10(root, per_class=12):
+    """A learnable CIFAR-10 in the python batch format: each class has its own colour."""
+    rng = np.random.default_rng(0)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    colours = rng.integers(0, 256, size=(10, 3))
+
+    def batch(n):
+        labels = np.repeat(np.arange(10), n)
+        images = colours[labels][:, :, None] + rng.normal(0, 20, size=(len(labels), 3, 1024))
+        data = np.clip(images, 0, 255).astype(np.uint8).reshape(len(labels), 3072)
+        return {b"data": data, b"labels": labels.tolist()}
+
+    for i in range(1, 6):
+        (base / f"data_batch_{i}").write_bytes(pickle.dumps(batch(per_class)))
+    (base / "test_batch").write_bytes(pickle.dumps(batch(per_class)))
+
+
+def test_distiller_checkpoints_teach_on_cifar_batches(tmp_path, capsys):
+    data = tmp_path / "cifar10"
+    write_cifar10(data)
+    common = [
+        "-b",
+        "40",
+        "--lr",
+        "0.05",
+        "--seed",
+        "0",
+        "--vs",
+        "0",
+        "-q",
+        "-o",
+        str(tmp_path / "logs"),
+    ]
+    assert (
+        main(
+            [
+                "distiller",
+                str(data),
+                "-a",
+                "resnet8_cifar",
+                "--epochs",
+                "3",
+                "-n",
+                "teacher",
+                *common,
+            ]
+        )
+        == 0
+    )
+    teacher_dir = only_run(tmp_path / "logs")
+    state = load_state_file(teacher_dir)
+    # what Distiller's save_checkpoint writes, minus the pickled classes (see below)
+    ckpt = tmp_path / "teacher.pth.tar"
+    torch.save(
+        {"epoch": 2, "arch": "resnet8_cifar", "dataset": "cifar10", "best_top1": 90.0,
+         "state_dict": {f"module.{k}": v for k, v in state.items()}},
+        ckpt,
+    )  # fmt: skip
+    argv = ["distiller", str(data), "-a", "resnet8_cifar", "--epochs", "1", "-n", "student",
+            "--kd-teacher", "resnet8_cifar", "--kd-resume", str(ckpt), *common]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "plain weights, architecture resnet8_cifar" in printed
+    # A real Distiller checkpoint also pickles its optimizer's class: weights_only refuses it
+    pickled = tmp_path / "distiller.pth.tar"
+    torch.save(
+        {"arch": "resnet8_cifar", "optimizer_type": torch.optim.SGD, "state_dict": state}, pickled
+    )
+    argv[argv.index(str(ckpt))] = str(pickled)
+    assert main([*argv, "--force"]) == 1
+    err = capsys.readouterr().err
+    assert "stores Python objects besides tensors" in err and "Distiller's own" in err
+
+
+def test_the_checkpoint_names_the_teacher_architecture(tmp_path, teacher_run):
+    from kdistill.config import RunConfig, apply_overrides
+    from kdistill.experiment import build_run
+
+    state = load_state_file(teacher_run.run_dir)
+    ckpt = tmp_path / "t.pth.tar"
+    torch.save({"arch": "lenet5", "state_dict": state}, ckpt)
+    cfg = apply_overrides(RunConfig(), [f"out_dir={tmp_path}", "model.arch=mlp",
+                                        f"kd.teachers=[{{checkpoint: {ckpt}}}]"])  # fmt: skip
+    said = []
+    build_run(cfg, log=said.append)
+    assert any("architecture lenet5 from the checkpoint's arch" in line for line in said)
+    torch.save({"arch": "os:system", "state_dict": state}, ckpt)
+    with pytest.raises(ValueError, match="does not import code a file names"):
+        build_run(cfg, log=lambda _: None)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--evaluate"], "--evaluate: evaluate a model with kdistill eval"),
+        (["--etrs", "0.5"], "--effective-train-size 0.5: kdistill trains and evaluates on whole"),
+        (["--kd-teacher", "resnet20_cifar", "--kd-pretrained"], "never downloads"),
+        (["--qe"], "post-training quantization is not implemented"),
+    ],
+)
+def test_refused_flags_say_what_to_use(tmp_path, capsys, extra, message):
+    assert main(["distiller", "digits", "-a", "lenet5", "--dry-run", *extra]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_flags_are_named(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["distiller", "digits", "-a", "lenet5", "--kd-temprature", "4"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --kd-temprature 4; kdistill distiller accepts" in (
+        capsys.readouterr().err
+    )
+
+
+def test_dry_run_trains_nothing_and_notes_ignored_flags(tmp_path, capsys):
+    argv = ["distiller", "digits", "-a", "resnet20_cifar", "--dry-run", "-o", str(tmp_path / "x"),
+            "--masks-sparsity", "--summary", "sparsity", "--confusion", "-v", "--gpus", "0,1"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for flag in ("--masks-sparsity", "--summary", "--confusion", "--verbose"):
+        assert f"{flag} ignored" in printed
+    assert "kdistill train CONFIG --nproc 2" in printed and "device: 'cuda:0'" in printed
+    assert not (tmp_path / "x").exists()
