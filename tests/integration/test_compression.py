@@ -151,7 +151,8 @@ def test_resume_after_structured_removal_equals_uninterrupted(tmp_path, teacher_
         *LENET, "train.epochs=4", "train.deterministic=true", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
         policies(
             "{kind: pruning, structure: filters, scope: per_layer, target_sparsity: 0.5, modules: [features.3], starting_epoch: 0, ending_epoch: 2, remove_epoch: 2}",
-            "{kind: pruning, target_sparsity: 0.5, modules: [classifier.1], starting_epoch: 1, ending_epoch: 3}",
+            # masks the layer whose inputs the removal cuts, before and after it
+            "{kind: pruning, initial_sparsity: 0.2, target_sparsity: 0.5, modules: [classifier.1], starting_epoch: 1, ending_epoch: 4}",
         ),
     ]  # fmt: skip
     whole = run(digits_config(tmp_path / "a", *extra), **QUIET)

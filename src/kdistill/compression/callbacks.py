@@ -224,7 +224,10 @@ class UnstructuredPruning(Callback):
         outcome = pruning.remove_zeroed_groups(
             student, self.input_shape, layers, self.policy.structure
         )
-        pruner.refresh(student)
+        # Removal changes the shapes of the next layers too, which other policies may mask.
+        for cb in {id(c): c for c in (self, *self.siblings)}.values():
+            if cb.pruner is not None:
+                cb.pruner.refresh(student)
         self.removed = True
         self.shapes = pruning.layer_shapes(student)
         trainer.replace_student(student)  # new, smaller parameters: re-wrap, new optimizer

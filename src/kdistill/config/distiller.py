@@ -539,17 +539,18 @@ class _ScheduleState:
                 f"{where}: AGP's last step (epoch {last}) is not before --epochs {self.epochs}"
             )
         policy = self._pruning(_modules(spec, where), _Window(w.start, last + 1, w.frequency),
-                               target=final, one_shot=False, structure=structure)  # fmt: skip
-        policy["initial_sparsity"] = initial
+                               target=final, one_shot=False, structure=structure,
+                               initial=initial)  # fmt: skip
         self.policies.append(policy)
 
     def _pruning(
         self, modules: list[str], w: _Window, *, target: float, one_shot: bool,
-        structure: str = "elements",
+        structure: str = "elements", initial: float = 0.0,
     ) -> dict[str, Any]:  # fmt: skip
         policy: dict[str, Any] = {
             "kind": "pruning",
             "target_sparsity": target,
+            **({"initial_sparsity": initial} if initial else {}),
             "schedule": "one_shot" if one_shot else "agp",
             "scope": "per_layer",  # Distiller prunes each tensor to its level
             "modules": modules,
@@ -744,10 +745,42 @@ class _ScheduleState:
                         f"(epoch {last}) of the {structure} pruner of {', '.join(p['modules'])}"
                     )
                 p["remove_epoch"] = max(epoch, last)
+        self._scale_penalties_by_student_weight()
         if self.policies:
             self.out.config["policies"] = self.policies
         if self.lr is not None:
             self.out.config["schedule"] = self.lr
+
+
+    def _scale_penalties_by_student_weight(self) -> None:
+        """Distiller adds the distillation policy after the schedule's, and each policy
+        receives the loss so far: while distilling, the loss is ``sw * (CE + penalties) + dw *
+        KL``. kdistill adds penalties to the weighted total, so their strengths are multiplied
+        by ``sw`` in the distillation epochs (a policy that spans the start is split there)."""
+        kd = self.out.config.get("kd")
+        if kd is None or kd["alpha"] == 1.0:
+            return
+        alpha, start = kd["alpha"], kd["start_epoch"]
+        scaled: list[dict[str, Any]] = []
+        for p in self.policies:
+            if p["kind"] != "regularization":
+                scaled.append(p)
+                continue
+            end = self.epochs if p["ending_epoch"] is None else p["ending_epoch"]
+            if p["starting_epoch"] < start < end:  # labels only, then distillation
+                scaled.append({**p, "ending_epoch": start})
+                p = {**p, "starting_epoch": start}
+            if p["starting_epoch"] >= start:
+                p = {**p, "weight": p["weight"] * alpha}
+            if p["weight"] > 0:
+                scaled.append(p)
+        if any(p["kind"] == "regularization" for p in scaled):
+            self.out.notes.append(
+                f"regularizers: strengths multiplied by --kd-sw {alpha} while distilling, as "
+                "Distiller's loss is sw * (CE + penalties) + dw * KL; kdistill adds penalties to "
+                "the weighted total"
+            )
+        self.policies = scaled
 
 
 def _bits(value: Any, where: str) -> int | None:

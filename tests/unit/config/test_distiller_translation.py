@@ -330,3 +330,19 @@ def test_kd_weights_without_a_teacher_are_noted(tmp_path):
     assert cfg.kd is None
     assert any("--kd-temperature ignored: distillation is on only with --kd-teacher" in n
                for n in result.notes)  # fmt: skip
+
+
+def test_penalties_are_scaled_as_distillers_loss_nests_them(tmp_path):
+    schedule = {
+        "regularizers": {"l1": {"class": "L1Regularizer", "reg_regims": {"fc.weight": 0.001}}},
+        "policies": [{"regularizer": {"instance_name": "l1"}, "starting_epoch": 0,
+                      "ending_epoch": 6}],
+    }  # fmt: skip
+    # Distiller: (CE + R) before --kd-start-epoch, sw * (CE + R) + dw * KL from it on
+    result, cfg = translate(tmp_path, schedule, epochs=6, kd_teacher="lenet5", kd_resume="t.pt",
+                            kd_student_wt=0.4, kd_start_epoch=2)  # fmt: skip
+    windows = [(p.starting_epoch, p.ending_epoch, p.weight) for p in cfg.policies]
+    assert windows == [(0, 2, 0.001), (2, None, pytest.approx(0.0004))]
+    assert any("multiplied by --kd-sw 0.4" in n for n in result.notes)
+    _, cfg = translate(tmp_path, schedule, epochs=6)  # no distillation: as written
+    assert [p.weight for p in cfg.policies] == [0.001]

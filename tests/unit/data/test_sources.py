@@ -55,6 +55,19 @@ def test_fashion_mnist_missing_says_how_to_install(tmp_path):
         build_data(DataConfig(name="fashion-mnist", root=str(tmp_path / "partial")))
 
 
+def test_mnist_in_its_own_folder_or_torchvisions_layout(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"  # where torchvision (and so Distiller) keeps it
+    raw.mkdir(parents=True)
+    fake_fashion_mnist(raw, compress=False)
+    data = build_data(DataConfig(name="mnist", root=str(tmp_path)))
+    assert (len(data.train), len(data.test)) == (30, 10) and data.class_names[3] == "3"
+    assert build_data(DataConfig(name="mnist", root=str(raw))).num_classes == 10
+    with pytest.raises(DataError, match="mnist dataset needs data.root"):
+        build_data(DataConfig(name="mnist"))
+    with pytest.raises(DataError, match="MNIST not found in"):
+        build_data(DataConfig(name="mnist", root=str(tmp_path / "nowhere")))
+
+
 def test_idx_rejects_bad_files(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x12\x34\x08\x01\x00\x00\x00\x02ab")
     with pytest.raises(DataError, match="not an IDX file"):
