@@ -31,3 +31,27 @@ def test_methods_example(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "'at_weighted'" in out.stdout and "'distill_weighted'" in out.stdout
+
+
+def docs_example(name, kind):
+    """The code block after ``<!-- docs-example: NAME -->`` in docs/distiller.md."""
+    text = (DOCS / "distiller.md").read_text()
+    (block,) = re.findall(rf"<!-- docs-example: {name} -->\n```{kind}\n(.*?)```", text, flags=re.S)
+    return block
+
+
+def test_distiller_worked_example_prints_the_config_shown(tmp_path, capsys):
+    import shlex
+
+    import yaml
+
+    from kdistill.cli.main import main
+
+    (tmp_path / "agp.yaml").write_text(docs_example("schedule", "yaml"))
+    command = shlex.split(docs_example("command", "bash").replace("\\\n", " "))
+    assert command[:2] == ["kdistill", "distiller"]
+    written = tmp_path / "lenet5-agp.yaml"
+    argv = [a if a != "lenet5-agp.yaml" else str(written) for a in command[1:]]
+    argv = [a if a != "agp.yaml" else str(tmp_path / "agp.yaml") for a in argv]
+    assert main([*argv, "--dry-run"]) == 0
+    assert yaml.safe_load(written.read_text()) == yaml.safe_load(docs_example("config", "yaml"))

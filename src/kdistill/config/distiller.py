@@ -751,7 +751,6 @@ class _ScheduleState:
         if self.lr is not None:
             self.out.config["schedule"] = self.lr
 
-
     def _scale_penalties_by_student_weight(self) -> None:
         """Distiller adds the distillation policy after the schedule's, and each policy
         receives the loss so far: while distilling, the loss is ``sw * (CE + penalties) + dw *
