@@ -100,12 +100,14 @@ def test_a_distillation_command_with_its_schedule(tmp_path, teacher_run, capsys)
     history = rows(run_dir)
     assert [r["lr"] for r in history] == pytest.approx([0.05, 0.05, 0.025, 0.025, 0.005])
     # the regularizer's penalty in its epochs only; distillation from --kd-start-epoch on
-    assert [("loss_reg_l1" in r["train"]) for r in history] == [True] * 3 + [False] * 2
+    # (split at --kd-start-epoch: from there on Distiller scales it by --kd-sw)
+    penalties = [sorted(k for k in r["train"] if k.startswith("loss_reg_l1")) for r in history]
+    assert penalties == [["loss_reg_l1"]] + [["loss_reg_l1_1"]] * 2 + [[]] * 2
     assert [("loss_distill" in r["train"]) for r in history] == [False] + [True] * 4
     # the written config is the native form of the same run
     cfg = load_config(str(tmp_path / "agp-kdistill.yaml"))
     assert (cfg.kd.alpha, cfg.kd.beta, cfg.kd.temperature, cfg.kd.start_epoch) == (0.3, 0.7, 4, 1)
-    assert len(cfg.policies) == 3 and cfg.schedule.gammas == (0.5, 0.2)
+    assert len(cfg.policies) == 4 and cfg.schedule.gammas == (0.5, 0.2)  # the penalty split in 2
 
 
 QAT = """\

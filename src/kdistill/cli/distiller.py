@@ -183,7 +183,12 @@ def handle(args: argparse.Namespace) -> int:
     translation = translate(args)
     for note in translation.notes:
         print(f"note: {note}")
-    text = yaml.safe_dump(translation.config, sort_keys=False, default_flow_style=None)
+
+    class Plain(yaml.SafeDumper):  # kdistill configs refuse aliases: write values out
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    text = yaml.dump(translation.config, Dumper=Plain, sort_keys=False, default_flow_style=None)
     cfg = from_dict(RunConfig, translation.config)  # validated before anything is written
     print("the equivalent kdistill config (kdistill train FILE runs it):")
     print("  " + text.rstrip().replace("\n", "\n  "))
