@@ -116,6 +116,7 @@ class RunRecord:
     kd_gradient_ratio: float | None = None
     warnings: tuple[str, ...] = ()
     cpu_latency_ms: dict[str, Any] | None = None
+    threads: str | None = None
     compression: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
     schema_version: int = RECORD_SCHEMA_VERSION

@@ -68,6 +68,7 @@ def handle(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         wait_for_cache_builder=False,
         rebuild_cache=args.rebuild,
+        threads=args.threads,
     )
     cache = parts.cache
     if cache is None:

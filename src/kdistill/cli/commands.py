@@ -33,6 +33,37 @@ def add_trust_code_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _thread_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def add_threads_flag(p: argparse.ArgumentParser) -> None:
+    """``--threads N``: PyTorch's CPU threads for this command (not part of any config)."""
+    p.add_argument(
+        "--threads",
+        type=_thread_count,
+        metavar="N",
+        help="CPU threads for PyTorch (default: one per physical core, shared by the runs of "
+        "this command and fewer when other processes keep cores busy; a run logs its choice)",
+    )
+
+
+def use_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (or the machine's choice) for a verb that computes outside a run
+    (a run applies it itself, see :func:`kdistill.experiment.configure_torch`)."""
+    import torch
+
+    from kdistill.hardware import choose_threads
+
+    torch.set_num_threads(choose_threads(getattr(args, "threads", None)).threads)
+
+
 def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
     """``[CONFIG] key=value ...``: the first item without ``=`` is the config."""
     config = None
@@ -69,7 +100,9 @@ def parse_seeds(text: str) -> list[int]:
 __all__ = [
     "ConfigError",
     "UserError",
+    "add_threads_flag",
     "parse_seeds",
     "split_config_and_overrides",
+    "use_threads",
     "user_errors",
 ]

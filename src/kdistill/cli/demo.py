@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from kdistill.cli.commands import add_threads_flag
+
 if TYPE_CHECKING:  # pragma: no cover
     from kdistill.record import RunRecord
 
@@ -24,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="directory for the three run directories")
     p.add_argument("--seed", type=int, default=0, help="training seed of the two students")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
+    add_threads_flag(p)
     p.set_defaults(handler=handle)
 
 
@@ -56,7 +59,8 @@ def handle(args: argparse.Namespace) -> int:
     ):
         print(f"== {role}: {cfg.name} ({cfg.model.arch}, {cfg.train.epochs} epochs)")
         log = quiet_log if args.quiet else print
-        results.append((role, run(cfg, force=True, progress=not args.quiet, log=log).record))
+        result = run(cfg, force=True, progress=not args.quiet, log=log, threads=args.threads)
+        results.append((role, result.record))
     print()
     print(format_table(results))
     print()

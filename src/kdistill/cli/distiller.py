@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kdistill.cli.commands import UserError
+from kdistill.cli.commands import UserError, add_threads_flag
 
 D = "Distiller default"
 # Flags that change nothing kdistill computes: accepted, each with one line saying so.
@@ -142,6 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     own.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     own.add_argument("--trust-code", action="store_true",
                      help="let model files name import-path architectures")  # fmt: skip
+    add_threads_flag(own)
     p.set_defaults(
         handler=handle,
         unknown_hint=(
@@ -213,6 +214,7 @@ def handle(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         log=print,
         trust_code=args.trust_code,
+        threads=args.threads,
     )
     if result.record is not None:
         print(describe_record(result.record))

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from kdistill.cli.commands import add_trust_code_flag
+from kdistill.cli.commands import add_threads_flag, add_trust_code_flag, use_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,10 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "imported (it is yours), one named only by the file is refused",
     )
     add_trust_code_flag(p)
+    add_threads_flag(p)
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    use_threads(args)
     from kdistill.data import BatchLoader
     from kdistill.engine.evaluation import evaluate
     from kdistill.experiment import load_model, resolve_device

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kdistill.cli.commands import add_trust_code_flag
+from kdistill.cli.commands import add_threads_flag, add_trust_code_flag, use_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,10 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="training samples that calibrate post-training quantization",
     )
     add_trust_code_flag(p)
+    add_threads_flag(p)
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    use_threads(args)
     from pathlib import Path
 
     from kdistill.experiment.export import export_model

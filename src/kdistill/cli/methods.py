@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from kdistill.cli.commands import add_trust_code_flag, split_config_and_overrides
+from kdistill.cli.commands import (
+    add_threads_flag,
+    add_trust_code_flag,
+    split_config_and_overrides,
+    use_threads,
+)
 
 
 def register_methods(sub: argparse._SubParsersAction) -> None:
@@ -43,10 +48,12 @@ def register_layers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE", help="config and overrides")
     add_trust_code_flag(p)
+    add_threads_flag(p)
     p.set_defaults(handler=handle_layers)
 
 
 def handle_layers(args: argparse.Namespace) -> int:
+    use_threads(args)
     import torch
 
     from kdistill.config import load_config

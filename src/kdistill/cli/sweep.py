@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from kdistill.cli.commands import add_threads_flag
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -46,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="let model files name import-path architectures the config does not write itself",
     )
+    add_threads_flag(p)
     p.set_defaults(handler=handle)
 
 
@@ -97,5 +100,5 @@ def handle(args: argparse.Namespace) -> int:
     from kdistill.experiment.sweep import run_sweep
 
     sweep, base_dir = build_sweep(args)
-    run_sweep(sweep, base_dir, trust_code=args.trust_code)
+    run_sweep(sweep, base_dir, trust_code=args.trust_code, threads=args.threads)
     return 0

@@ -7,7 +7,12 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from kdistill.cli.commands import UserError, parse_seeds, split_config_and_overrides
+from kdistill.cli.commands import (
+    UserError,
+    add_threads_flag,
+    parse_seeds,
+    split_config_and_overrides,
+)
 
 # Distiller-compatible and common flags -> the config key each one sets.
 FLAG_KEYS: dict[str, str] = {
@@ -47,6 +52,7 @@ def add_run_flags(p: argparse.ArgumentParser, *, training: bool = True) -> None:
     if training:
         g.add_argument("--name", help="run name [name]")
     g.add_argument("--out", help="directory of run directories [out_dir]")
+    add_threads_flag(g)
     g.add_argument(
         "--trust-code",
         action="store_true",
@@ -272,7 +278,12 @@ def handle(args: argparse.Namespace) -> int:
         seed_cfg = apply_values(cfg, {"train.seed": seed})
         # The <out_dir>/<name> link names the recipe as written, at its own seed.
         link = owns_name and seed == cfg.train.seed
-        common = {"progress": not args.quiet, "log": print, "trust_code": args.trust_code}
+        common = {
+            "progress": not args.quiet,
+            "log": print,
+            "trust_code": args.trust_code,
+            "threads": args.threads,
+        }
         if len(seeds) > 1:
             # --seeds tops up: seeds that already finished with this config are reused
             result, reused = train_or_reuse(

@@ -73,9 +73,25 @@ def _stop_cleanly_on_sigterm(ctx: DistContext) -> None:
                 file=sys.stderr,
                 flush=True,
             )
+        if _interpreter_exiting(frame):
+            # The process is already on its way out (it failed first and is waiting for its
+            # threads): an exception raised here would only be printed as "ignored", with a
+            # traceback that says nothing. Leave at once instead.
+            sys.stderr.flush()
+            os._exit(143)
         raise SystemExit(143)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def _interpreter_exiting(frame: Any) -> bool:
+    """Whether the signal interrupted Python's own shutdown (``threading._shutdown``)."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_shutdown" and code.co_filename.endswith("threading.py"):
+            return True
+        frame = frame.f_back
+    return sys.is_finalizing()
 
 
 class PeerFailureError(RuntimeError):

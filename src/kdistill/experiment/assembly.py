@@ -33,6 +33,7 @@ from kdistill.experiment.teachers import (
     check_teacher,
     model_spec,
 )
+from kdistill.hardware import ThreadChoice, choose_threads
 from kdistill.losses import DistillationLoss
 from kdistill.methods import method_info
 from kdistill.models import ModelSpec, build_model, count_params
@@ -64,17 +65,28 @@ def resolve_device(name: str, dist_ctx: DistContext | None = None) -> torch.devi
     return device
 
 
-def configure_torch(cfg: RunConfig, dist_ctx: DistContext | None = None) -> None:
-    """Threads, determinism and the seed of initialization and dropout. Processes sharing a
-    machine share its cores rather than each taking all of them."""
-    if cfg.train.threads is not None:
-        torch.set_num_threads(cfg.train.threads)
-    elif dist_ctx is not None:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist_ctx.local_world_size))
+def configure_torch(
+    cfg: RunConfig,
+    dist_ctx: DistContext | None = None,
+    threads: int | ThreadChoice | None = None,
+) -> ThreadChoice:
+    """Threads, determinism and the seed of initialization and dropout. ``threads`` (the
+    ``--threads`` flag, or a sweep's choice for its workers) wins over ``train.threads``;
+    without either, :func:`~kdistill.hardware.choose_threads` avoids oversubscribing the
+    machine: processes sharing it share its cores, and cores busy with other work are left
+    to it. Returns the choice, with its reason."""
+    if isinstance(threads, ThreadChoice):
+        choice = threads
+    else:
+        requested = threads if threads is not None else cfg.train.threads
+        share = dist_ctx.local_world_size if dist_ctx is not None else 1
+        choice = choose_threads(requested, share=share)
+    torch.set_num_threads(choice.threads)
     if cfg.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.train.seed)
+    return choice
 
 
 def code_trust(cfg: RunConfig, trust_code: bool = False) -> CodeTrust:
@@ -286,6 +298,7 @@ class RunParts:
         compression: the compression policies' callbacks, in the order they act.
         kd_gradient_ratio: the first batch's gradient ratio (distillation only).
         warnings: what the health checks found (kept in the run record).
+        threads: the CPU threads this process uses, and why.
     """
 
     cfg: RunConfig
@@ -302,6 +315,7 @@ class RunParts:
     compression: list[Callback]
     kd_gradient_ratio: float | None = None
     warnings: list[str] = field(default_factory=list)
+    threads: ThreadChoice | None = None
 
     def optimizer_factory(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return build_optimizer(self.cfg.optim, params)
@@ -322,6 +336,7 @@ def build_run(
     resume_from: Path | None = None,
     wait_for_cache_builder: bool = True,
     rebuild_cache: bool = False,
+    threads: int | ThreadChoice | None = None,
 ) -> RunParts:
     """Assemble the parts of a run of ``cfg``.
 
@@ -335,11 +350,14 @@ def build_run(
         wait_for_cache_builder: wait for another process building the same teacher cache
             (runs) instead of failing (``kdistill cache build``).
         rebuild_cache: compute the teacher's outputs again even if the cache exists.
+        threads: CPU threads (or a choice made for this process); ``None`` = ``train.threads``,
+            else chosen from the machine (:func:`configure_torch`).
 
     Raises:
         TeacherCheckError: the teacher cannot teach; nothing was spent on it.
     """
-    configure_torch(cfg, dist_ctx)
+    thread_choice = configure_torch(cfg, dist_ctx, threads)
+    log(thread_choice.describe())
     device = resolve_device(cfg.train.device, dist_ctx)
     rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
     trust = code_trust(cfg, trust_code)
@@ -401,5 +419,5 @@ def build_run(
         )
     return RunParts(
         cfg, device, data, spec, objective, teacher, check, cache, train_loader, eval_loaders,
-        loop, compression, ratio, warnings,
+        loop, compression, ratio, warnings, thread_choice,
     )  # fmt: skip

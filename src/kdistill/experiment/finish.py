@@ -152,6 +152,7 @@ def finish_run(
         teacher_test_top1=check.test_top1 if check is not None else None,
         teacher_cache=str(parts.cache.path) if parts.cache is not None else None,
         kd_gradient_ratio=parts.kd_gradient_ratio,
+        threads=f"{parts.threads.threads} ({parts.threads.reason})" if parts.threads else None,
         warnings=tuple(warnings),
         cpu_latency_ms=latency(student, parts.data.input_shape)
         if cfg.train.measure_latency

@@ -37,6 +37,7 @@ from kdistill.experiment.rundir import (
 )
 from kdistill.extras import available, install_hint
 from kdistill.files import CONFIG, RECORD, TENSORBOARD, atomic_write_text, sha256_file
+from kdistill.hardware import ThreadChoice
 from kdistill.models import resolve_model
 from kdistill.record import RunRecord
 
@@ -67,6 +68,7 @@ def run(
     callbacks: Sequence[Callback] = (),
     trust_code: bool = False,
     link: bool = True,
+    threads: int | ThreadChoice | None = None,
 ) -> RunResult:
     """Train one run of ``cfg`` (one seed) and write its directory. See ``docs/cli.md``.
 
@@ -80,13 +82,18 @@ def run(
             architectures that ``cfg`` does not write itself (see :mod:`kdistill.trust`).
         link: point ``<out_dir>/<name>`` at this run when it finishes (the CLI does so only
             for a recipe run as written).
+        threads: CPU threads (``--threads``), not part of the config: they change how fast a
+            run goes, not what it computes. ``None`` = ``train.threads``, else chosen from the
+            machine's cores and load (the choice is logged and kept in the run record).
 
     Launched by ``torchrun`` with several processes, the student trains data-parallel (DDP) and
     only the first process writes files and logs.
     """
     dist_ctx = init_from_env(cfg.train.device, cfg.train.dist_timeout_s)
     try:
-        return _run(cfg, dist_ctx, resume, force, progress, log, callbacks, trust_code, link)
+        return _run(
+            cfg, dist_ctx, resume, force, progress, log, callbacks, trust_code, link, threads
+        )
     except RuntimeError as exc:
         if dist_ctx is not None and is_peer_failure(exc):
             raise PeerFailureError(dist_ctx.rank, exc) from exc
@@ -110,6 +117,7 @@ def _run(
     callbacks: Sequence[Callback],
     trust_code: bool,
     link: bool,
+    threads: int | ThreadChoice | None = None,
 ) -> RunResult:
     started = time.perf_counter()
     main = dist_ctx is None or dist_ctx.is_main
@@ -130,6 +138,7 @@ def _run(
             log=log,
             progress=progress,
             resume_from=checkpoint.model_file if checkpoint is not None else None,
+            threads=threads,
         )
         info = run_info(cfg, parts, checkpoint, run_dir)
         if main:
@@ -277,6 +286,7 @@ def train_or_reuse(
     log: Log = print,
     trust_code: bool = False,
     link: bool = True,
+    threads: int | ThreadChoice | None = None,
 ) -> tuple[RunResult, bool]:
     """A finished run of ``cfg`` (checked, and taught by the same teacher weights), or a new
     one (``resume``: continued from its checkpoint if it has one); returns the result and
@@ -288,7 +298,7 @@ def train_or_reuse(
         return RunResult(run_dir, record), True
     result = run(
         cfg, resume=resume and not force, force=force, progress=progress, log=log,
-        trust_code=trust_code, link=link,
+        trust_code=trust_code, link=link, threads=threads,
     )  # fmt: skip
     return result, False
 

@@ -38,6 +38,7 @@ from kdistill.files import (
     atomic_path,
     atomic_write_text,
 )
+from kdistill.hardware import ThreadChoice, choose_threads
 from kdistill.processes import die_with_parent
 from kdistill.reporting.aggregate import describe
 
@@ -89,23 +90,20 @@ def make_task(
     return Task(trial, typed, seed, cfg)
 
 
-def _execute(task: Task, threads: int | None, trust_code: bool = False) -> dict[str, Any]:
+def _execute(task: Task, threads: ThreadChoice, trust_code: bool = False) -> dict[str, Any]:
     """Run (or resume, or reuse) one task; runs in a worker process when trials are parallel.
 
     Returns the run record as a dict, or for a run that fails (NaN loss, collapse) its message
     (``failed``, and ``collapsed`` when the student collapsed): the sweep goes on.
     """
-    import torch
-
     from kdistill.engine.trainer import CollapseError, TrainingError
     from kdistill.experiment.runner import train_or_reuse
 
-    if threads is not None:
-        torch.set_num_threads(threads)
     try:
         result, _ = train_or_reuse(
-            task.config, progress=False, log=lambda _: None, trust_code=trust_code, link=False
-        )
+            task.config, progress=False, log=lambda _: None, trust_code=trust_code, link=False,
+            threads=threads,
+        )  # fmt: skip
     except TrainingError as e:
         failure = {"failed": str(e), "run_dir": str(run_dir_of(task)), "seed": task.seed}
         return {**failure, "collapsed": isinstance(e, CollapseError)}
@@ -121,20 +119,27 @@ def run_dir_of(task: Task) -> Path:
     return run_dir_for(task.config)
 
 
-def _worker_start(threads: int) -> None:
+def _worker_start(threads: ThreadChoice) -> None:
     """A sweep worker: stops when the sweep's process dies, uses its share of the cores."""
     die_with_parent()
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads.threads)
 
 
 def run_tasks(
-    tasks: Sequence[Task], parallel: int, log: Log, trust_code: bool = False
+    tasks: Sequence[Task],
+    parallel: int,
+    log: Log,
+    trust_code: bool = False,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Outcomes of ``tasks`` (in order), ``parallel`` at a time. Interrupting the sweep
-    terminates its workers (their runs resume from their last checkpoint next time)."""
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+    """Outcomes of ``tasks`` (in order), ``parallel`` at a time, each on ``threads`` CPU
+    threads (``None``: the machine's cores shared by the parallel runs, leaving busy ones
+    alone). Interrupting the sweep terminates its workers (their runs resume from their last
+    checkpoint next time)."""
+    threads = choose_threads(threads, share=parallel)
+    log(f"each run: {threads.describe()}")
     results: list[dict[str, Any]] = []
     if parallel == 1:
         for task in tasks:
@@ -176,10 +181,16 @@ def metric_name(sweep: SweepConfig, base: RunConfig) -> str:
 
 
 def run_sweep(
-    sweep: SweepConfig, base_dir: Path, *, log: Log = print, trust_code: bool = False
+    sweep: SweepConfig,
+    base_dir: Path,
+    *,
+    log: Log = print,
+    trust_code: bool = False,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a sweep; returns and writes its summary. ``trust_code``: as for
-    :func:`kdistill.experiment.run`, in every trial."""
+    :func:`kdistill.experiment.run`, in every trial; ``threads``: CPU threads per run
+    (``None``: chosen from the machine, see :func:`run_tasks`)."""
     base = resolve_base(sweep, base_dir)
     out = sweep_dir(sweep)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,9 +209,9 @@ def run_sweep(
         log(
             f"sweep {sweep.name}: {len(settings)} settings x {len(sweep.seeds)} seeds, {parallel} at a time"
         )
-        summaries = run_tasks(tasks, parallel, log, trust_code)
+        summaries = run_tasks(tasks, parallel, log, trust_code, threads)
     else:
-        tasks, summaries = _run_search(sweep, base, parallel, log, trust_code)
+        tasks, summaries = _run_search(sweep, base, parallel, log, trust_code, threads)
     rows = summarize(tasks, summaries, metric_name(sweep, base))
     result = {
         "name": sweep.name,
@@ -223,7 +234,12 @@ def run_sweep(
 
 
 def _run_search(
-    sweep: SweepConfig, base: RunConfig, parallel: int, log: Log, trust_code: bool
+    sweep: SweepConfig,
+    base: RunConfig,
+    parallel: int,
+    log: Log,
+    trust_code: bool,
+    threads: int | None = None,
 ) -> tuple[list[Task], list[dict[str, Any]]]:
     optuna = require("optuna", "sweep")
     from optuna.trial import TrialState
@@ -258,7 +274,7 @@ def _run_search(
         tasks = [
             make_task(base, sweep, t.number, t.params, seed) for t in batch for seed in sweep.seeds
         ]
-        summaries = run_tasks(tasks, parallel, log, trust_code)
+        summaries = run_tasks(tasks, parallel, log, trust_code, threads)
         for t in batch:
             runs = [s for task, s in zip(tasks, summaries, strict=True) if task.trial == t.number]
             if any("failed" in s for s in runs):

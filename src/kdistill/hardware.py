@@ -1,0 +1,110 @@
+"""What this machine offers a run: how many CPU threads to use, read from the machine itself.
+
+PyTorch's default takes one thread per core whatever else runs. On a machine kept busy by other
+processes that oversubscribes the cores, and PyTorch's threads then wait on each other at every
+parallel region: on a busy 2-core machine the demo took 119-312 s with 2 threads and 14 s with 1.
+:func:`choose_threads` therefore counts the cores this process may use, the physical cores among
+them and how many are busy with other processes right now, and says why it chose what it chose.
+Torch-free, like the rest of the foundation: the caller applies the choice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """How many threads, and why (one line for the log and the run record)."""
+
+    threads: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"threads: {self.threads} ({self.reason})"
+
+
+def usable_cpus() -> list[int]:
+    """The logical CPUs this process may run on (its affinity, which containers and
+    ``taskset`` narrow)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def physical_cores(cpus: list[int], cpuinfo: str | None = None) -> int:
+    """How many physical cores ``cpus`` span (hyper-threads of one core count once); the
+    number of CPUs where ``/proc/cpuinfo`` does not say."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return len(cpus)
+    cores: dict[int, tuple[str, str]] = {}
+    for block in cpuinfo.strip().split("\n\n"):
+        fields = dict(
+            (k.strip(), v.strip())
+            for k, _, v in (line.partition(":") for line in block.splitlines())
+        )
+        if "processor" in fields and fields["processor"].isdigit():
+            cores[int(fields["processor"])] = (
+                fields.get("physical id", "0"),
+                fields.get("core id", fields["processor"]),
+            )
+    wanted = [cores[c] for c in cpus if c in cores]
+    return len(set(wanted)) if len(wanted) == len(cpus) else len(cpus)
+
+
+def busy_cpus(samples: int = 5, interval_s: float = 0.01, loadavg: str | None = None) -> int:
+    """How many CPUs other processes keep busy right now: the runnable tasks the kernel
+    reports (``/proc/loadavg``'s fourth field, which counts this process too), the median of
+    a few samples so that a momentary blip does not count."""
+    counts = []
+    for i in range(samples if loadavg is None else 1):
+        try:
+            text = loadavg if loadavg is not None else Path("/proc/loadavg").read_text()
+            running = int(text.split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):
+            return 0
+        counts.append(max(0, running - 1))
+        if loadavg is None and i + 1 < samples:
+            time.sleep(interval_s)
+    return sorted(counts)[len(counts) // 2]
+
+
+def choose_threads(
+    requested: int | None = None,
+    *,
+    share: int = 1,
+    cpus: list[int] | None = None,
+    cores: int | None = None,
+    busy: int | None = None,
+) -> ThreadChoice:
+    """The threads for one run among ``share`` running at once on this machine (processes of
+    a data-parallel run, workers of a sweep).
+
+    ``requested`` (``--threads`` / ``train.threads``) wins. Otherwise: one thread per physical
+    core this process may use, divided among the ``share`` runs, and no more than the CPUs
+    other processes leave free, at least one.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"threads must be >= 1, got {requested}")
+        return ThreadChoice(requested, "asked for")
+    cpus = usable_cpus() if cpus is None else cpus
+    cores = physical_cores(cpus) if cores is None else cores
+    busy = busy_cpus() if busy is None else busy
+    per_run = max(1, cores // share)
+    parts = [f"{cores} physical core{'s' if cores != 1 else ''} of {len(cpus)} CPUs"]
+    if share > 1:
+        parts.append(f"shared by {share} runs")
+    threads = per_run
+    if busy > 0:
+        free = max(1, (len(cpus) - busy) // share)
+        threads = min(per_run, free)
+        parts.append(f"{busy} busy with other processes")
+    return ThreadChoice(threads, ", ".join(parts))

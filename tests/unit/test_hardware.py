@@ -1,0 +1,44 @@
+"""Thread choice from the machine's cores and load (on described machines, not this one)."""
+
+import pytest
+
+from kdistill.hardware import busy_cpus, choose_threads, physical_cores
+
+# Two physical cores with two hyper-threads each.
+CPUINFO = "\n\n".join(
+    f"processor\t: {p}\nphysical id\t: 0\ncore id\t\t: {p % 2}\nflags\t\t: fpu" for p in range(4)
+)
+
+
+def test_physical_cores_count_hyper_threads_once():
+    assert physical_cores([0, 1, 2, 3], CPUINFO) == 2
+    assert physical_cores([0], CPUINFO) == 1
+    assert physical_cores([0, 1, 7], CPUINFO) == 3  # a CPU it does not describe: count CPUs
+
+
+def test_busy_cpus_leave_this_process_out():
+    assert busy_cpus(loadavg="0.50 0.40 0.30 1/300 1234") == 0
+    assert busy_cpus(loadavg="2.10 2.00 1.90 3/300 1234") == 2
+    assert busy_cpus(loadavg="garbage") == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "threads", "says"),
+    [
+        ({"cpus": [0, 1, 2, 3], "cores": 2, "busy": 0}, 2, "2 physical cores of 4 CPUs"),
+        ({"cpus": [0, 1], "cores": 2, "busy": 2}, 1, "2 busy with other processes"),
+        ({"cpus": [0, 1], "cores": 2, "busy": 1}, 1, "1 busy"),
+        ({"cpus": list(range(16)), "cores": 8, "busy": 0, "share": 4}, 2, "shared by 4 runs"),
+        ({"cpus": [0, 1], "cores": 2, "busy": 0, "share": 3}, 1, "shared by 3 runs"),
+        ({"requested": 3, "cpus": [0, 1], "cores": 2, "busy": 2}, 3, "asked for"),
+    ],
+)
+def test_choose_threads(kwargs, threads, says):
+    choice = choose_threads(**kwargs)
+    assert choice.threads == threads and says in choice.reason
+    assert choice.describe().startswith(f"threads: {threads} (")
+
+
+def test_bad_request():
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        choose_threads(0)
