@@ -12,7 +12,15 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.parametrize(
-    "script", ["fmnist_kd.py", "kd_step_overhead.py", "ddp_scaling.py", "fmnist_collapse.py"]
+    "script",
+    [
+        "fmnist_kd.py",
+        "kd_step_overhead.py",
+        "ddp_scaling.py",
+        "fmnist_collapse.py",
+        "busy_demo.py",
+        "teacher_throughput.py",
+    ],
 )
 def test_each_script_starts(script):
     done = subprocess.run(

@@ -21,6 +21,8 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "prune": ("structured (channel) pruning", ("torch-pruning",)),
     "sweep": ("Optuna sweeps", ("optuna",)),
     "tensorboard": ("TensorBoard event files", ("tensorboard",)),
+    "timm": ("timm models (timm:<name>)", ("timm",)),
+    "hf": ("Hugging Face image classifiers (hf:<directory>)", ("transformers",)),
 }
 
 

@@ -20,9 +20,10 @@ class UntrustedCodeError(ValueError):
     """A file names code (an import path) that the user did not ask to run."""
 
 
-# Model families looked up by name in a library's own registry (``torchvision:resnet18``): the
-# name selects one of the library's builders, it does not import a module of the file's choice.
-LIBRARY_PREFIXES = ("torchvision:",)
+# Model families looked up by name in a library's own registry (``torchvision:resnet18``,
+# ``timm:resnet18``, ``hf:<dir>`` loaded without remote code): the name selects one of the
+# library's builders, it does not import a module of the file's choice.
+LIBRARY_PREFIXES = ("torchvision:", "timm:", "hf:")
 
 
 def is_import_path(arch: str) -> bool:

@@ -48,3 +48,78 @@ def test_unknown_torchvision_names_get_suggestions():
         ValueError, match=r"no classification model 'resnet19'.*did you mean resnet18"
     ):
         build_model("torchvision:resnet19", 10, (1, 8, 8))
+
+
+def tiny_hf_classifier(directory, num_labels=10, num_channels=1):
+    """A small Hugging Face ResNet classifier with random weights, saved locally."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(
+        num_channels=num_channels, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+        num_labels=num_labels, downsample_in_first_stage=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    ResNetForImageClassification(config).save_pretrained(directory)
+    return directory
+
+
+def test_a_timm_teacher_teaches_a_torchvision_student(tmp_path):
+    """Distillation across families: timm's ResNet as the teacher, torchvision's MobileNet as
+    the student; both built untrained by name, nothing downloaded."""
+    teacher = run(
+        digits_config(tmp_path, "name=timm-teacher", "model.arch=timm:resnet10t", "model.args={}",
+                      "train.epochs=3"),
+        progress=False, log=lambda _: None,
+    )  # fmt: skip
+    assert load_model(teacher.run_dir).spec.arch == "timm:resnet10t"  # a file may name it
+    said = []
+    student = run(
+        digits_config(
+            tmp_path, "name=tv-student", "model.arch=torchvision:mobilenet_v3_small",
+            "model.args={}", "train.epochs=1", "train.on_collapse=warn",
+            f"kd.teachers=[{{checkpoint: {teacher.run_dir}}}]",
+        ),
+        progress=False, log=said.append,
+    )  # fmt: skip
+    assert student.record.teachers[0].arch == "timm:resnet10t"
+    assert "loss_distill" in (student.run_dir / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="timm has no model 'resnet10x'.*did you mean"):
+        build_model("timm:resnet10x", 10, (1, 8, 8))
+
+
+def test_a_hugging_face_classifier_from_a_local_directory(tmp_path):
+    hf_dir = tiny_hf_classifier(tmp_path / "hf-resnet")
+    model = build_model(f"hf:{hf_dir}", 10, (1, 8, 8))
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert model.kdistill_adapted == ()
+    # another number of classes and channels: the layers they size are replaced, and said
+    model = build_model(f"hf:{hf_dir}", 4, (3, 8, 8))
+    assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 4)
+    assert model.kdistill_adapted == (
+        "classes 10 -> 4 (the layers it sizes are new)",
+        "input channels 1 -> 3 (the layers it sizes are new)",
+    )
+    # as a teacher from its own directory (its weights), distilling into kdistill's MLP
+    result = run(
+        digits_config(tmp_path, f"kd.teachers=[{{arch: 'hf:{hf_dir}', checkpoint: "
+                      f"{hf_dir / 'model.safetensors'}}}]", "kd.min_teacher_top1=0",
+                      "train.epochs=1", "train.on_collapse=warn"),
+        progress=False, log=lambda _: None,
+    )  # fmt: skip
+    assert result.record.teachers[0].arch == f"hf:{hf_dir}"
+    with pytest.raises(ValueError, match="no config.json there"):
+        build_model(f"hf:{tmp_path / 'nowhere'}", 10, (1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("module", "arch", "extra"),
+    [("timm", "timm:resnet10t", "timm"), ("transformers", "hf:x", "hf")],
+)
+def test_missing_extras_name_the_install(monkeypatch, module, arch, extra):
+    import sys
+
+    from kdistill.extras import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it fails
+    with pytest.raises(MissingExtraError, match=rf"pip install 'kdistill\[{extra}\]'"):
+        build_model(arch, 10, (1, 8, 8))

@@ -145,6 +145,11 @@ def load_plain_weights(model: nn.Module, state: Mapping[str, Tensor], what: str)
     """Load ``state`` into ``model`` strictly; a mismatch is a ``ModelFileError`` that lists
     the missing, unexpected and differently shaped tensors."""
     own = model.state_dict()
+    # A model kdistill wraps (a Hugging Face classifier under ``model.``) reads the weights its
+    # library saved, which lack the wrapper's prefix.
+    wrapper = "model."
+    if set(state) != set(own) and {wrapper + k for k in state} == set(own):
+        state = {wrapper + k: v for k, v in state.items()}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [

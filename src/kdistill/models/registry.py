@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from kdistill.models.cifar_resnet import build_cifar_resnet
+from kdistill.models.ecosystem import hf_builder, timm_builder
 from kdistill.models.lenet import build_lenet5
 from kdistill.models.mlp import build_mlp
 from kdistill.models.torchvision_models import build_mobilenet_v2, build_torchvision_resnet
@@ -59,12 +60,16 @@ def torchvision_builder(name: str) -> Callable[..., nn.Module]:
 
 
 def resolve_builder(arch: str) -> Callable[..., nn.Module]:
-    """The builder for a registry name, ``torchvision:<name>``, or a ``package.module:function``
-    import path."""
+    """The builder for a registry name, ``torchvision:<name>``, ``timm:<name>``,
+    ``hf:<directory>``, or a ``package.module:function`` import path."""
     if arch in MODELS:
         return MODELS[arch]
     if arch.startswith("torchvision:"):
         return torchvision_builder(arch.partition(":")[2])
+    if arch.startswith("timm:"):
+        return timm_builder(arch.partition(":")[2])
+    if arch.startswith("hf:"):
+        return hf_builder(arch.partition(":")[2])
     if ":" in arch:
         module_name, _, attr = arch.partition(":")
         try:
@@ -137,7 +142,7 @@ def build_model(
     # first convolution takes the data's channels, the last linear layer gives its classes.
     # Only a parameter the builder names is trusted to have been used: one passed through
     # **kwargs may have been swallowed (torchvision's MobileNetV3 ignores unknown keywords).
-    notes = []
+    notes = list(getattr(model, "kdistill_adapted", ()))  # what the builder itself replaced
     if "in_channels" not in passed and len(input_shape) == 3:
         notes += adapt_first_conv(model, input_shape[0])
     if "num_classes" not in passed:
