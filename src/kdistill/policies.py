@@ -127,9 +127,11 @@ class PruningPolicy(_Windowed):
     kind: Literal["pruning"] = doc("policy type", "pruning")
     target_sparsity: float = doc("fraction of the pruned weights set to zero at the end", 0.5)
     initial_sparsity: float = doc("AGP: sparsity at starting_epoch", 0.0)
-    schedule: Literal["agp", "one_shot"] = doc(
+    schedule: Literal["agp", "one_shot", "threshold"] = doc(
         "agp: s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3 (Zhu and Gupta 2017); one_shot: "
-        "the target at starting_epoch",
+        "the target at starting_epoch; threshold: every weight whose magnitude is at most "
+        "`threshold`, at starting_epoch and every `frequency` epochs of the window (Distiller's "
+        "magnitude and sensitivity pruners; target_sparsity is not used)",
         "agp",
     )
     scope: Literal["global", "per_layer"] = doc(
@@ -147,6 +149,14 @@ class PruningPolicy(_Windowed):
         None,
     )
     frequency: int = doc("epochs between pruning steps (dt)", 1)
+    threshold: float | None = doc(
+        "schedule threshold: the magnitude at or below which weights are zeroed", None
+    )
+    threshold_in_std: bool = doc(
+        "schedule threshold: the threshold is a multiple of each layer's weight standard "
+        "deviation (Distiller's SensitivityPruner) instead of an absolute magnitude",
+        False,
+    )
     structure: Literal["elements", "filters", "channels"] = doc(
         "what is pruned: single weights, or whole groups ranked by their L1 norm within each "
         "layer: filters (Conv2d output channels; rows, i.e. output neurons, of a Linear) or "
@@ -170,6 +180,20 @@ class PruningPolicy(_Windowed):
             0.0 <= self.initial_sparsity <= self.target_sparsity,
             f"pruning policy: initial_sparsity must be in [0, target_sparsity], got {self.initial_sparsity}",
         )
+        if self.schedule == "threshold":
+            require(
+                self.threshold is not None and self.threshold > 0,
+                f"pruning policy: schedule threshold needs threshold > 0, got {self.threshold}",
+            )
+            require(
+                self.structure == "elements",
+                "pruning policy: schedule threshold prunes single weights (structure: elements)",
+            )
+        else:
+            require(
+                self.threshold is None and not self.threshold_in_std,
+                f"pruning policy: threshold applies to schedule threshold, not {self.schedule}",
+            )
         require(
             self.structure == "elements" or self.scope == "per_layer",
             f"pruning policy: structure={self.structure} ranks groups within each layer; set "

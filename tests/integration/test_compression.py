@@ -222,3 +222,24 @@ def test_a_layer_pruned_by_two_policies_is_refused(tmp_path):
     )  # fmt: skip
     with pytest.raises(ValueError, match="features.0 chosen by more than one policy"):
         run(cfg, **QUIET)
+
+
+def test_threshold_pruning_zeroes_small_weights_every_step(tmp_path):
+    cfg = digits_config(
+        tmp_path, *LENET, "train.epochs=3",
+        policies("{kind: pruning, schedule: threshold, threshold: 0.03, scope: per_layer, modules: ['re:classifier\\..'], frequency: 1}"),
+    )  # fmt: skip
+    said = []
+    result = run(cfg, progress=False, log=said.append)
+    steps = [m for m in said if "at or below the threshold zeroed" in m]
+    assert len(steps) == 3  # at the start of every epoch of the window
+    shares = [float(m.split(", ")[1].split("%")[0]) for m in steps]
+    assert shares == sorted(shares) and shares[0] > 5  # pruned weights stay pruned
+    entry = result.summary["compression"]["pruning"]
+    assert entry["threshold"] == 0.03 and entry["target_sparsity"] is None
+    assert entry["pruned_weights_sparsity"] * 100 >= shares[-1] - 1e-6
+    assert set(entry["layers"]) == {
+        "classifier.1.weight",
+        "classifier.3.weight",
+        "classifier.5.weight",
+    }

@@ -179,6 +179,8 @@ class UnstructuredPruning(Callback):
         p = self.policy
         if p.schedule == "one_shot":
             return p.target_sparsity if epoch == p.starting_epoch else None
+        if p.schedule == "threshold":
+            return 1.0 if p.window.is_step(epoch, p.frequency) else None  # a step, no target
         window = EpochWindow(p.starting_epoch, self.end + 1)
         if not (window.is_step(epoch, p.frequency) or epoch == self.end):
             return None
@@ -206,7 +208,18 @@ class UnstructuredPruning(Callback):
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         target = self.target(epoch)
         pruner = self._ensure(trainer)
-        if target is not None and target > 0:
+        if target is not None and self.policy.schedule == "threshold":
+            assert self.policy.threshold is not None
+            pruner.prune_below(trainer.student, self.policy.threshold, self.policy.threshold_in_std)
+            names = pruner.param_names
+            self.last_target = pruning.sparsity_report(trainer.student, names)[
+                "pruned_weights_sparsity"
+            ]
+            self.log(
+                f"pruning: weights at or below the threshold zeroed, {self.last_target:.1%} of "
+                f"the selected weights are zero from epoch {epoch + 1}"
+            )
+        elif target is not None and target > 0:
             pruner.prune_to(trainer.student, target)
             self.last_target = target
             what = "weights" if self.policy.structure == "elements" else self.policy.structure
@@ -361,8 +374,10 @@ def compression_report(callbacks: Sequence[Callback], student: nn.Module) -> dic
             }
         elif isinstance(cb, UnstructuredPruning):
             names = cb.pruner.param_names if cb.pruner is not None else None
+            threshold = cb.policy.schedule == "threshold"
             entry = {
-                "target_sparsity": cb.policy.target_sparsity,
+                "target_sparsity": None if threshold else cb.policy.target_sparsity,
+                **({"threshold": cb.policy.threshold} if threshold else {}),
                 "structure": cb.policy.structure,
                 **pruning.sparsity_report(student, names),
             }

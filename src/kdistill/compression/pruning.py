@@ -111,6 +111,19 @@ class MaskPruner:
                 offset += size
         self.apply(model)
 
+    @torch.no_grad()
+    def prune_below(self, model: nn.Module, threshold: float, in_std: bool = False) -> None:
+        """Mask every weight whose magnitude is at most ``threshold`` (times the layer's weight
+        standard deviation with ``in_std``); weights pruned earlier stay pruned."""
+        for name, p in self._params(model).items():
+            w = p.detach().float()
+            limit = threshold * float(w.std()) if in_std else threshold
+            keep = (w.abs() > limit).cpu()
+            if name in self.masks:
+                keep &= self.masks[name]
+            self.masks[name] = keep
+        self.apply(model)
+
     def _prune_groups(self, params: Mapping[str, Tensor], sparsity: float) -> None:
         """Per layer, ``round(sparsity * groups)`` whole filters or channels with the smallest
         L1 norms masked (groups pruned earlier stay pruned)."""

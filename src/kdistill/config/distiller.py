@@ -70,6 +70,8 @@ PRUNERS = (
     "L1RankedStructureParameterPruner_AGP",
     "L1RankedStructureParameterPruner",
     "SparsityLevelParameterPruner",
+    "MagnitudeParameterPruner",
+    "SensitivityPruner",
 )
 REGULARIZERS = ("L1Regularizer", "GroupLassoRegularizer")
 QUANTIZERS = ("QuantAwareTrainRangeLinearQuantization",)
@@ -472,15 +474,12 @@ class _ScheduleState:
                 f"{where}: policy args {sorted(args)} are not supported for pruners"
             )
         if cls not in PRUNERS:
-            hint = (
-                " (Distiller's magnitude-threshold pruners set no sparsity; kdistill prunes to a "
-                "sparsity: use SparsityLevelParameterPruner levels or AutomatedGradualPruner)"
-                if cls in ("MagnitudeParameterPruner", "SensitivityPruner")
-                else ""
-            )
             raise DistillerError(
-                f"{where}: pruner class {cls} is not supported; supported: {', '.join(PRUNERS)}{hint}"
+                f"{where}: pruner class {cls} is not supported; supported: {', '.join(PRUNERS)}"
             )
+        if cls in ("MagnitudeParameterPruner", "SensitivityPruner"):
+            self._threshold_pruner(name, spec, w, where, cls)
+            return
         if cls == "SparsityLevelParameterPruner":
             _only(spec, {"levels"}, where, cls)
             levels = spec.get("levels")
@@ -542,6 +541,49 @@ class _ScheduleState:
                                target=final, one_shot=False, structure=structure,
                                initial=initial)  # fmt: skip
         self.policies.append(policy)
+
+    def _threshold_pruner(
+        self, name: str, spec: dict[str, Any], w: _Window, where: str, cls: str
+    ) -> None:
+        """Magnitude (absolute thresholds) and sensitivity (thresholds in standard deviations of
+        each weight) pruners: one policy per threshold; ``'*'`` covers the layers not named."""
+        key = "thresholds" if cls == "MagnitudeParameterPruner" else "sensitivities"
+        _only(spec, {key}, where, cls)
+        table = spec.get(key)
+        if not isinstance(table, dict) or not table:
+            raise DistillerError(f"{where}: {key} must map parameter names (or '*') to numbers")
+        named = {parameter_to_module(str(k)): v for k, v in table.items() if k != "*"}
+        groups: dict[float, list[str]] = {}
+        for module, value in named.items():
+            t = _number({key: value}, key, f"{where}: {key}[{module}]", 0.0, math.inf)
+            groups.setdefault(t, []).append(module)
+        policies = [(t, modules) for t, modules in groups.items()]
+        if "*" in table:
+            t = _number({key: table["*"]}, key, f"{where}: {key}['*']", 0.0, math.inf)
+            others = (
+                ["re:(?!(?:" + "|".join(re.escape(m) for m in named) + ")$).*"] if named else []
+            )
+            policies.append((t, others))
+            self.out.notes.append(
+                f"pruners.{name}: '*' covers the Conv2d and Linear weights not named; Distiller "
+                "also thresholds biases and BatchNorm weights, which kdistill does not prune"
+            )
+        for t, modules in policies:
+            if t == 0:
+                continue
+            policy: dict[str, Any] = {
+                "kind": "pruning",
+                "schedule": "threshold",
+                "threshold": t,
+                "scope": "per_layer",
+                "modules": modules,
+                "starting_epoch": w.start,
+                "ending_epoch": self._clip_end(w.end),
+                "frequency": w.frequency,
+            }
+            if cls == "SensitivityPruner":
+                policy["threshold_in_std"] = True
+            self.policies.append(policy)
 
     def _pruning(
         self, modules: list[str], w: _Window, *, target: float, one_shot: bool,

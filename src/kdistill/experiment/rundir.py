@@ -45,6 +45,8 @@ _ADDED_SETTINGS = {
     "policies[].structure": "elements",
     "policies[].remove_epoch": None,
     "policies[].groups": "filters",
+    "policies[].threshold": None,
+    "policies[].threshold_in_std": False,
 }
 
 

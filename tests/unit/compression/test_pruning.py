@@ -171,3 +171,22 @@ def test_removing_zeroed_channels_removes_the_filters_feeding_them():
     torch.testing.assert_close(model(x), before)
     pruner.refresh(model)  # the mask now has the layer's new shape
     assert pruner.masks["2.weight"].shape == model[2].weight.shape
+
+
+def test_threshold_pruning_absolute_and_in_standard_deviations():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    w0, w2 = model[0].weight.detach().clone(), model[2].weight.detach().clone()
+    pruner = MaskPruner(["0.weight", "2.weight"], "per_layer")
+    pruner.prune_below(model, 0.1)
+    for layer, before in ((model[0], w0), (model[2], w2)):
+        assert torch.equal(layer.weight == 0, before.abs() <= 0.1)
+    model = nn.Sequential(nn.Linear(20, 30))
+    w = model[0].weight.detach().clone()
+    pruner = MaskPruner(["0.weight"], "per_layer")
+    pruner.prune_below(model, 0.5, in_std=True)  # Distiller's sensitivity: 0.5 std
+    assert torch.equal(model[0].weight == 0, w.abs() <= 0.5 * w.std())
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # pruned weights that moved are zeroed again, never revived
+    pruner.prune_below(model, 0.5, in_std=True)
+    assert bool((model[0].weight[w.abs() <= 0.5 * w.std()] == 0).all())

@@ -277,9 +277,9 @@ def test_lr_factors_follow_distillers_epochs(tmp_path):
 @pytest.mark.parametrize(
     ("schedule", "message"),
     [
-        ({"pruners": {"p": {"class": "MagnitudeParameterPruner", "thresholds": {"*": 0.1}}},
+        ({"pruners": {"p": {"class": "BernoulliFilterPruner_AGP", "group_type": "Filters"}},
           "policies": [{"pruner": {"instance_name": "p"}, "epochs": [0]}]},
-         "MagnitudeParameterPruner is not supported; supported: AutomatedGradualPruner"),
+         "BernoulliFilterPruner_AGP is not supported; supported: AutomatedGradualPruner"),
         ({"quantizers": {"q": {"class": "DorefaQuantizer", "bits_weights": 4}},
           "policies": [{"quantizer": {"instance_name": "q"}, "epochs": [0]}]},
          "DoReFa .* not implemented"),
@@ -346,3 +346,28 @@ def test_penalties_are_scaled_as_distillers_loss_nests_them(tmp_path):
     assert any("multiplied by --kd-sw 0.4" in n for n in result.notes)
     _, cfg = translate(tmp_path, schedule, epochs=6)  # no distillation: as written
     assert [p.weight for p in cfg.policies] == [0.001]
+
+
+def test_magnitude_and_sensitivity_pruners(tmp_path):
+    schedule = {
+        "pruners": {
+            "magnitude": {"class": "MagnitudeParameterPruner",
+                          "thresholds": {"module.features.0.weight": 0.02, "*": 0.05}},
+            "sensitivity": {"class": "SensitivityPruner",
+                            "sensitivities": {"module.classifier.5.weight": 0.4}},
+        },
+        "policies": [
+            {"pruner": {"instance_name": "magnitude"}, "epochs": [0, 2, 4]},
+            {"pruner": {"instance_name": "sensitivity"}, "starting_epoch": 1, "ending_epoch": 9},
+        ],
+    }  # fmt: skip
+    result, cfg = translate(tmp_path, schedule, epochs=6)
+    got = [(p.threshold, p.threshold_in_std, p.modules, p.starting_epoch, p.ending_epoch,
+            p.frequency) for p in cfg.policies]  # fmt: skip
+    assert got == [
+        (0.02, False, ("features.0",), 0, 5, 2),
+        (0.05, False, ("re:(?!(?:features\\.0)$).*",), 0, 5, 2),  # '*': the layers not named
+        (0.4, True, ("classifier.5",), 1, None, 1),
+    ]
+    assert all(p.schedule == "threshold" for p in cfg.policies)
+    assert any("'*' covers the Conv2d and Linear weights not named" in n for n in result.notes)
