@@ -265,3 +265,21 @@ def test_dry_run_trains_nothing_and_notes_ignored_flags(tmp_path, capsys):
         assert f"{flag} ignored" in printed
     assert "kdistill train CONFIG --nproc 2" in printed and "device: 'cuda:0'" in printed
     assert not (tmp_path / "x").exists()
+
+
+def test_distillers_vgg_checkpoint_names_load(tmp_path):
+    """Distiller wraps a VGG's features (only) in DataParallel: features.module.0.weight."""
+    from kdistill.models import build_model
+    from kdistill.models.foreign import load_plain_weights, read_state_dict
+
+    model = build_model("torchvision:vgg11", 10, (3, 32, 32))
+    state = {
+        (k.replace("features.", "features.module.", 1) if k.startswith("features.") else k): v
+        for k, v in model.state_dict().items()
+    }
+    torch.save({"arch": "vgg11", "state_dict": state}, tmp_path / "vgg.pth.tar")
+    fresh = build_model("torchvision:vgg11", 10, (3, 32, 32))
+    load_plain_weights(fresh, read_state_dict(tmp_path / "vgg.pth.tar"), "vgg")
+    assert all(
+        torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values())
+    )

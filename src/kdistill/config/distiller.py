@@ -118,9 +118,11 @@ def map_arch(name: str, flag: str = "--arch") -> str:
 
 def parameter_to_module(name: str) -> str:
     """``module.layer1.0.conv1.weight`` -> ``layer1.0.conv1`` (DataParallel's prefix and the
-    tensor's name dropped: kdistill's policies name modules)."""
+    tensor's name dropped: kdistill's policies name modules). Distiller wraps only the
+    ``features`` of AlexNet and VGG in DataParallel, so ``features.module.0.weight`` ->
+    ``features.0`` too."""
     name = name.strip()
-    name = name.removeprefix("module.")
+    name = name.removeprefix("module.").replace(".module.", ".")
     for suffix in (".weight", ".bias"):
         if name.endswith(suffix):
             return name[: -len(suffix)]

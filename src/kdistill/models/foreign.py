@@ -150,6 +150,9 @@ def load_plain_weights(model: nn.Module, state: Mapping[str, Tensor], what: str)
     wrapper = "model."
     if set(state) != set(own) and {wrapper + k for k in state} == set(own):
         state = {wrapper + k: v for k, v in state.items()}
+    # Distiller wraps only the features of AlexNet and VGG in DataParallel.
+    if set(state) != set(own) and {k.replace(".module.", ".") for k in state} == set(own):
+        state = {k.replace(".module.", "."): v for k, v in state.items()}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [

@@ -107,6 +107,7 @@ def test_architecture_names():
             map_arch(name)
     assert parameter_to_module("module.layer1.0.conv1.weight") == "layer1.0.conv1"
     assert parameter_to_module("fc.weight") == "fc"
+    assert parameter_to_module("features.module.0.weight") == "features.0"  # Distiller's VGG
 
 
 def test_the_dataset_is_inferred_from_the_directory(tmp_path):
