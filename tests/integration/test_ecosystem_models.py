@@ -123,3 +123,32 @@ def test_missing_extras_name_the_install(monkeypatch, module, arch, extra):
     monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it fails
     with pytest.raises(MissingExtraError, match=rf"pip install 'kdistill\[{extra}\]'"):
         build_model(arch, 10, (1, 8, 8))
+
+
+def test_a_hugging_face_teacher_keeps_its_image_processors_size_and_normalization(tmp_path):
+    import json
+
+    from kdistill.config import RunConfig, apply_overrides
+    from kdistill.experiment import build_run
+    from kdistill.teachers import Renormalize, Resize
+
+    hf_dir = tiny_hf_classifier(tmp_path / "hf-resnet")
+    (hf_dir / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ConvNextImageProcessor", "do_normalize": True,
+        "image_mean": [0.5], "image_std": [0.25], "size": {"height": 16, "width": 16},
+    }))  # fmt: skip
+    said = []
+    cfg = apply_overrides(RunConfig(), [
+        f"out_dir={tmp_path}", "kd.min_teacher_top1=0",
+        f"kd.teachers=[{{arch: 'hf:{hf_dir}', checkpoint: {hf_dir / 'model.safetensors'}}}]",
+    ])  # fmt: skip
+    parts = build_run(cfg, log=said.append)
+    transform = parts.teacher.members[0].input_transform
+    renorm, resize = transform  # digits standardized for the student, then the teacher's own
+    assert isinstance(renorm, Renormalize) and isinstance(resize, Resize)
+    assert resize(torch.zeros(2, 1, 8, 8)).shape == (2, 1, 16, 16)
+    assert any("inputs as its image processor asks" in line for line in said)
+    # the config's own values win over the image processor's
+    cfg = apply_overrides(cfg, ["kd.teachers.0.input_size=12"])
+    transform = build_run(cfg, log=lambda _: None).teacher.members[0].input_transform
+    assert transform(torch.zeros(1, 1, 8, 8)).shape == (1, 1, 12, 12)

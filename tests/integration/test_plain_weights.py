@@ -80,3 +80,31 @@ def test_a_checkpoint_that_needs_unpickling_code_is_refused(tmp_path, teacher_we
         distill_from(tmp_path, path, "kd.teachers.0.arch=lenet5")
     with pytest.raises(ModelFileError, match="plain PyTorch checkpoint"):
         load_model(path)
+
+
+def test_a_foreign_teacher_gets_its_own_normalization(tmp_path, teacher_run):
+    """A teacher trained on standardized digits, handed over as plain weights, teaching a
+    student whose pipeline does not standardize: with the teacher's input_mean / input_std its
+    inputs are renormalized and it scores what it scored at home; without, it does not."""
+    from kdistill.config import RunConfig, apply_overrides
+    from kdistill.experiment import build_run
+    from kdistill.models import load_state_file
+    from kdistill.teachers import Renormalize
+
+    weights = tmp_path / "teacher.pt"
+    torch.save(load_state_file(teacher_run.run_dir), weights)  # the weights alone travel
+    _model, spec = load_model(teacher_run.run_dir)
+
+    def teacher(extra=""):
+        cfg = apply_overrides(RunConfig(), [
+            f"out_dir={tmp_path}", "data.normalize=false", "kd.min_teacher_top1=0",
+            f"kd.teachers=[{{arch: lenet5, checkpoint: {weights}{extra}}}]",
+        ])  # fmt: skip
+        parts = build_run(cfg, log=lambda _: None)
+        return parts.teacher_check.test_top1, parts.teacher.members[0].input_transform
+
+    top1, transform = teacher(f", input_mean: {list(spec.mean)}, input_std: {list(spec.std)}")
+    assert isinstance(transform, Renormalize)
+    assert top1 == pytest.approx(teacher_run.record.test_top1, abs=1e-6)
+    wrong, transform = teacher()
+    assert transform is None and wrong != pytest.approx(top1, abs=1e-6)  # a shifted input

@@ -139,6 +139,21 @@ class ModelConfig:
         "model.safetensors); null = random initialization",
         None,
     )
+    input_mean: tuple[float, ...] | None = doc(
+        "a teacher trained elsewhere (plain weights, timm, Hugging Face): the per-channel mean "
+        "(of pixels in [0, 1]) its inputs were standardized with; the student's inputs are "
+        "renormalized for it. null = the student's normalization (a kdistill model file "
+        "records its own)",
+        None,
+    )
+    input_std: tuple[float, ...] | None = doc(
+        "with input_mean: the per-channel standard deviation", None
+    )
+    input_size: int | None = doc(
+        "a teacher trained elsewhere: the image side it takes (e.g. 224); the student's images "
+        "are resized for it (bilinear, antialiased). null = the student's size",
+        None,
+    )
 
     def __post_init__(self) -> None:
         _require(
@@ -146,6 +161,29 @@ class ModelConfig:
             "a model needs an arch (e.g. arch: lenet5) or a checkpoint that records one",
         )
         _require(self.arch != "", "model arch must be a name or null, got an empty string")
+        _require(
+            (self.input_mean is None) == (self.input_std is None),
+            "input_mean and input_std go together: give both (one value per channel) or neither",
+        )
+        if self.input_mean is not None and self.input_std is not None:
+            _require(
+                len(self.input_mean) == len(self.input_std) >= 1,
+                f"input_mean {list(self.input_mean)} and input_std {list(self.input_std)} need "
+                "one value per channel each",
+            )
+            _require(
+                all(math.isfinite(s) and s > 0 for s in self.input_std),
+                f"input_std must be > 0 for every channel, got {list(self.input_std)}",
+            )
+        _require(
+            self.input_size is None or self.input_size >= 1,
+            f"input_size must be >= 1 pixels or null, got {self.input_size}",
+        )
+
+    @property
+    def describes_input(self) -> bool:
+        """Whether the config says what inputs this (foreign) teacher expects."""
+        return self.input_mean is not None or self.input_size is not None
 
 
 @dataclass(frozen=True)
@@ -600,6 +638,11 @@ class RunConfig:
         return EpochWindow(self.kd.start_epoch if self.kd is not None else 0)
 
     def __post_init__(self) -> None:
+        _require(
+            not self.model.describes_input,
+            "model.input_mean / input_std / input_size say what a teacher trained elsewhere "
+            "expects; they apply to kd.teachers[i], not to the model being trained",
+        )
         _require(
             bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name),
             f"name must be non-empty and use letters, digits, '-', '_' or '.', got {self.name!r}",

@@ -46,6 +46,12 @@ _ADDED_SETTINGS = {
     "policies[].remove_epoch": None,
     "policies[].groups": "filters",
     "policies[].threshold": None,
+    "model.input_mean": None,
+    "model.input_std": None,
+    "model.input_size": None,
+    "kd.teachers[].input_mean": None,
+    "kd.teachers[].input_std": None,
+    "kd.teachers[].input_size": None,
     "policies[].threshold_in_std": False,
 }
 

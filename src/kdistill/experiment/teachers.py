@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +27,7 @@ from kdistill.models.foreign import (
     recorded_arch,
 )
 from kdistill.record import TeacherIdentity
-from kdistill.teachers import EnsembleTeacher, FrozenTeacher, Renormalize
+from kdistill.teachers import EnsembleTeacher, FrozenTeacher, Renormalize, Resize
 from kdistill.trust import CodeTrust, UntrustedCodeError
 from kdistill.types import TeacherOutput, logits_of
 
@@ -59,18 +61,73 @@ def model_spec(cfg_model: ModelConfig, data: DataBundle, data_cfg: DataConfig) -
 
 
 def input_adapter(spec: ModelSpec, data: DataBundle, normalize: bool) -> nn.Module | None:
-    """A :class:`Renormalize` from the pipeline's normalization to the one ``spec`` expects."""
+    """What turns the pipeline's inputs into those ``spec`` expects: a :class:`Renormalize`
+    to its normalization, then a :class:`Resize` to its resolution (each only when needed)."""
     channels = data.input_shape[0]
     zeros, ones = (0.0,) * channels, (1.0,) * channels
     have = (data.mean, data.std) if normalize else (zeros, ones)
     want = (spec.mean or zeros, spec.std or ones)
-    if all(
+    steps: list[nn.Module] = []
+    if not all(
         math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
         for x, y in zip(have, want)
         for a, b in zip(x, y)
     ):
+        steps.append(Renormalize(have[0], have[1], want[0], want[1]))
+    if len(spec.input_shape) == 3 and spec.input_shape[1:] != data.input_shape[1:]:
+        steps.append(Resize(spec.input_shape[1:]))
+    if not steps:
         return None
-    return Renormalize(have[0], have[1], want[0], want[1])
+    return steps[0] if len(steps) == 1 else nn.Sequential(*steps)
+
+
+def hugging_face_input(t: ModelConfig, log: Log, what: str) -> ModelConfig:
+    """A Hugging Face teacher's own input normalization and size, from the image processor
+    saved beside it (``preprocessor_config.json``: ``image_mean``, ``image_std``, ``size``)."""
+    assert t.arch is not None
+    path = Path(t.arch.partition(":")[2]).expanduser() / "preprocessor_config.json"
+    if not path.is_file():
+        return t
+    try:
+        processor = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{what}: {path} cannot be read ({e})") from None
+    changes: dict[str, Any] = {}
+    if processor.get("do_normalize", True) and "image_mean" in processor:
+        changes["input_mean"] = tuple(float(v) for v in processor["image_mean"])
+        changes["input_std"] = tuple(float(v) for v in processor["image_std"])
+    size = processor.get("size") or {}
+    side = size.get("height") if size.get("height") == size.get("width") else None
+    side = side or size.get("shortest_edge")
+    if isinstance(side, int):
+        changes["input_size"] = side
+    if changes:
+        log(f"{what}: inputs as its image processor asks ({path.name}): {changes}")
+    return replace(t, **changes)
+
+
+def foreign_input(t: ModelConfig, spec: ModelSpec, data: DataBundle, what: str) -> ModelSpec:
+    """``spec`` with the input normalization and resolution the config gives a teacher trained
+    elsewhere (``input_mean`` / ``input_std`` / ``input_size``)."""
+    shape = data.input_shape
+    if t.input_size is not None:
+        if len(shape) != 3:
+            raise ModelFileError(
+                f"{what}.input_size: the data are vectors {shape}, not images; there is no size "
+                "to resize"
+            )
+        shape = (shape[0], t.input_size, t.input_size)
+    if t.input_mean is not None and len(t.input_mean) != shape[0]:
+        raise ModelFileError(
+            f"{what}.input_mean has {len(t.input_mean)} values, but the data have {shape[0]} "
+            "channel(s): give one per channel"
+        )
+    return replace(
+        spec,
+        input_shape=shape,
+        mean=tuple(t.input_mean) if t.input_mean is not None else spec.mean,
+        std=tuple(t.input_std) if t.input_std is not None else spec.std,
+    )
 
 
 @dataclass(frozen=True)
@@ -122,8 +179,12 @@ def plain_teacher(
             f"dict or a .safetensors file not written by kdistill): name it with "
             f"{what.replace('[', '.').replace(']', '')}.arch (--kd-teacher ARCH), e.g. resnet20_cifar"
         )
-    spec = model_spec(t, data, data_cfg)
-    model = build_model(spec.arch, data.num_classes, data.input_shape, spec.args)
+    if t.arch.startswith("hf:") and not t.describes_input:
+        t = hugging_face_input(t, log, what)
+    spec = foreign_input(
+        t, model_spec(t, data, data_cfg), data, what.replace("[", ".").replace("]", "")
+    )
+    model = build_model(spec.arch, data.num_classes, spec.input_shape, spec.args)
     for note in getattr(model, "kdistill_adapted", ()):
         log(f"{what} {spec.arch}: {note}")
     load_plain_weights(model, read_state_dict(t.checkpoint), f"{what} ({t.checkpoint})")
@@ -156,6 +217,12 @@ def load_teachers(
         if is_plain_state_dict(t.checkpoint):
             teachers.append(plain_teacher(t, what, data, data_cfg, log))
             continue
+        if t.describes_input:
+            raise ModelFileError(
+                f"{what}: {t.checkpoint} is a kdistill model file, which records the "
+                "normalization and size its inputs need; input_mean / input_std / input_size "
+                "are for teachers trained elsewhere (plain weights, timm, Hugging Face)"
+            )
         try:
             loaded = load_model(t.checkpoint, arch=t.arch, args=t.args or None, trust=trust)
         except (ModelFileError, UntrustedCodeError) as e:

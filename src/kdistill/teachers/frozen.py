@@ -53,6 +53,27 @@ class Renormalize(nn.Module):
         return x * self.scale.view(shape).to(x.dtype) + self.shift.view(shape).to(x.dtype)
 
 
+class Resize(nn.Module):
+    """Resizes image batches ``(N, C, H, W)`` to ``size`` (bilinear, antialiased when it
+    shrinks): a teacher's ``input_transform`` when it takes another resolution than the
+    student sees. The size is a buffer, so a cache's fingerprint covers it."""
+
+    def __init__(self, size: Sequence[int]) -> None:
+        super().__init__()
+        if len(size) != 2 or any(s < 1 for s in size):
+            raise ValueError(f"Resize needs (height, width) >= 1, got {list(size)}")
+        self.register_buffer("size", torch.tensor(list(size), dtype=torch.int64), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = (int(self.size[0]), int(self.size[1]))
+        if tuple(x.shape[-2:]) == size:
+            return x
+        shrink = x.shape[-2] > size[0] or x.shape[-1] > size[1]
+        return nn.functional.interpolate(
+            x, size=size, mode="bilinear", align_corners=False, antialias=shrink
+        )
+
+
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 

@@ -152,7 +152,10 @@ def test_hash_is_stable_and_sensitive():
 
 def test_to_dict_is_plain_data():
     data = to_dict(apply_overrides(RunConfig(), ["kd.teachers.0.checkpoint=x"]))
-    assert data["kd"]["teachers"] == [{"arch": None, "args": {}, "checkpoint": "x"}]
+    assert data["kd"]["teachers"] == [
+        {"arch": None, "args": {}, "checkpoint": "x", "input_mean": None, "input_std": None,
+         "input_size": None}
+    ]  # fmt: skip
     assert isinstance(data["optim"]["betas"], list)
 
 
@@ -168,3 +171,18 @@ def test_docs_cover_every_key_and_are_in_sync():
     assert DOCS.read_text() == text, (
         "docs/config.md is stale: run `kdistill config docs > docs/config.md`"
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["kd.teachers=[{checkpoint: t.pt, input_mean: [0.5]}]"], "input_mean and input_std go together"),
+        (["kd.teachers=[{checkpoint: t.pt, input_mean: [0.5], input_std: [0]}]"], "input_std must be > 0"),
+        (["kd.teachers=[{checkpoint: t.pt, input_mean: [0.5, 0.4], input_std: [0.2]}]"], "one value per channel"),
+        (["kd.teachers=[{checkpoint: t.pt, input_size: 0}]"], "input_size must be >= 1"),
+        (["model.input_size=32"], "apply to kd.teachers"),
+    ],
+)  # fmt: skip
+def test_foreign_teacher_inputs_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(RunConfig(), overrides)
