@@ -88,6 +88,31 @@ _REFUSED_QUANTIZERS = {
 }
 
 
+SUPPORTED = {
+    "pruners": PRUNERS,
+    "regularizers": REGULARIZERS,
+    "quantizers": QUANTIZERS,
+    "lr_schedulers": LR_SCHEDULERS,
+    "extensions": EXTENSIONS,
+}
+
+
+def _check_class(where: str, section: str, cls: str) -> None:
+    """A schedule entry's class must be one kdistill runs; the error names what it runs."""
+    if section == "quantizers" and cls in _REFUSED_QUANTIZERS:
+        raise DistillerError(
+            f"{where}: {cls} ({_REFUSED_QUANTIZERS[cls]}) is not implemented in kdistill, which "
+            "trains range-linear quantization: use QuantAwareTrainRangeLinearQuantization "
+            "with the same bits_weights / bits_activations"
+        )
+    if cls not in SUPPORTED[section]:
+        what = section[:-1].replace("_", " ")
+        raise DistillerError(
+            f"{where}: {what} class {cls} is not supported; supported: "
+            f"{', '.join(SUPPORTED[section])}"
+        )
+
+
 @dataclass
 class Translation:
     """A kdistill config (only the keys that differ from kdistill's defaults) and notes."""
@@ -340,6 +365,12 @@ def translate_schedule(path: str, out: Translation, *, epochs: int) -> None:
         for name, spec in entries.items():
             if not isinstance(spec, dict) or "class" not in spec:
                 raise DistillerError(f"{where}: {section}.{name} needs a class")
+            if str(name) in instances:
+                raise DistillerError(
+                    f"{where}: the name {name!r} is defined in {instances[str(name)][0]} and in "
+                    f"{section}; policies refer to instances by name, so give each its own"
+                )
+            _check_class(f"{where}: {section}.{name}", section, spec["class"])
             instances[str(name)] = (section, dict(spec))
     policies = doc.get("policies") or []
     if not isinstance(policies, list):
@@ -475,10 +506,6 @@ class _ScheduleState:
             raise DistillerError(
                 f"{where}: policy args {sorted(args)} are not supported for pruners"
             )
-        if cls not in PRUNERS:
-            raise DistillerError(
-                f"{where}: pruner class {cls} is not supported; supported: {', '.join(PRUNERS)}"
-            )
         if cls in ("MagnitudeParameterPruner", "SensitivityPruner"):
             self._threshold_pruner(name, spec, w, where, cls)
             return
@@ -612,10 +639,6 @@ class _ScheduleState:
         self, name: str, spec: dict[str, Any], w: _Window, args: Mapping[str, Any]
     ) -> None:
         where, cls = f"{self.where}: regularizers.{name}", spec["class"]
-        if cls not in REGULARIZERS:
-            raise DistillerError(
-                f"{where}: regularizer class {cls} is not supported; supported: {', '.join(REGULARIZERS)}"
-            )
         _only(spec, {"reg_regims", "threshold_criteria"}, where, cls)
         unknown_args = sorted(set(args) - {"keep_mask"})
         if unknown_args:
@@ -675,16 +698,6 @@ class _ScheduleState:
         self, name: str, spec: dict[str, Any], w: _Window, args: Mapping[str, Any]
     ) -> None:
         where, cls = f"{self.where}: quantizers.{name}", spec["class"]
-        if cls in _REFUSED_QUANTIZERS:
-            raise DistillerError(
-                f"{where}: {cls} ({_REFUSED_QUANTIZERS[cls]}) is not implemented in kdistill, which "
-                "trains range-linear quantization: use QuantAwareTrainRangeLinearQuantization "
-                "with the same bits_weights / bits_activations"
-            )
-        if cls not in QUANTIZERS:
-            raise DistillerError(
-                f"{where}: quantizer class {cls} is not supported; supported: {', '.join(QUANTIZERS)}"
-            )
         if args:
             raise DistillerError(
                 f"{where}: policy args {sorted(args)} are not supported for quantizers"
@@ -739,10 +752,6 @@ class _ScheduleState:
         self, name: str, spec: dict[str, Any], w: _Window, args: Mapping[str, Any]
     ) -> None:
         where, cls = f"{self.where}: lr_schedulers.{name}", spec["class"]
-        if cls not in LR_SCHEDULERS:
-            raise DistillerError(
-                f"{where}: lr scheduler class {cls} is not supported; supported: {', '.join(LR_SCHEDULERS)}"
-            )
         if self.lr is not None:
             raise DistillerError(
                 f"{where}: a second learning-rate scheduler; kdistill runs one schedule"
@@ -759,11 +768,6 @@ class _ScheduleState:
         self, name: str, spec: dict[str, Any], w: _Window, args: Mapping[str, Any]
     ) -> None:
         where, cls = f"{self.where}: extensions.{name}", spec["class"]
-        if cls not in EXTENSIONS:
-            raise DistillerError(
-                f"{where}: extension class {cls} is not supported; supported: {', '.join(EXTENSIONS)} "
-                "(Distiller's net_thinner)"
-            )
         _only(spec, {"thinning_func_str", "arch", "dataset"}, where, cls)
         expected = "remove_filters" if cls == "FilterRemover" else "remove_channels"
         func = spec.get("thinning_func_str", expected)

@@ -372,3 +372,13 @@ def test_magnitude_and_sensitivity_pruners(tmp_path):
     ]
     assert all(p.schedule == "threshold" for p in cfg.policies)
     assert any("'*' covers the Conv2d and Linear weights not named" in n for n in result.notes)
+
+
+def test_one_name_for_two_instances_is_an_error(tmp_path):
+    schedule = {
+        "pruners": {"p": {"class": "SparsityLevelParameterPruner", "levels": {"fc.weight": 0.5}}},
+        "regularizers": {"p": {"class": "L1Regularizer", "reg_regims": {"fc.weight": 0.1}}},
+        "policies": [{"pruner": {"instance_name": "p"}, "epochs": [0]}],
+    }
+    with pytest.raises(DistillerError, match="'p' is defined in pruners and in regularizers"):
+        translate(tmp_path, schedule, epochs=5)
