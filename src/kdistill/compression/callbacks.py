@@ -72,6 +72,11 @@ class ChannelPruning(Callback):
             f"{self.params_before:,} -> {after:,} parameters"
         )
 
+    @property
+    def changed_at(self) -> int:
+        """The epoch of the last step that changed the structure."""
+        return self.policy.starting_epoch + (self.steps_done - 1) * self.policy.frequency
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "steps_done": self.steps_done,
@@ -161,6 +166,11 @@ class UnstructuredPruning(Callback):
         self._saved: Mapping[str, Any] | None = None
         self.siblings: Sequence[UnstructuredPruning] = ()  # every pruning policy of the run
 
+    @property
+    def changed_at(self) -> int:
+        """The epoch at which the zeroed groups were removed (the structure changed)."""
+        return self.policy.remove_epoch if self.policy.remove_epoch is not None else -1
+
     def layers(self, model: nn.Module) -> list[str]:
         return select_layers(model, self.policy.modules, what="pruning policy modules")
 
@@ -175,12 +185,13 @@ class UnstructuredPruning(Callback):
         return self.pruner
 
     def target(self, epoch: int) -> float | None:
-        """The sparsity to prune to at the start of ``epoch`` (``None``: no pruning step)."""
+        """The sparsity to prune to at the start of ``epoch`` (``None``: no pruning step; a
+        threshold schedule has steps but no target: :meth:`threshold_step`)."""
         p = self.policy
         if p.schedule == "one_shot":
             return p.target_sparsity if epoch == p.starting_epoch else None
         if p.schedule == "threshold":
-            return 1.0 if p.window.is_step(epoch, p.frequency) else None  # a step, no target
+            return None
         window = EpochWindow(p.starting_epoch, self.end + 1)
         if not (window.is_step(epoch, p.frequency) or epoch == self.end):
             return None
@@ -191,6 +202,11 @@ class UnstructuredPruning(Callback):
             start=p.starting_epoch,
             span=self.end - p.starting_epoch,
         )
+
+    def threshold_step(self, epoch: int) -> bool:
+        """Whether a threshold schedule prunes at the start of ``epoch``."""
+        p = self.policy
+        return p.schedule == "threshold" and p.window.is_step(epoch, p.frequency)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         mine = set(self._ensure(trainer).param_names)
@@ -208,7 +224,7 @@ class UnstructuredPruning(Callback):
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         target = self.target(epoch)
         pruner = self._ensure(trainer)
-        if target is not None and self.policy.schedule == "threshold":
+        if self.threshold_step(epoch):
             assert self.policy.threshold is not None
             pruner.prune_below(trainer.student, self.policy.threshold, self.policy.threshold_in_std)
             names = pruner.param_names
@@ -338,9 +354,16 @@ def structure_record(callbacks: Sequence[Callback]) -> dict[str, Any]:
     """What a model file must record to rebuild the student's current structure (pruned channel
     counts; the fake-quantized graph's settings), for ``ModelSpec.extra``."""
     record: dict[str, Any] = {}
-    for cb in callbacks:  # the last structural change holds every layer's current shape
-        if isinstance(cb, (ChannelPruning, UnstructuredPruning)) and cb.shapes is not None:
-            record["layer_shapes"] = cb.shapes
+    # The latest structural change holds every layer's current shape (channel pruning may step
+    # after a pruning policy removed its zeroed filters, or before).
+    changed = [
+        (cb.changed_at, i, cb.shapes)
+        for i, cb in enumerate(callbacks)
+        if isinstance(cb, (ChannelPruning, UnstructuredPruning)) and cb.shapes is not None
+    ]
+    if changed:
+        record["layer_shapes"] = max(changed, key=lambda c: c[:2])[2]
+    for cb in callbacks:
         if isinstance(cb, Quantization) and cb.prepared:
             record["qat"] = {k: getattr(cb.policy, k) for k in (*QUANT_SETTINGS, "overrides")}
     return record

@@ -74,10 +74,10 @@ def hf_builder(directory: str) -> Callable[..., nn.Module]:
         except (OSError, ValueError) as e:
             raise ValueError(f"hf:{directory}: cannot load an image classifier ({e})") from None
         wrapped = HuggingFaceLogits(model)
+        names = {"num_labels": "classes", "num_channels": "input channels"}
         wrapped.kdistill_adapted = tuple(  # type: ignore[assignment]
-            f"{what} {getattr(config, key)} -> {value} (the layers it sizes are new)"
+            f"{names[key]} {getattr(config, key)} -> {value} (the layers it sizes are new)"
             for key, value in changes.items()
-            for what in ({"num_labels": "classes", "num_channels": "input channels"}[key],)
         )
         return wrapped
 
