@@ -85,13 +85,19 @@ def _stop_cleanly_on_sigterm(ctx: DistContext) -> None:
 
 
 def _interpreter_exiting(frame: Any) -> bool:
-    """Whether the signal interrupted Python's own shutdown (``threading._shutdown``)."""
+    """Whether the signal interrupted Python's shutdown rather than the program.
+
+    While the program runs, the frames chain back to a module's top level (the entry script's,
+    below runpy's frames under ``python -m``). Shutdown work (``threading._shutdown``, atexit
+    callbacks such as weakref finalizers) is called by the interpreter itself, outside any module.
+    """
+    if sys.is_finalizing():
+        return True
     while frame is not None:
-        code = frame.f_code
-        if code.co_name == "_shutdown" and code.co_filename.endswith("threading.py"):
-            return True
+        if frame.f_code.co_name == "<module>":
+            return False
         frame = frame.f_back
-    return sys.is_finalizing()
+    return True
 
 
 class PeerFailureError(RuntimeError):
