@@ -20,6 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "fmnist_collapse.py",
         "busy_demo.py",
         "teacher_throughput.py",
+        "streaming.py",
     ],
 )
 def test_each_script_starts(script):

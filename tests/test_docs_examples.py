@@ -55,3 +55,13 @@ def test_distiller_worked_example_prints_the_config_shown(tmp_path, capsys):
     argv = [a if a != "agp.yaml" else str(tmp_path / "agp.yaml") for a in argv]
     assert main([*argv, "--dry-run"]) == 0
     assert yaml.safe_load(written.read_text()) == yaml.safe_load(docs_example("config", "yaml"))
+
+
+def test_streaming_example(tmp_path):
+    (example,) = re.findall(r"```python\n(.*?)```", (DOCS / "data.md").read_text(), flags=re.S)
+    out = subprocess.run(
+        [sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "data pipeline: stream (asked for)" in out.stdout
+    assert "32 training images, 4 batches per epoch" in out.stdout

@@ -10,6 +10,7 @@ Torch-free, like the rest of the foundation: the caller applies the choice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -108,3 +109,51 @@ def choose_threads(
         threads = min(per_run, free)
         parts.append(f"{busy} busy with other processes")
     return ThreadChoice(threads, ", ".join(parts))
+
+
+def total_memory_bytes() -> int | None:
+    """The memory this process may use: the machine's, or its container's limit (cgroup v2 or
+    v1) when that is smaller; ``None`` when neither can be read."""
+    sizes = []
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        sizes.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            sizes.append(int(text))
+    return min(sizes) if sizes else None
+
+
+def choose_workers(requested: int | None, threads: int, cores: int | None = None) -> int:
+    """DataLoader worker processes for the streaming pipeline: ``requested`` when given, else
+    one per physical core the ``threads`` training threads leave free, at least one."""
+    if requested is not None:
+        if requested < 0:
+            raise ValueError(f"workers must be >= 0, got {requested}")
+        return requested
+    cores = physical_cores(usable_cpus()) if cores is None else cores
+    return max(1, cores - threads)
+
+
+# CPU flags (``/proc/cpuinfo``) of units that compute bf16 natively: AMX tiles and AVX-512
+# BF16 on x86, the BF16 extension on Arm. Without them bf16 is emulated, and was measured 2.4x
+# slower than fp32 on a Xeon with AVX-512 but no bf16 units.
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+
+
+def native_bf16_flag(cpuinfo: str | None = None) -> str | None:
+    """The flag by which this CPU says it computes bf16 natively, or ``None``."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return next((f for f in NATIVE_BF16_FLAGS if f in flags), None)

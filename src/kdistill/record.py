@@ -117,6 +117,8 @@ class RunRecord:
     warnings: tuple[str, ...] = ()
     cpu_latency_ms: dict[str, Any] | None = None
     threads: str | None = None
+    data_pipeline: str | None = None
+    teacher_precision: str | None = None
     compression: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
     schema_version: int = RECORD_SCHEMA_VERSION

@@ -226,3 +226,27 @@ def test_channels_last_and_bf16_teachers_match(teacher_run):
     )
     fast = FrozenTeacher(load_model(teacher_run.run_dir).model, dtype=torch.bfloat16)(x).logits
     assert fast.dtype == torch.float32 and (fast.argmax(1) == plain.argmax(1)).float().mean() > 0.9
+
+
+def test_auto_precision_reads_a_cache_built_in_the_other_precision(
+    tmp_path, teacher_run, monkeypatch
+):
+    """A cache built in fp32 (say, before auto was the default) is read where auto now picks
+    bf16, instead of being computed again; the teacher then runs in fp32 and the log says why."""
+    from kdistill.experiment import precision
+
+    cfg = cached_config(tmp_path, teacher_run, "kd.teacher_precision=fp32")
+    _, _, built = prepare(cfg)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: "the CPU has amx_bf16")
+    monkeypatch.setattr(precision, "PROBE_MARGIN", 10.0)  # bf16 "wins" the probe
+    lines = []
+    auto = apply_overrides(cfg, ["kd.teacher_precision=auto"])
+    _, teacher, cache = prepare(auto, log=lines.append)
+    assert cache.path == built.path and cache.fingerprint == built.fingerprint
+    assert not any("computing" in line for line in lines)
+    assert teacher.precision.precision == "fp32" and all(m.dtype is None for m in teacher.members)
+    assert "holds its outputs in fp32" in teacher.precision.reason
+    # without such a cache, auto keeps its own choice (and builds in bf16)
+    other = apply_overrides(auto, ["kd.teacher_cache.views=2"])
+    _, teacher, cache = prepare(other)
+    assert teacher.precision.precision == "bf16" and cache.path != built.path

@@ -7,8 +7,10 @@ import shutil
 import pytest
 import torch
 
+from kdistill.config import apply_overrides
 from kdistill.engine import Callback, Checkpointer, CollapseError, NonFiniteLossError
 from kdistill.experiment import RunDirError, TeacherCheckError, load_model, run
+from kdistill.experiment.rundir import run_dir_for
 from kdistill.models import ModelSpec, load_state_file, save_model_file
 
 from .conftest import digits_config
@@ -289,3 +291,44 @@ def test_cache_build_refuses_a_teacher_that_cannot_teach(tmp_path, capsys):
     )  # fmt: skip
     assert code == 1
     assert "cannot" in capsys.readouterr().err and not (tmp_path / "teacher-cache").exists()
+
+
+def test_auto_precision_is_recorded_and_a_resume_keeps_it(tmp_path, teacher_run, monkeypatch):
+    from kdistill.experiment import precision
+
+    teacher = f"kd.teachers.0.checkpoint={teacher_run.run_dir}"
+    cfg = digits_config(tmp_path, teacher, "train.epochs=3")
+    assert cfg.kd.teacher_precision == "auto"
+    monkeypatch.setattr(precision, "native_bf16", lambda device: None)  # a CPU without bf16
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, callbacks=[StopAt(2)], **QUIET)
+    run_dir = next(tmp_path.glob("*/seed-0"))
+    assert Checkpointer.latest(run_dir).info["teacher_precision"] == "fp32"
+    # resumed on a machine where bf16 would win: the run goes on as it began
+    monkeypatch.setattr(precision, "native_bf16", lambda device: "the CPU has amx_bf16")
+    monkeypatch.setattr(precision, "PROBE_MARGIN", 10.0)
+    lines = []
+    resumed = run(cfg, resume=True, progress=False, log=lines.append)
+    assert "teacher precision: fp32 (auto, chosen when this run began)" in lines
+    assert resumed.record.teacher_precision == "fp32 (auto, chosen when this run began)"
+    # a new run on that machine chooses bf16, and says why
+    lines = []
+    fresh = run(apply_overrides(cfg, ["train.seed=1"]), progress=False, log=lines.append)
+    assert fresh.record.teacher_precision.startswith("bf16 (auto: the CPU has amx_bf16 and a")
+    assert any(line.startswith("teacher precision: bf16 (auto") for line in lines)
+
+
+def test_a_resume_points_at_a_run_begun_before_auto_precision(tmp_path, teacher_run):
+    teacher = f"kd.teachers.0.checkpoint={teacher_run.run_dir}"
+    before = digits_config(tmp_path, teacher, "train.epochs=3", "kd.teacher_precision=fp32")
+    with pytest.raises(KeyboardInterrupt):
+        run(before, callbacks=[StopAt(2)], **QUIET)
+    lines = []
+    now = apply_overrides(before, ["kd.teacher_precision=auto"])
+    with pytest.raises(KeyboardInterrupt):
+        run(now, resume=True, callbacks=[StopAt(1)], progress=False, log=lines.append)
+    (note,) = [line for line in lines if line.startswith("note:")]
+    assert note.startswith(f"note: {run_dir_for(before)} holds a run of this config")
+    assert run_dir_for(before) != run_dir_for(now)
+    assert "begun before kd.teacher_precision defaulted to auto" in note
+    assert "kd.teacher_precision=fp32" in note

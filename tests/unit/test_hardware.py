@@ -42,3 +42,27 @@ def test_choose_threads(kwargs, threads, says):
 def test_bad_request():
     with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
         choose_threads(0)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from kdistill.hardware import native_bf16_flag
+
+    xeon_amx = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n"
+    xeon_plain = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw\n"
+    graviton3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+    assert native_bf16_flag(xeon_amx) == "amx_bf16"
+    assert native_bf16_flag(xeon_plain) is None  # AVX-512 alone emulates bf16
+    assert native_bf16_flag(graviton3) == "bf16"
+    assert native_bf16_flag("") is None
+
+
+def test_total_memory_and_workers():
+    from kdistill.hardware import choose_workers, total_memory_bytes
+
+    memory = total_memory_bytes()
+    assert memory is None or memory > 2**26
+    assert choose_workers(3, threads=8) == 3  # asked for
+    assert choose_workers(None, threads=2, cores=8) == 6
+    assert choose_workers(None, threads=2, cores=2) == 1  # at least one
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        choose_workers(-1, threads=1)

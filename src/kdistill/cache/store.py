@@ -9,6 +9,8 @@ Layout of a finished cache directory::
     logits.npy           (N, K, M, C) float16/32: every member's logits   (full caches)
     topk_values.npy      (N, K, k) probabilities at the cache's temperature  (top-k caches)
     topk_indices.npy     (N, K, k) int32 their classes
+    crops.npy            (N, K, 5) int32 (top, left, height, width, flip) of each view's crop of
+                         the full-resolution file (caches of random-resized crops)
 
 A build writes into ``<dir>.partial/`` and records finished chunks in ``progress.json`` after
 flushing them, so an interrupted build continues where it stopped. Only when every chunk is
@@ -22,7 +24,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,10 @@ MANIFEST = "manifest.json"
 PROGRESS = "progress.json"  # one per process: progress.json.<rank>
 # Samples per resumable chunk (with all their views); KDISTILL_CACHE_CHUNK overrides it (tests).
 CHUNK_SAMPLES = int(os.environ.get("KDISTILL_CACHE_CHUNK", "2048"))
+
+
+ComputeBatches = Callable[[list[tuple[np.ndarray, np.ndarray]]], Iterable[Any]]
+"""``[(positions, view ids), ...] -> results in order`` (see :func:`build_cache`)."""
 
 
 class CacheError(ArtifactError):
@@ -67,6 +73,9 @@ class CacheLayout:
     temperature: float | None = None
     reduce: str = "probs"
     weights: tuple[float, ...] | None = None
+    # Views that are crops of the image files: the crop box of every stored view is recorded,
+    # so the student replays exactly what the teacher saw.
+    crops: bool = False
 
     @property
     def kind(self) -> str:
@@ -74,8 +83,9 @@ class CacheLayout:
 
     @property
     def arrays(self) -> tuple[str, ...]:
-        """The output arrays this layout stores (besides sample ids and views)."""
-        return ("logits",) if self.topk is None else ("topk_values", "topk_indices")
+        """The arrays computed by the build (besides sample ids and views)."""
+        outputs = ("logits",) if self.topk is None else ("topk_values", "topk_indices")
+        return (*outputs, "crops") if self.crops else outputs
 
 
 def _load_array(path: Path, remedy: str, *, mmap: bool = False) -> np.ndarray:
@@ -139,6 +149,8 @@ class TeacherCache:
         else:
             self.topk_values = _load_array(self.path / "topk_values.npy", remedy, mmap=True)
             self.topk_indices = _load_array(self.path / "topk_indices.npy", remedy, mmap=True)
+        if self.layout.crops:
+            self.crops = _load_array(self.path / "crops.npy", remedy, mmap=True)
         self._check_shapes(remedy)
         # id -> row: sample ids are dataset indices, so a dense table is small and O(1).
         self._row_of = np.full(
@@ -157,6 +169,7 @@ class TeacherCache:
             "logits": ((n, k, lay.members, lay.num_classes), ("float16", "float32")),
             "topk_values": ((n, k, width), ("float16", "float32")),
             "topk_indices": ((n, k, width), ("int32",)),
+            "crops": ((n, k, 5), ("int32",)),
         }
         for name in ("sample_ids", "views", *lay.arrays):
             array = getattr(self, name)
@@ -216,6 +229,13 @@ class TeacherCache:
             ),
         }
 
+    def crop_boxes(self, sample_ids: Tensor, views: Tensor) -> np.ndarray:
+        """``(B, 5)`` the recorded crop box of each ``(sample id, view)`` (crop caches)."""
+        if not self.layout.crops:
+            raise CacheError(f"{self.path} records no crops: its views are not crops of files")
+        rows = self.rows(sample_ids)
+        return np.asarray(self.crops[rows, self.slots(rows, views)])
+
     def view_sampler(self) -> Callable[[Tensor, torch.Generator], Tensor]:
         """A view sampler for the data pipeline: one of each sample's stored views, uniformly."""
         k = self.layout.views_per_sample
@@ -254,13 +274,14 @@ def build_cache(
     layout: CacheLayout,
     sample_ids: np.ndarray,
     views: np.ndarray,
-    compute: Callable[[np.ndarray, np.ndarray], Tensor],
+    compute: Callable[[np.ndarray, np.ndarray], Any] | None,
     batch_size: int,
     progress: bool = True,
     log: Callable[[str], None] = print,
     rank: int = 0,
     world_size: int = 1,
     barrier: Callable[[], None] = lambda: None,
+    compute_batches: ComputeBatches | None = None,
 ) -> TeacherCache:
     """Compute and store the teacher's outputs for every ``(sample, stored view)``.
 
@@ -272,13 +293,25 @@ def build_cache(
         sample_ids: ``(N,)`` ids of the samples, in row order.
         views: ``(N, K)`` the views to store for each sample.
         compute: ``(positions, view ids) -> (B, M, C)`` teacher logits for the samples at
-            ``positions`` (row indices) seen as those views.
+            ``positions`` (row indices) seen as those views; for a layout with ``crops``, a
+            pair ``(logits, (B, 5) crop boxes used)``.
+        compute_batches: instead of ``compute``, the results of a whole chunk's batches
+            ``[(positions, view ids), ...]``, yielded in order (so that the caller can decode
+            ahead, in worker processes, while the teacher computes).
         batch_size: samples per teacher call.
         progress, log: progress bar and messages.
         rank, world_size, barrier: in a data-parallel run every process calls this; each
             computes every ``world_size``-th missing chunk, writing its own rows of the shared
             files, and process 0 finishes the cache.
     """
+    if (compute is None) == (compute_batches is None):
+        raise ValueError("build_cache needs exactly one of compute and compute_batches")
+    if compute_batches is None:
+        one_by_one = compute
+
+        def compute_batches(batches: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[Any]:
+            return (one_by_one(p, v) for p, v in batches)  # type: ignore[misc]
+
     final = Path(path)
     partial = final.with_name(final.name + ".partial")
     n, k = views.shape
@@ -302,7 +335,7 @@ def build_cache(
     ) as bar:
         for i in mine:
             lo, hi = chunks[i]
-            _fill_chunk(arrays, layout, views, lo, hi, compute, batch_size, bar)
+            _fill_chunk(arrays, layout, views, lo, hi, compute_batches, batch_size, bar)
             for array in arrays.values():
                 array.flush()
             recorded.add(i)
@@ -382,6 +415,8 @@ def _allocate(
             "topk_indices": ((n, k, layout.topk), np.int32),
         }
     )
+    if layout.crops:
+        shapes["crops"] = ((n, k, 5), np.int32)
     if fresh:
         partial.mkdir(parents=True, exist_ok=True)
         np.save(partial / "sample_ids.npy", sample_ids.astype(np.int64))
@@ -399,7 +434,7 @@ def _fill_chunk(
     views: np.ndarray,
     lo: int,
     hi: int,
-    compute: Callable[[np.ndarray, np.ndarray], Tensor],
+    compute_batches: ComputeBatches,
     batch_size: int,
     bar: tqdm,
 ) -> None:
@@ -407,9 +442,16 @@ def _fill_chunk(
     # every (row, slot) pair of the chunk, in batches of batch_size
     rows = np.repeat(np.arange(lo, hi), k)
     slots = np.tile(np.arange(k), hi - lo)
-    for start in range(0, len(rows), batch_size):
-        r, s = rows[start : start + batch_size], slots[start : start + batch_size]
-        logits = compute(r, views[r, s]).float()  # (B, M, C)
+    cut = [
+        (rows[start : start + batch_size], slots[start : start + batch_size])
+        for start in range(0, len(rows), batch_size)
+    ]
+    results = compute_batches([(r, views[r, s]) for r, s in cut])
+    for (r, s), logits in zip(cut, results, strict=True):
+        if layout.crops:
+            logits, boxes = logits
+            arrays["crops"][r, s] = np.asarray(boxes, dtype=np.int32)
+        logits = logits.float()  # (B, M, C)
         if layout.topk is None:
             arrays["logits"][r, s] = logits.cpu().numpy()
         else:

@@ -54,10 +54,9 @@ def register_layers(sub: argparse._SubParsersAction) -> None:
 
 def handle_layers(args: argparse.Namespace) -> int:
     use_threads(args)
-    import torch
 
     from kdistill.config import load_config
-    from kdistill.data import build_data
+    from kdistill.data import build_data, first_input
     from kdistill.experiment.assembly import build_student, code_trust
     from kdistill.experiment.teachers import build_teacher
     from kdistill.objectives.taps import module_shapes
@@ -67,8 +66,7 @@ def handle_layers(args: argparse.Namespace) -> int:
     cfg = load_config(config, overrides)
     trust = code_trust(cfg, args.trust_code)
     data = build_data(cfg.data)
-    sample = data.train.images[:1]
-    sample = sample.float() / 255 if sample.dtype == torch.uint8 else sample.float()
+    sample = first_input(data.train)
     student, spec = build_student(cfg, data, trust)
     networks = [(f"student ({spec.arch})", student, sample)]
     if cfg.kd is not None:

@@ -32,10 +32,12 @@ DatasetName = Literal[
 OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["cosine", "multistep", "exponential", "onecycle", "constant"]
 Precision = Literal["fp32", "bf16"]
-TeacherPrecision = Literal["fp32", "bf16", "fp16"]
+TeacherPrecision = Literal["auto", "fp32", "bf16", "fp16"]
 CollapseAction = Literal["warn", "stop", "ignore"]
 CacheDtype = Literal["float16", "float32"]
 CacheMismatch = Literal["rebuild", "error"]
+DataPipeline = Literal["auto", "memory", "stream"]
+CropKind = Literal["pad", "resized"]
 
 
 _require = require
@@ -47,24 +49,57 @@ def _positive(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Batched training-time augmentation (applied to whole batches in memory)."""
+    """Training-time augmentation, replayable: every augmented input is a numbered *view* of its
+    sample, so a cached teacher output belongs to exactly the input the student sees."""
 
+    crop: CropKind = doc(
+        "pad: a random translation (crop_padding); resized: a random-resized crop of the "
+        "full-resolution image file (scale, ratio, views; streaming pipeline, image folders)",
+        "pad",
+    )
     crop_padding: int = doc(
         "random crop after zero-padding by this many pixels (a random translation of up to that "
         "many pixels: Hinton's input jitter); 0 turns it off",
         0,
     )
     hflip: bool = doc("random horizontal flip with probability 0.5", False)
+    scale: tuple[float, float] = doc(
+        "resized crops: the range of the crop's area, as a fraction of the image's", (0.08, 1.0)
+    )
+    ratio: tuple[float, float] = doc(
+        "resized crops: the range of the crop's aspect ratio (width / height)", (0.75, 4 / 3)
+    )
+    views: int = doc(
+        "resized crops: distinct crops per sample, each drawn from a generator seeded by the "
+        "sample id and the view number (an epoch picks one per sample)",
+        16,
+    )
 
     def __post_init__(self) -> None:
         _require(
             self.crop_padding >= 0,
             f"data.augment.crop_padding must be >= 0 pixels, got {self.crop_padding}",
         )
+        _require(
+            self.crop in get_args(CropKind),
+            f"data.augment.crop must be one of {', '.join(get_args(CropKind))}, got {self.crop!r}",
+        )
+        _require(
+            self.crop == "pad" or self.crop_padding == 0,
+            f"data.augment.crop_padding={self.crop_padding} only applies to crop: pad; a "
+            "resized crop takes scale and ratio",
+        )
+        lo, hi = self.scale
+        _require(
+            0 < lo <= hi <= 1, f"data.augment.scale must be 0 < low <= high <= 1, got {self.scale}"
+        )
+        lo, hi = self.ratio
+        _require(0 < lo <= hi, f"data.augment.ratio must be 0 < low <= high, got {self.ratio}")
+        _require(self.views >= 1, f"data.augment.views must be >= 1, got {self.views}")
 
     @property
     def enabled(self) -> bool:
-        return self.crop_padding > 0 or self.hflip
+        return self.crop == "resized" or self.crop_padding > 0 or self.hflip
 
 
 @dataclass(frozen=True)
@@ -95,6 +130,18 @@ class DataConfig:
         "standardize inputs with the training split's per-channel mean and std", True
     )
     augment: AugmentConfig = doc("training augmentation", factory=AugmentConfig)
+    pipeline: DataPipeline = doc(
+        "memory: decode every image once and batch from memory (fast for data that fits); "
+        "stream: DataLoader workers decode image files on the fly (memory does not grow with "
+        "the dataset; image folders); auto: stream when the decoded training set would take more "
+        "than a quarter of this machine's memory or crops are resized, else memory",
+        "auto",
+    )
+    workers: int | None = doc(
+        "DataLoader worker processes of the streaming pipeline; null = one per physical core "
+        "the training threads leave free (at least 1). Speed only: not part of the run identity",
+        None,
+    )
     drop_last: bool = doc(
         "drop the last training batch when it is smaller than batch_size (always on with several "
         "processes, so that every process gets an equal share)",
@@ -118,6 +165,36 @@ class DataConfig:
         _require(
             self.root is None or self.root != "",
             "data.root must be a path or null, got an empty string",
+        )
+        _require(
+            self.pipeline in get_args(DataPipeline),
+            f"data.pipeline must be one of {', '.join(get_args(DataPipeline))}, got "
+            f"{self.pipeline!r}",
+        )
+        _require(
+            self.workers is None or self.workers >= 0,
+            f"data.workers must be >= 0 (0 decodes in the training process) or null, got "
+            f"{self.workers}",
+        )
+        streamable = ("imagefolder",)
+        _require(
+            self.pipeline != "stream" or self.name in streamable,
+            f"data.pipeline=stream reads image files; {self.name} is loaded whole (use memory or "
+            f"auto, or the imagefolder dataset)",
+        )
+        _require(
+            self.augment.crop != "resized" or self.name in streamable,
+            f"data.augment.crop=resized crops the full-resolution image files of an image folder; "
+            f"{self.name} has none (use crop: pad)",
+        )
+        _require(
+            self.augment.crop != "resized" or self.image_size is not None,
+            "data.augment.crop=resized needs data.image_size: the size every crop is resized to",
+        )
+        _require(
+            self.augment.crop != "resized" or self.pipeline != "memory",
+            "data.augment.crop=resized needs the full-resolution files: use data.pipeline "
+            "stream or auto, not memory",
         )
 
 
@@ -310,9 +387,10 @@ class KDConfig:
         "frozen",
     )
     teacher_precision: TeacherPrecision = doc(
-        "precision of the frozen teacher's forward pass (bf16 autocast is several times faster on "
-        "CPUs with bf16 support; outputs are returned as float32)",
-        "fp32",
+        "precision of the frozen teacher's forward pass (outputs are returned as float32); auto: "
+        "bf16 where the CPU or GPU computes it natively and a short probe finds it faster, else "
+        "fp32 (the choice and its reason are in the run record)",
+        "auto",
     )
     teacher_channels_last: bool = doc(
         "run the frozen teacher in channels-last memory format (helps some CNNs on some hardware)",

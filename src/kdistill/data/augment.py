@@ -9,6 +9,9 @@ sample with PIL.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -28,6 +31,8 @@ class CropFlip:
         padding: zero padding on each side before cropping back to the original size.
         hflip: whether views include a horizontally flipped copy.
     """
+
+    on_files = False  # applied to whole batches, in memory or after decoding
 
     def __init__(self, padding: int, hflip: bool) -> None:
         if padding < 0:
@@ -86,6 +91,91 @@ class CropFlip:
         return out.permute(0, 3, 1, 2).contiguous()
 
 
-def build_augment(cfg: AugmentConfig) -> CropFlip | None:
+class ResizedCropFlip:
+    """Random-resized crops of the full-resolution image, and optional horizontal flip.
+
+    torchvision's rule (a crop of ``scale`` times the image's area and a log-uniform aspect
+    ratio in ``ratio``; ten tries, then the largest centre crop within ``ratio``), but each view
+    is drawn from a generator seeded by ``(seed, sample id, view)``: view ``v`` of a sample is
+    always the same crop of the same file, which the teacher-output cache records and the
+    student replays. Crops are taken by the streaming pipeline's workers, from the files.
+    """
+
+    on_files = True  # crops need the decoded file, not a resized copy in memory
+
+    def __init__(
+        self,
+        scale: tuple[float, float],
+        ratio: tuple[float, float],
+        views: int,
+        hflip: bool,
+        seed: int = 0,
+    ) -> None:
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"crop scale must be 0 < low <= high <= 1, got {scale}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"crop ratio must be 0 < low <= high, got {ratio}")
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.views = int(views)
+        self.hflip = bool(hflip)
+        self.seed = int(seed)
+
+    @property
+    def num_views(self) -> int:
+        return self.views
+
+    def describe(self) -> dict[str, object]:
+        """Parameters that define the views (part of a cache fingerprint)."""
+        return {
+            "kind": "resized_crop",
+            "scale": list(self.scale),
+            "ratio": list(self.ratio),
+            "views": self.views,
+            "hflip": self.hflip,
+            "seed": self.seed,
+        }
+
+    def random_views(self, sample_ids: Tensor, generator: torch.Generator) -> Tensor:
+        return torch.randint(0, self.views, (len(sample_ids),), generator=generator)
+
+    def box(self, sample_id: int, view: int, height: int, width: int) -> tuple[int, ...]:
+        """``(top, left, crop height, crop width, flip)`` of view ``view`` of a
+        ``height x width`` image."""
+        if not 0 <= view < self.views:
+            raise ValueError(f"view ids must be in 0..{self.views - 1}, got {view}")
+        rng = np.random.default_rng([self.seed, int(sample_id), int(view)])
+        area = height * width
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        flip = int(self.hflip and rng.random() < 0.5)
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(log_lo, log_hi))
+            w = round(math.sqrt(target * aspect))
+            h = round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(rng.integers(0, height - h + 1))
+                left = int(rng.integers(0, width - w + 1))
+                return top, left, h, w, flip
+        aspect = width / height  # fallback: the largest centre crop whose ratio is allowed
+        if aspect < self.ratio[0]:
+            w, h = width, round(width / self.ratio[0])
+        elif aspect > self.ratio[1]:
+            h, w = height, round(height * self.ratio[1])
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w, flip
+
+
+Augment = CropFlip | ResizedCropFlip
+
+
+def build_augment(cfg: AugmentConfig) -> Augment | None:
     """The configured augmentation, or ``None`` when it is off."""
-    return CropFlip(cfg.crop_padding, cfg.hflip) if cfg.enabled else None
+    if not cfg.enabled:
+        return None
+    if cfg.crop == "resized":
+        return ResizedCropFlip(cfg.scale, cfg.ratio, cfg.views, cfg.hflip)
+    return CropFlip(cfg.crop_padding, cfg.hflip)

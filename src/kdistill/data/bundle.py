@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import get_args
 
 import torch
 from torch import Tensor
 
 from kdistill.config.schema import DataConfig, DatasetName
+from kdistill.data.image_files import ImageFiles
 from kdistill.data.sources import (
     DataError,
     RawData,
@@ -21,6 +22,7 @@ from kdistill.data.sources import (
     read_mnist,
     read_npz,
 )
+from kdistill.hardware import total_memory_bytes
 
 # Sources without a test split (digits; image folders or npz files without one) hold out this
 # fraction of their samples, chosen with data.split_seed.
@@ -32,10 +34,22 @@ READERS: dict[str, Callable[[DataConfig], RawData]] = {
     "mnist": lambda cfg: read_mnist(cfg.root),
     "cifar10": lambda cfg: read_cifar(cfg.root, 10),
     "cifar100": lambda cfg: read_cifar(cfg.root, 100),
-    "imagefolder": lambda cfg: read_image_folder(cfg.root, cfg.image_size),
+    "imagefolder": lambda cfg: _read_folder(cfg),
     "npz": lambda cfg: read_npz(cfg.root),
 }
 assert set(READERS) == set(get_args(DatasetName)), "READERS and config.schema.DatasetName disagree"
+
+
+def _read_folder(cfg: DataConfig) -> RawData:
+    """An image folder, in memory or streamed as ``data.pipeline`` says (``auto``: streamed
+    when resized crops need the files, or when decoded it would take more than a quarter of
+    this machine's memory)."""
+    if cfg.pipeline == "auto" and cfg.augment.crop == "resized":
+        raw = read_image_folder(cfg.root, cfg.image_size, "stream")
+        return replace(raw, pipeline_reason="resized crops are cut from the full-resolution files")
+    memory = total_memory_bytes()
+    budget = None if memory is None else memory // 4
+    return read_image_folder(cfg.root, cfg.image_size, cfg.pipeline, budget)
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,8 @@ class DataBundle:
         mean, std: per-channel (or per-feature) statistics of ``train`` in [0, 1] units; the
             pipeline standardizes with them when ``data.normalize`` is on.
         source: where the data came from (a path, or the bundled dataset's name).
+        pipeline, pipeline_reason: ``memory`` (the splits' images are tensors) or ``stream``
+            (they are :class:`ImageFiles`, decoded by the streaming loader), and why.
     """
 
     name: str
@@ -62,6 +78,11 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
+    pipeline: str = "memory"
+    pipeline_reason: str = "loaded whole"
+
+    def describe_pipeline(self) -> str:
+        return f"data pipeline: {self.pipeline} ({self.pipeline_reason})"
 
 
 def _seeded_permutation(n: int, seed: int) -> Tensor:
@@ -87,8 +108,18 @@ def to_unit_float(images: Tensor) -> Tensor:
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
-def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel (images) or per-feature (vectors) mean and std, in [0, 1] units."""
+def first_input(split: Split) -> Tensor:
+    """The split's first sample as a ``(1, ...)`` float batch in [0, 1] (to size layers)."""
+    images = split.images
+    first = images.decode_many([0]) if isinstance(images, ImageFiles) else images[:1]
+    return to_unit_float(first)
+
+
+def channel_stats(images: Tensor | ImageFiles) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (images) or per-feature (vectors) mean and std, in [0, 1] units; of a
+    seeded sample of the files when the images are streamed (:data:`~kdistill.data.image_files.STATS_SAMPLES`)."""
+    if isinstance(images, ImageFiles):
+        images = images.stats_sample()
     dims = (0, 2, 3) if images.dim() == 4 else (0,)
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     total_sq = torch.zeros_like(total)
@@ -155,7 +186,16 @@ def build_data(cfg: DataConfig) -> DataBundle:
         mean=mean,
         std=std,
         source=raw.source,
+        pipeline=raw.pipeline,
+        pipeline_reason=raw.pipeline_reason,
     )
 
 
-__all__ = ["READERS", "DataBundle", "build_data", "channel_stats", "to_unit_float"]
+__all__ = [
+    "READERS",
+    "DataBundle",
+    "build_data",
+    "channel_stats",
+    "first_input",
+    "to_unit_float",
+]

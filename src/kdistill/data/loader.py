@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdistill.data.augment import CropFlip
+from kdistill.data.augment import Augment
 from kdistill.data.bundle import to_unit_float
 from kdistill.data.sources import Split
 from kdistill.types import Batch
@@ -41,7 +41,8 @@ class BatchLoader:
         mean, std: per-channel statistics to standardize with, or ``None`` to leave inputs in
             [0, 1].
         shuffle: a new order every epoch (training) or the split's order (evaluation).
-        augment: a :class:`CropFlip` to apply, or ``None``.
+        augment: a :class:`CropFlip` to apply, or ``None`` (crops of the files,
+            :class:`ResizedCropFlip`, are the streaming loader's).
         view_sampler: picks each sample's view; default uniform over ``augment``'s views.
         seed: with the epoch, determines order and views.
         drop_last: drop a final batch smaller than ``batch_size``.
@@ -57,7 +58,7 @@ class BatchLoader:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         shuffle: bool = False,
-        augment: CropFlip | None = None,
+        augment: Augment | None = None,
         view_sampler: ViewSampler | None = None,
         seed: int = 0,
         drop_last: bool = False,
@@ -76,8 +77,7 @@ class BatchLoader:
         if augment is not None and split.images.dim() != 4:
             raise ValueError("augmentation needs image batches (N, C, H, W)")
         self.device = torch.device(device)
-        # On a GPU the whole split lives there: a batch is then an index + a cast, no copies.
-        self.images = split.images.to(self.device)
+        self._hold(split, augment)
         self.labels = split.labels.to(self.device)
         self.ids = split.ids
         self.batch_size = batch_size
@@ -92,6 +92,15 @@ class BatchLoader:
         shape = (1, -1, 1, 1) if split.images.dim() == 4 else (1, -1)
         self._mean = None if mean is None else torch.tensor(mean, device=self.device).view(shape)
         self._std = None if std is None else torch.tensor(std, device=self.device).view(shape)
+
+    def _hold(self, split: Split, augment: Augment | None) -> None:
+        if not isinstance(split.images, Tensor) or (augment is not None and augment.on_files):
+            raise ValueError(
+                "these images are read from files (streamed, or cropped from the full-resolution "
+                "file): use StreamLoader (data.loader_for picks it)"
+            )
+        # On a GPU the whole split lives there: a batch is then an index + a cast, no copies.
+        self.images = split.images.to(self.device)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and views the next iteration yields."""
@@ -118,22 +127,30 @@ class BatchLoader:
             views = self.view_sampler(self.ids[order], gen)  # type: ignore[misc]
         return order, views
 
-    def __iter__(self) -> Iterator[Batch]:
+    def planned_batches(self) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """This epoch's batches for this process: ``(positions, views)`` of each."""
         order, views = self.epoch_plan()
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples)
             # This process's contiguous share of the global batch.
             share = -(-(hi - lo) // self.world_size)
             lo, hi = lo + self.rank * share, min(lo + (self.rank + 1) * share, hi)
-            positions = order[lo:hi]
-            batch_views = None if views is None else views[lo:hi]
-            yield self.make_batch(positions, batch_views)
+            yield order[lo:hi], None if views is None else views[lo:hi]
+
+    def __iter__(self) -> Iterator[Batch]:
+        for positions, views in self.planned_batches():
+            yield self.make_batch(positions, views)
 
     def make_batch(self, positions: Tensor, views: Tensor | None) -> Batch:
         """The batch of the samples at ``positions`` (indices into the split), seen as ``views``."""
+        return self.finish_batch(positions, views, self.images[positions.to(self.device)])
+
+    def finish_batch(self, positions: Tensor, views: Tensor | None, images: Tensor) -> Batch:
+        """A :class:`Batch` from the uint8 or [0, 1] ``images`` of the samples at ``positions``:
+        on the device, in [0, 1], batch augmentation applied, standardized."""
         index = positions.to(self.device)
-        x = to_unit_float(self.images[index])
-        if self.augment is not None and views is not None:
+        x = to_unit_float(images.to(self.device, non_blocking=True))
+        if self.augment is not None and views is not None and not self.augment.on_files:
             x = self.augment.apply(x, views)
         if self._mean is not None:
             x = (x - self._mean) / self._std

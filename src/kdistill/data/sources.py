@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdistill.data.errors import DataError
+from kdistill.data.image_files import ImageFiles
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -30,16 +33,13 @@ FASHION_MNIST_CLASSES = (
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-class DataError(ValueError):
-    """Data that is missing, malformed or unusable, with what to do about it."""
-
-
 @dataclass(frozen=True)
 class Split:
     """One split in memory.
 
     Attributes:
-        images: ``(N, C, H, W)`` uint8 (0..255) or float32 (0..1), or ``(N, F)`` float32 vectors.
+        images: ``(N, C, H, W)`` uint8 (0..255) or float32 (0..1), or ``(N, F)`` float32 vectors;
+            or :class:`ImageFiles` (the streaming pipeline: decoded on demand, uint8).
         labels: ``(N,)`` int64 class indices.
         ids: ``(N,)`` int64 stable sample ids (index in the source's order).
     """
@@ -71,6 +71,8 @@ class RawData:
     test: Split | None
     class_names: tuple[str, ...]
     source: str
+    pipeline: str = "memory"  # "stream": the splits' images are ImageFiles left on disk
+    pipeline_reason: str = "loaded whole"
 
 
 def _split(images: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> Split:
@@ -424,11 +426,17 @@ def _folder_channels(items: list[tuple[Path, int]]) -> int:
         return 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
 
 
-def read_image_folder(root: str | None, image_size: int | None) -> RawData:
+def read_image_folder(
+    root: str | None, image_size: int | None, pipeline: str = "memory", budget: int | None = None
+) -> RawData:
     """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val/``), or ``root/<class>/*``
-    without a test split. Images are decoded once into memory (grayscale if the first image is
-    grayscale, else RGB) and resized to ``image_size`` when given; without it all images must
-    share one size."""
+    without a test split, grayscale if the first image is grayscale, else RGB, resized to
+    ``image_size`` when given (without it all images must share one size).
+
+    ``pipeline`` ``memory`` decodes every image once into memory; ``stream`` leaves them on
+    disk (:class:`ImageFiles`, decoded by the streaming loader's workers); ``auto`` streams when
+    the decoded training set would exceed ``budget`` bytes.
+    """
     if root is None:
         raise DataError("the imagefolder dataset needs data.root: a directory of class folders")
     base = Path(root)
@@ -442,8 +450,27 @@ def read_image_folder(root: str | None, image_size: int | None) -> RawData:
     )
     train_items, classes = list_image_folder(train_dir)
     channels = _folder_channels(train_items)
+    train_files = ImageFiles.from_paths(base, [p for p, _ in train_items], channels, image_size)
+    reason = "asked for"
+    if pipeline == "auto":
+        decoded = train_files.decoded_bytes()
+        stream = budget is not None and decoded > budget
+        pipeline = "stream" if stream else "memory"
+        limit = "unknown memory" if budget is None else f"{budget / 2**30:.1f} GiB"
+        reason = (
+            f"the decoded training set takes {decoded / 2**30:.2f} GiB, "
+            f"{'more' if stream else 'not more'} than {limit} (a quarter of this machine's memory)"
+        )
 
     def load(items: list[tuple[Path, int]]) -> Split:
+        labels = np.array([label for _, label in items])
+        if pipeline == "stream":
+            files = ImageFiles.from_paths(base, [p for p, _ in items], channels, image_size)
+            return Split(
+                files,  # type: ignore[arg-type]
+                torch.as_tensor(labels, dtype=torch.int64),
+                torch.arange(len(items), dtype=torch.int64),
+            )
         arrays = [decode_image(p, channels, image_size) for p, _ in items]
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
@@ -451,7 +478,7 @@ def read_image_folder(root: str | None, image_size: int | None) -> RawData:
                 f"{base}: images have different sizes {sorted(shapes)[:3]}...; set data.image_size "
                 "to resize them all"
             )
-        return _split(np.stack(arrays), np.array([label for _, label in items]))
+        return _split(np.stack(arrays), labels)
 
     train = load(train_items)
     test = None
@@ -466,4 +493,4 @@ def read_image_folder(root: str | None, image_size: int | None) -> RawData:
             raise DataError(
                 f"{base}: test images {tuple(test.images.shape[1:])} differ from train images {tuple(train.images.shape[1:])}; set data.image_size"
             )
-    return RawData(train, test, classes, str(base))
+    return RawData(train, test, classes, str(base), pipeline=pipeline, pipeline_reason=reason)

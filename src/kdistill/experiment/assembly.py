@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +20,14 @@ from torch import nn
 from kdistill.cache import TeacherCache
 from kdistill.compression.callbacks import build_callbacks, structure_record
 from kdistill.config.schema import KDConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig
-from kdistill.data import BatchLoader, DataBundle, build_augment, build_data
+from kdistill.data import (
+    BatchLoader,
+    DataBundle,
+    build_augment,
+    build_data,
+    first_input,
+    loader_for,
+)
 from kdistill.engine.distributed import DistContext
 from kdistill.engine.schedule import build_lr_factor
 from kdistill.engine.trainer import Callback, Loop
@@ -189,8 +197,7 @@ def build_terms(
         else []
         for m in methods
     }
-    sample = data.train.images[:1].to(device)
-    sample = sample.float() / 255 if sample.dtype == torch.uint8 else sample.float()
+    sample = first_input(data.train).to(device)
     student.to(device)
     student_shapes, teacher_shapes = probe_layers(
         student,
@@ -235,8 +242,13 @@ def build_optimizer(cfg: OptimConfig, params: Sequence[nn.Parameter]) -> torch.o
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-def _stats(cfg: RunConfig, data: DataBundle) -> dict[str, tuple[float, ...]]:
-    return {"mean": data.mean, "std": data.std} if cfg.data.normalize else {}
+def _stats(cfg: RunConfig, data: DataBundle) -> dict[str, Any]:
+    """What every loader of the run shares: the statistics to standardize with and, for
+    streamed data, the DataLoader workers."""
+    shared: dict[str, Any] = {"mean": data.mean, "std": data.std} if cfg.data.normalize else {}
+    if data.pipeline == "stream":
+        shared["workers"] = cfg.data.workers  # null: loader_for chooses
+    return shared
 
 
 def build_train_loader(
@@ -248,14 +260,17 @@ def build_train_loader(
     rank: int = 0,
     world_size: int = 1,
 ) -> BatchLoader:
-    """Shuffled, augmented training batches (only views the cache stores, when there is one)."""
-    return BatchLoader(
+    """Shuffled, augmented training batches (only views the cache stores, when there is one,
+    and for streamed crops of the files exactly the crops it recorded)."""
+    replay = {"replay": cache.crop_boxes} if cache is not None and cache.layout.crops else {}
+    return loader_for(
         data.train,
         cfg.data.batch_size,
         device=device,
         shuffle=True,
         augment=build_augment(cfg.data.augment),
         view_sampler=cache.view_sampler() if cache is not None else None,
+        **replay,
         seed=cfg.train.seed,
         drop_last=cfg.data.drop_last or world_size > 1,
         rank=rank,
@@ -274,8 +289,8 @@ def build_eval_loaders(
     shard = {"rank": rank, "world_size": world_size}
     evals = {}
     if data.val is not None:
-        evals["val"] = BatchLoader(data.val, batch, device=device, **shard, **_stats(cfg, data))
-    evals["test"] = BatchLoader(data.test, batch, device=device, **shard, **_stats(cfg, data))
+        evals["val"] = loader_for(data.val, batch, device=device, **shard, **_stats(cfg, data))
+    evals["test"] = loader_for(data.test, batch, device=device, **shard, **_stats(cfg, data))
     return evals
 
 
@@ -337,6 +352,7 @@ def build_run(
     wait_for_cache_builder: bool = True,
     rebuild_cache: bool = False,
     threads: int | ThreadChoice | None = None,
+    teacher_precision: str | None = None,
 ) -> RunParts:
     """Assemble the parts of a run of ``cfg``.
 
@@ -352,6 +368,8 @@ def build_run(
         rebuild_cache: compute the teacher's outputs again even if the cache exists.
         threads: CPU threads (or a choice made for this process); ``None`` = ``train.threads``,
             else chosen from the machine (:func:`configure_torch`).
+        teacher_precision: the teacher precision a resumed run began with (its checkpoint
+            records it), kept rather than chosen again for ``kd.teacher_precision: auto``.
 
     Raises:
         TeacherCheckError: the teacher cannot teach; nothing was spent on it.
@@ -362,13 +380,16 @@ def build_run(
     rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
     trust = code_trust(cfg, trust_code)
     data = build_data(cfg.data)
+    log(data.describe_pipeline())
     student, spec = build_student(cfg, data, trust, resume_from)
     for note in getattr(student, "kdistill_adapted", ()):
         log(f"student {spec.arch}: {note}")
     eval_loaders = build_eval_loaders(cfg, data, device, rank=rank, world_size=world)
     teacher = check = cache = None
     if cfg.kd is not None:
-        teacher = build_teacher(cfg, data, log, trust)
+        teacher = build_teacher(
+            cfg, data, log, trust, device=device, recorded_precision=teacher_precision
+        )
         teacher.live.to(device)
         check = check_teacher(cfg.kd, teacher, eval_loaders["test"], data, log)
         cache = prepare_teacher_cache(

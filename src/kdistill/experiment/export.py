@@ -25,7 +25,7 @@ from kdistill.compression.export import (
     with_normalization,
     write_onnx,
 )
-from kdistill.data import BatchLoader
+from kdistill.data import loader_for
 from kdistill.engine.evaluation import evaluate
 from kdistill.experiment.loading import data_of_model, load_model
 from kdistill.files import atomic_write_text, sha256_file
@@ -71,8 +71,8 @@ def export_model(
     shape = tuple(spec.input_shape)
     data = data_of_model(spec)
     cpu = torch.device("cpu")
-    normalized = BatchLoader(data.test, 512, device=cpu, mean=spec.mean, std=spec.std)
-    raw = BatchLoader(data.test, 512, device=cpu)  # what an exported model is fed
+    normalized = loader_for(data.test, 512, device=cpu, mean=spec.mean, std=spec.std)
+    raw = loader_for(data.test, 512, device=cpu)  # what an exported model is fed
     reference = evaluate(model.to(cpu), normalized, data.num_classes, across_processes=False)
     log(f"{loaded.source.file}: {spec.arch}, test top-1 {reference.metrics['top1']:.2%} (PyTorch)")
 
@@ -85,7 +85,7 @@ def export_model(
         how_int8 = f"post-training quantization, {calibration_samples} calibration samples"
         if int8 == "ptq":
             # the first training samples in the split's order, normalized as the network sees them
-            calibration = BatchLoader(data.train, 128, device=cpu, mean=spec.mean, std=spec.std)
+            calibration = loader_for(data.train, 128, device=cpu, mean=spec.mean, std=spec.std)
             batches = []
             seen = 0
             for batch in calibration:

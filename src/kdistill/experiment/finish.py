@@ -153,6 +153,10 @@ def finish_run(
         teacher_cache=str(parts.cache.path) if parts.cache is not None else None,
         kd_gradient_ratio=parts.kd_gradient_ratio,
         threads=f"{parts.threads.threads} ({parts.threads.reason})" if parts.threads else None,
+        data_pipeline=f"{parts.data.pipeline} ({parts.data.pipeline_reason})",
+        teacher_precision=parts.teacher.precision.describe()
+        if parts.teacher is not None and parts.teacher.precision is not None
+        else None,
         warnings=tuple(warnings),
         cpu_latency_ms=latency(student, parts.data.input_shape)
         if cfg.train.measure_latency

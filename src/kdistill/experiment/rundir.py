@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from kdistill.config.loader import config_hash
@@ -53,12 +54,19 @@ _ADDED_SETTINGS = {
     "kd.teachers[].input_std": None,
     "kd.teachers[].input_size": None,
     "policies[].threshold_in_std": False,
+    "data.pipeline": "auto",
+    "data.augment.crop": "pad",
+    "data.augment.scale": [0.08, 1.0],
+    "data.augment.ratio": [0.75, 4 / 3],
+    "data.augment.views": 16,
 }
 
 
 def run_identity(cfg: RunConfig) -> str:
     """A hash of what determines a run's result apart from its seed: the config's values."""
-    return config_hash(cfg, exclude=("out_dir", "train.seed"), at_default=_ADDED_SETTINGS)
+    return config_hash(
+        cfg, exclude=("out_dir", "train.seed", "data.workers"), at_default=_ADDED_SETTINGS
+    )
 
 
 def group_dir(cfg: RunConfig) -> Path:
@@ -137,6 +145,9 @@ def claim_run_dir(
                 )
             elif resume:
                 log(f"{run_dir}: nothing to resume yet; starting the run from the beginning")
+                hint = _before_auto_precision(cfg)
+                if hint:
+                    log(hint)
             yield None
             return
         if not resume:
@@ -145,6 +156,21 @@ def claim_run_dir(
                 f"{checkpoint.path.name}); pass --resume to continue it or --force to start over"
             )
         yield checkpoint
+
+
+def _before_auto_precision(cfg: RunConfig) -> str | None:
+    """Where a run of ``cfg`` begun before ``kd.teacher_precision`` defaulted to ``auto`` is
+    (its identity holds the old default, ``fp32``), and how to continue it; ``None`` if none."""
+    if cfg.kd is None or cfg.kd.teacher_precision != "auto":
+        return None
+    older = run_dir_for(replace(cfg, kd=replace(cfg.kd, teacher_precision="fp32")))
+    if not _started(older):
+        return None
+    return (
+        f"note: {older} holds a run of this config begun before kd.teacher_precision defaulted "
+        "to auto (it ran the teacher in fp32); to continue that one instead, stop this run and "
+        "add kd.teacher_precision=fp32 with --resume"
+    )
 
 
 def latest_link(cfg: RunConfig) -> Path:

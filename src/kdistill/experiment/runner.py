@@ -139,6 +139,7 @@ def _run(
             progress=progress,
             resume_from=checkpoint.model_file if checkpoint is not None else None,
             threads=threads,
+            teacher_precision=checkpoint.info.get("teacher_precision") if checkpoint else None,
         )
         info = run_info(cfg, parts, checkpoint, run_dir)
         if main:
@@ -228,6 +229,10 @@ def run_info(
             {"reference": t.reference, "file": t.file, "sha256": t.sha256} for t in teachers
         ],
         "health": {"kd_gradient_ratio": parts.kd_gradient_ratio, "warnings": parts.warnings},
+        # kd.teacher_precision: auto is chosen once, when the run begins; a resume keeps it
+        "teacher_precision": parts.teacher.precision.precision
+        if parts.teacher is not None and parts.teacher.precision is not None
+        else None,
     }
     if checkpoint is not None:
         check_same_run(checkpoint, info, run_dir)

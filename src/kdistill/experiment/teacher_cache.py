@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +25,28 @@ from kdistill.cache import (
     open_cache,
 )
 from kdistill.cache.fingerprint import array_digest, module_digest
-from kdistill.cache.store import CACHE_FORMAT_VERSION
+from kdistill.cache.store import CACHE_FORMAT_VERSION, MANIFEST
 from kdistill.config.schema import RunConfig
-from kdistill.data import BatchLoader, CropFlip, DataBundle, build_augment
+from kdistill.data import (
+    Augment,
+    Batch,
+    DataBundle,
+    ImageFiles,
+    StreamLoader,
+    build_augment,
+    loader_for,
+)
 from kdistill.engine.distributed import DistContext, barrier
+from kdistill.experiment.precision import TEACHER_DTYPES, PrecisionChoice
 from kdistill.experiment.teachers import TeacherSetup
-from kdistill.files import TEACHER_CACHES, remove_stale_temporaries
+from kdistill.files import TEACHER_CACHES, ArtifactError, read_json, remove_stale_temporaries
 from kdistill.locks import exclusive_lock
 
 Log = Callable[[str], None]
 VIEW_SELECTION_SEED = 0
 
 
-def select_views(num_samples: int, augment: CropFlip | None, per_sample: int | None) -> np.ndarray:
+def select_views(num_samples: int, augment: Augment | None, per_sample: int | None) -> np.ndarray:
     """``(N, K)`` the views to store for each sample: every view when ``per_sample`` is null or
     covers them all, else ``per_sample`` distinct views per sample (seeded, fixed)."""
     if augment is None:
@@ -54,7 +63,7 @@ def describe_cache(
     cfg: RunConfig,
     data: DataBundle,
     teacher: TeacherSetup,
-    augment: CropFlip | None,
+    augment: Augment | None,
     views: np.ndarray,
 ) -> dict[str, Any]:
     """Everything that determines the cached outputs (the fingerprint's input)."""
@@ -91,7 +100,10 @@ def describe_cache(
             "num_samples": len(train),
             "sample_shape": list(data.input_shape),
             "ids": array_digest(train.ids),
-            "images": array_digest(train.images),
+            # streamed images: their files' paths, sizes and times (the images are not read)
+            "images": train.images.digest()
+            if isinstance(train.images, ImageFiles)
+            else array_digest(train.images),
         },
         "preprocessing": {
             "normalize": cfg.data.normalize,
@@ -102,6 +114,57 @@ def describe_cache(
         "views": {"per_sample": int(views.shape[1]), "table": array_digest(views)},
         "storage": storage,
     }
+
+
+def _adopt_cached_precision(
+    cfg: RunConfig,
+    data: DataBundle,
+    teacher: TeacherSetup,
+    augment: Augment | None,
+    views: np.ndarray,
+    log: Log,
+) -> None:
+    """With ``kd.teacher_precision: auto``, a finished cache of the teacher in the other
+    precision is used rather than computed again (a cache built before ``auto``, in fp32, on a
+    machine where ``auto`` now picks bf16; or one built on another machine): the teacher then
+    runs in that precision for the rest of the run too, and the record says why."""
+    kd = cfg.kd
+    assert kd is not None
+    chosen = teacher.precision
+    if kd.teacher_precision != "auto" or chosen is None or "chosen when" in chosen.reason:
+        return
+    if open_existing(cfg, data, teacher, augment, views) is not None:
+        return
+    other = "fp32" if chosen.precision == "bf16" else "bf16"
+    for member in teacher.members:
+        member.dtype = TEACHER_DTYPES[other]
+    found = open_existing(cfg, data, teacher, augment, views)
+    if found is None:
+        for member in teacher.members:
+            member.dtype = chosen.dtype
+        return
+    teacher.precision = PrecisionChoice(
+        other, f"auto: the teacher cache {found} holds its outputs in {other}"
+    )
+    log(f"teacher precision: {teacher.precision.describe()}")
+
+
+def open_existing(
+    cfg: RunConfig,
+    data: DataBundle,
+    teacher: TeacherSetup,
+    augment: Augment | None,
+    views: np.ndarray,
+) -> Path | None:
+    """The directory of a finished cache of exactly these outputs, or ``None`` (its manifest
+    only is read here; the arrays are verified when the cache is opened)."""
+    fp = fingerprint(describe_cache(cfg, data, teacher, augment, views))
+    path = cache_path(cfg, fp)
+    try:
+        manifest = read_json(path / MANIFEST, "teacher-cache manifest")
+    except ArtifactError:
+        return None
+    return path if isinstance(manifest, dict) and manifest.get("fingerprint") == fp else None
 
 
 def cache_path(cfg: RunConfig, fp: str) -> Path:
@@ -147,6 +210,8 @@ def prepare_teacher_cache(
         )
     augment = build_augment(cfg.data.augment)
     views = select_views(len(data.train), augment, kd.teacher_cache.views)
+    if not force_build:
+        _adopt_cached_precision(cfg, data, teacher, augment, views, log)
     description = describe_cache(cfg, data, teacher, augment, views)
     fp = fingerprint(description)
     path = cache_path(cfg, fp)
@@ -194,7 +259,7 @@ def _build(
     cfg: RunConfig,
     data: DataBundle,
     teacher: TeacherSetup,
-    augment: CropFlip | None,
+    augment: Augment | None,
     views: np.ndarray,
     description: dict[str, Any],
     fp: str,
@@ -210,17 +275,31 @@ def _build(
     stats = {"mean": data.mean, "std": data.std} if cfg.data.normalize else {}
     # The same pipeline as training (augmentation, normalization), so cached outputs are
     # exactly the teacher's outputs on the inputs the student will see.
-    pipeline = BatchLoader(
-        data.train, cfg.data.eval_batch_size, device=device, augment=augment, **stats
+    pipeline = loader_for(
+        data.train,
+        cfg.data.eval_batch_size,
+        device=device,
+        augment=augment,
+        workers=cfg.data.workers,
+        **stats,
     )
     members = teacher.members
     remove_stale_temporaries(path.with_name(path.name + ".partial"))
+    # Crops of the files: the build records each view's crop box, and training replays them.
+    crops = augment is not None and augment.on_files
 
-    def compute(positions: np.ndarray, view_ids: np.ndarray) -> torch.Tensor:
-        batch = pipeline.make_batch(
-            torch.from_numpy(positions), torch.from_numpy(view_ids.astype(np.int64))
-        )
-        return torch.stack([m(batch.inputs).logits.float() for m in members], dim=1)
+    def batches_of(planned: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[Batch, Any]]:
+        as_tensors = [
+            (torch.from_numpy(p), torch.from_numpy(v.astype(np.int64))) for p, v in planned
+        ]
+        if isinstance(pipeline, StreamLoader):  # decoded ahead by the worker processes
+            return pipeline.stream(as_tensors)  # type: ignore[arg-type]
+        return ((pipeline.make_batch(p, v), None) for p, v in as_tensors)
+
+    def compute_batches(planned: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[Any]:
+        for batch, boxes in batches_of(planned):
+            logits = torch.stack([m(batch.inputs).logits.float() for m in members], dim=1)
+            yield (logits, boxes.numpy()) if crops else logits
 
     layout = CacheLayout(
         num_samples=len(data.train),
@@ -232,6 +311,7 @@ def _build(
         temperature=kd.temperature if settings.topk is not None else None,
         reduce=kd.ensemble_reduce,
         weights=kd.ensemble_weights,
+        crops=crops,
     )
     n_out = layout.num_samples * layout.views_per_sample
     log(
@@ -245,7 +325,8 @@ def _build(
         layout=layout,
         sample_ids=data.train.ids.numpy(),
         views=views,
-        compute=compute,
+        compute=None,
+        compute_batches=compute_batches,
         batch_size=cfg.data.eval_batch_size,
         progress=progress,
         log=log,

@@ -18,6 +18,7 @@ from kdistill.data import DataBundle
 from kdistill.engine.evaluation import Evaluation, evaluate
 from kdistill.engine.trainer import TrainingError
 from kdistill.experiment.loading import check_model_fits_data, load_model
+from kdistill.experiment.precision import PrecisionChoice, choose_teacher_precision, forward_probe
 from kdistill.files import sha256_file
 from kdistill.models import ModelFileError, ModelSpec, build_model
 from kdistill.models.foreign import (
@@ -32,8 +33,6 @@ from kdistill.trust import CodeTrust, UntrustedCodeError
 from kdistill.types import TeacherOutput, logits_of
 
 Log = Callable[[str], None]
-
-TEACHER_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TeacherCheckError(TrainingError):
@@ -255,11 +254,13 @@ class TeacherSetup:
         live: what runs the teacher: a ``FrozenTeacher``, an ``EnsembleTeacher``, or in joint
             training the trainable network (behind its input adapter, if any).
         members: the frozen members (one for a single teacher); empty in joint training.
+        precision: the frozen members' precision and why (``None`` in joint training).
     """
 
     loaded: list[LoadedTeacher]
     live: nn.Module
     members: list[FrozenTeacher]
+    precision: PrecisionChoice | None = None
 
     @property
     def joint(self) -> bool:
@@ -287,8 +288,20 @@ class TeacherSetup:
             self.live.train(was)
 
 
-def build_teacher(cfg: RunConfig, data: DataBundle, log: Log, trust: CodeTrust) -> TeacherSetup:
-    """Load ``kd.teachers`` and wrap them: frozen (and ensembled), or trainable in joint mode."""
+def build_teacher(
+    cfg: RunConfig,
+    data: DataBundle,
+    log: Log,
+    trust: CodeTrust,
+    *,
+    device: torch.device | None = None,
+    recorded_precision: str | None = None,
+) -> TeacherSetup:
+    """Load ``kd.teachers`` and wrap them: frozen (and ensembled), or trainable in joint mode.
+
+    The frozen members run in ``kd.teacher_precision``; ``auto`` is chosen on ``device`` (the
+    CPU by default; see :mod:`kdistill.experiment.precision`), or is ``recorded_precision``,
+    the precision an interrupted run began with."""
     kd = cfg.kd
     assert kd is not None
     loaded = load_teachers(kd, data, cfg.data, log, trust)
@@ -302,20 +315,31 @@ def build_teacher(cfg: RunConfig, data: DataBundle, log: Log, trust: CodeTrust) 
             t.model,
             input_transform=input_adapter(t.spec, data, cfg.data.normalize),
             bn_policy=kd.bn_policy,
-            dtype=TEACHER_DTYPES[kd.teacher_precision],
             channels_last=kd.teacher_channels_last,
         )
         for t in loaded
     ]
+    device = torch.device("cpu") if device is None else device
+    for member in members:
+        member.to(device)
+    precision = choose_teacher_precision(
+        kd.teacher_precision,
+        device,
+        forward_probe(members, data.input_shape, device),
+        recorded=recorded_precision,
+    )
+    log(f"teacher precision: {precision.describe()}")
+    for member in members:
+        member.dtype = precision.dtype
     if len(members) == 1:
-        return TeacherSetup(loaded, members[0], members)
+        return TeacherSetup(loaded, members[0], members, precision)
     ensemble = EnsembleTeacher(
         members,
         weights=kd.ensemble_weights,
         reduce=kd.ensemble_reduce,
         temperature=kd.temperature if kd.ensemble_reduce == "probs" else None,
     )
-    return TeacherSetup(loaded, ensemble, members)
+    return TeacherSetup(loaded, ensemble, members, precision)
 
 
 def _scores(output: TeacherOutput) -> Tensor:
