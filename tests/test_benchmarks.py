@@ -21,6 +21,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "busy_demo.py",
         "teacher_throughput.py",
         "streaming.py",
+        "precision_auto.py",
     ],
 )
 def test_each_script_starts(script):

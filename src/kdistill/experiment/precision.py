@@ -10,6 +10,7 @@ began with, so one run never mixes them.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -26,11 +27,13 @@ TEACHER_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # between runs (the precision is part of a teacher cache's key: a flip would rebuild it). Where
 # bf16 is native the gain is large (2.4-3x measured for CNN teachers on AMX).
 PROBE_MARGIN = 0.8
-PROBE_BATCH = 16
-PROBE_REPEATS = 3
+# The probe's batch: about a million input values (AMX gains grow with the batch, so a tiny
+# batch understates them), from 8 images at ImageNet size up to 128 small ones.
+PROBE_VALUES = 2**20
+PROBE_REPEATS = 5
 
-Probe = Callable[[str], float]
-"""``precision -> seconds`` of one teacher forward pass on a probe batch (median of repeats)."""
+Probe = Callable[[], tuple[float, float]]
+"""``() -> (fp32 seconds, bf16 seconds)`` of one teacher forward pass on a probe batch."""
 
 
 @dataclass(frozen=True)
@@ -58,34 +61,46 @@ def native_bf16(device: torch.device) -> str | None:
     return None
 
 
+def probe_batch(input_shape: Sequence[int]) -> int:
+    """Images per probe pass for inputs of ``input_shape``: a power of two in 8..128."""
+    values = max(1, math.prod(input_shape))
+    return 2 ** min(7, max(3, int(math.log2(max(1, PROBE_VALUES // values)))))
+
+
 def forward_probe(
     members: Sequence[FrozenTeacher], input_shape: Sequence[int], device: torch.device
 ) -> Probe:
     """A probe that times the frozen ``members`` (each with its input adapter) on a random
-    batch of the data's shape: one warm-up pass, then the median of :data:`PROBE_REPEATS`."""
-    x = torch.randn(PROBE_BATCH, *input_shape, generator=torch.Generator().manual_seed(0))
-    x = x.to(device)
+    batch of the data's shape: a warm-up pass in each precision, then :data:`PROBE_REPEATS`
+    rounds that alternate them (so that the machine's drift hits both alike); the medians."""
+    x = torch.randn(
+        probe_batch(input_shape), *input_shape, generator=torch.Generator().manual_seed(0)
+    ).to(device)
 
-    def probe(precision: str) -> float:
+    def one_pass(dtype: torch.dtype | None) -> float:
+        for m in members:
+            m.dtype = dtype
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        for m in members:
+            m(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - started
+
+    def probe() -> tuple[float, float]:
         before = [m.dtype for m in members]
-        times = []
         try:
-            for m in members:
-                m.dtype = TEACHER_DTYPES[precision]
-            for i in range(PROBE_REPEATS + 1):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                started = time.perf_counter()
-                for m in members:
-                    m(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i:  # the first pass warms up (allocations, kernel selection)
-                    times.append(time.perf_counter() - started)
+            one_pass(None), one_pass(torch.bfloat16)  # warm-up: allocations, kernel choice
+            rounds = [(one_pass(None), one_pass(torch.bfloat16)) for _ in range(PROBE_REPEATS)]
         finally:
             for m, dtype in zip(members, before, strict=True):
                 m.dtype = dtype
-        return statistics.median(times)
+        return (
+            statistics.median(fp32 for fp32, _ in rounds),
+            statistics.median(bf16 for _, bf16 in rounds),
+        )
 
     return probe
 
@@ -103,8 +118,8 @@ def choose_teacher_precision(
     Args:
         requested: ``kd.teacher_precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``).
         device: where the teacher runs.
-        probe: times a teacher forward pass in a precision (only called for ``auto`` on a
-            device with native bf16).
+        probe: times a teacher forward pass in fp32 and in bf16 (only called for ``auto`` on
+            a device with native bf16).
         recorded: the precision an interrupted run began with (a resume keeps it).
         native: why the device computes bf16 natively, or ``None`` when it does not;
             ``True`` = ask the device (:func:`native_bf16`).
@@ -119,7 +134,7 @@ def choose_teacher_precision(
         return PrecisionChoice(
             "fp32", f"auto: {device.type} has no native bf16 ({units}), where bf16 is slower"
         )
-    fp32_s, bf16_s = probe("fp32"), probe("bf16")
+    fp32_s, bf16_s = probe()
     timing = f"a forward pass took {bf16_s * 1e3:.1f} ms in bf16, {fp32_s * 1e3:.1f} ms in fp32"
     if bf16_s < PROBE_MARGIN * fp32_s:
         return PrecisionChoice("bf16", f"auto: {why} and {timing}")

@@ -9,12 +9,12 @@ from kdistill.teachers import FrozenTeacher
 CPU = torch.device("cpu")
 
 
-def timings(**seconds):
+def timings(fp32, bf16):
     calls = []
 
-    def probe(precision):
-        calls.append(precision)
-        return seconds[precision]
+    def probe():
+        calls.append("probe")
+        return fp32, bf16
 
     return probe, calls
 
@@ -65,7 +65,10 @@ def test_the_probe_times_the_teacher_in_each_precision_and_restores_it():
             return x.flatten(1)[:, :3]
 
     member = FrozenTeacher(Spy())
+    member.dtype = torch.float16
     probe = forward_probe([member], (1, 4, 4), CPU)
-    assert probe("bf16") >= 0 and probe("fp32") >= 0
-    assert seen == [torch.bfloat16] * 4 + [None] * 4  # a warm-up pass and three timed ones
-    assert member.dtype is None
+    fp32, bf16 = probe()
+    assert fp32 >= 0 and bf16 >= 0
+    # a warm-up pass in each precision, then five rounds that alternate them
+    assert seen == [None, torch.bfloat16] * 6
+    assert member.dtype is torch.float16  # restored
