@@ -125,3 +125,29 @@ def test_streamed_distillation_runs_end_to_end_and_reuses_its_cache(folder_teach
     run(apply_overrides(cfg, ["train.epochs=3"]), progress=False, log=again.append)
     assert any(line.startswith("teacher cache: reading") for line in again)
     assert not any("computing" in line for line in again)
+
+
+def test_two_processes_build_the_crop_cache_together_and_train(folder_teacher, tmp_path):
+    """Data-parallel: both processes build their chunks of the cache (crop boxes included),
+    then each streams its share of every batch."""
+    import subprocess
+    import sys
+
+    root, teacher_dir, _ = folder_teacher
+    cfg = student_config(root, teacher_dir, tmp_path)
+    config = tmp_path / "student.yaml"
+    from kdistill.config import dump_yaml
+
+    config.write_text(dump_yaml(cfg))
+    done = subprocess.run(
+        [sys.executable, "-m", "kdistill", "train", str(config), "--nproc", "2", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (cache_dir,) = [d for d in (tmp_path / "teacher-cache").iterdir() if d.is_dir()]
+    crops = np.load(cache_dir / "crops.npy")
+    assert crops.shape[1:] == (3, 5) and (crops[..., 2:4] > 0).all()  # every row was computed
+    summary = json.loads(next(tmp_path.glob("*/seed-0/summary.json")).read_text())
+    assert summary["data_pipeline"] == "stream (asked for)"

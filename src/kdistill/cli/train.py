@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -268,7 +269,7 @@ def handle(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     seeds = parse_seeds(args.seeds) if args.seeds else [cfg.train.seed]
     owns_name = owns_its_name(args)
-    if not owns_name:
+    if not owns_name and int(os.environ.get("RANK", "0")) == 0:  # said once, not per process
         print(
             f"this run changes the recipe's settings, so {cfg.out_dir}/{cfg.name} keeps naming "
             "the recipe's own run; give it a name (--name) to link it"
