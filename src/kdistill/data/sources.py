@@ -462,10 +462,11 @@ def read_image_folder(
             f"{'more' if stream else 'not more'} than {limit} (a quarter of this machine's memory)"
         )
 
-    def load(items: list[tuple[Path, int]]) -> Split:
+    def load(items: list[tuple[Path, int]], files: ImageFiles | None = None) -> Split:
         labels = np.array([label for _, label in items])
         if pipeline == "stream":
-            files = ImageFiles.from_paths(base, [p for p, _ in items], channels, image_size)
+            if files is None:
+                files = ImageFiles.from_paths(base, [p for p, _ in items], channels, image_size)
             return Split(
                 files,  # type: ignore[arg-type]
                 torch.as_tensor(labels, dtype=torch.int64),
@@ -480,7 +481,7 @@ def read_image_folder(
             )
         return _split(np.stack(arrays), labels)
 
-    train = load(train_items)
+    train = load(train_items, train_files)
     test = None
     if test_dir is not None:
         test_items, test_classes = list_image_folder(test_dir)

@@ -38,10 +38,14 @@ Probe = Callable[[], tuple[float, float]]
 
 @dataclass(frozen=True)
 class PrecisionChoice:
-    """The teacher's precision and why (one line for the log and the run record)."""
+    """The teacher's precision and why (one line for the log and the run record).
+
+    ``automatic``: chosen by ``auto`` for this run just now (not asked for, not kept from the
+    run's start), so it may follow a teacher cache that holds the other precision."""
 
     precision: str
     reason: str
+    automatic: bool = False
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -132,13 +136,15 @@ def choose_teacher_precision(
     if why is None:
         units = ", ".join(NATIVE_BF16_FLAGS) if device.type == "cpu" else "bf16 support"
         return PrecisionChoice(
-            "fp32", f"auto: {device.type} has no native bf16 ({units}), where bf16 is slower"
+            "fp32",
+            f"auto: {device.type} has no native bf16 ({units}), where bf16 is slower",
+            automatic=True,
         )
     fp32_s, bf16_s = probe()
     timing = f"a forward pass took {bf16_s * 1e3:.1f} ms in bf16, {fp32_s * 1e3:.1f} ms in fp32"
     if bf16_s < PROBE_MARGIN * fp32_s:
-        return PrecisionChoice("bf16", f"auto: {why} and {timing}")
-    return PrecisionChoice("fp32", f"auto: {why}, but {timing}")
+        return PrecisionChoice("bf16", f"auto: {why} and {timing}", automatic=True)
+    return PrecisionChoice("fp32", f"auto: {why}, but {timing}", automatic=True)
 
 
 __all__ = [

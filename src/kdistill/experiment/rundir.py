@@ -168,8 +168,8 @@ def _before_auto_precision(cfg: RunConfig) -> str | None:
         return None
     return (
         f"note: {older} holds a run of this config begun before kd.teacher_precision defaulted "
-        "to auto (it ran the teacher in fp32); to continue that one instead, stop this run and "
-        "add kd.teacher_precision=fp32 with --resume"
+        "to auto (it ran the teacher in fp32); to continue that one instead, stop this one and "
+        "rerun with kd.teacher_precision=fp32 --resume"
     )
 
 

@@ -116,49 +116,39 @@ def describe_cache(
     }
 
 
-def _adopt_cached_precision(
-    cfg: RunConfig,
-    data: DataBundle,
-    teacher: TeacherSetup,
-    augment: Augment | None,
-    views: np.ndarray,
-    log: Log,
-) -> None:
+def _follow_cached_precision(
+    cfg: RunConfig, teacher: TeacherSetup, description: dict[str, Any], log: Log
+) -> dict[str, Any]:
     """With ``kd.teacher_precision: auto``, a finished cache of the teacher in the other
-    precision is used rather than computed again (a cache built before ``auto``, in fp32, on a
-    machine where ``auto`` now picks bf16; or one built on another machine): the teacher then
-    runs in that precision for the rest of the run too, and the record says why."""
-    kd = cfg.kd
-    assert kd is not None
+    precision is read rather than computed again (one built before ``auto``, in fp32, on a
+    machine where ``auto`` now picks bf16, or one built on another machine): the teacher then
+    runs in that precision for the rest of the run too, and the record says why. Returns the
+    description of the outputs the run uses."""
     chosen = teacher.precision
-    if kd.teacher_precision != "auto" or chosen is None or "chosen when" in chosen.reason:
-        return
-    if open_existing(cfg, data, teacher, augment, views) is not None:
-        return
+    if chosen is None or not chosen.automatic or _finished(cfg, description) is not None:
+        return description
     other = "fp32" if chosen.precision == "bf16" else "bf16"
-    for member in teacher.members:
-        member.dtype = TEACHER_DTYPES[other]
-    found = open_existing(cfg, data, teacher, augment, views)
+    dtype = TEACHER_DTYPES[other]
+    alternative = {
+        **description,
+        "teachers": [{**t, "dtype": str(dtype)} for t in description["teachers"]],
+    }
+    found = _finished(cfg, alternative)
     if found is None:
-        for member in teacher.members:
-            member.dtype = chosen.dtype
-        return
+        return description
+    for member in teacher.members:
+        member.dtype = dtype
     teacher.precision = PrecisionChoice(
         other, f"auto: the teacher cache {found} holds its outputs in {other}"
     )
     log(f"teacher precision: {teacher.precision.describe()}")
+    return alternative
 
 
-def open_existing(
-    cfg: RunConfig,
-    data: DataBundle,
-    teacher: TeacherSetup,
-    augment: Augment | None,
-    views: np.ndarray,
-) -> Path | None:
+def _finished(cfg: RunConfig, description: dict[str, Any]) -> Path | None:
     """The directory of a finished cache of exactly these outputs, or ``None`` (its manifest
     only is read here; the arrays are verified when the cache is opened)."""
-    fp = fingerprint(describe_cache(cfg, data, teacher, augment, views))
+    fp = fingerprint(description)
     path = cache_path(cfg, fp)
     try:
         manifest = read_json(path / MANIFEST, "teacher-cache manifest")
@@ -210,9 +200,9 @@ def prepare_teacher_cache(
         )
     augment = build_augment(cfg.data.augment)
     views = select_views(len(data.train), augment, kd.teacher_cache.views)
-    if not force_build:
-        _adopt_cached_precision(cfg, data, teacher, augment, views, log)
     description = describe_cache(cfg, data, teacher, augment, views)
+    if not force_build:
+        description = _follow_cached_precision(cfg, teacher, description, log)
     fp = fingerprint(description)
     path = cache_path(cfg, fp)
     # One builder at a time per cache directory: runs of a sweep that start together wait for

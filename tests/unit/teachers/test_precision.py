@@ -24,6 +24,7 @@ def test_an_explicit_precision_is_kept_without_probing():
     for asked in ("fp32", "bf16", "fp16"):
         choice = choose_teacher_precision(asked, CPU, probe, native="the CPU has amx_bf16")
         assert (choice.precision, choice.reason) == (asked, "asked for")
+        assert not choice.automatic  # fixed: never follows a cache of another precision
     assert calls == []
 
 
@@ -38,7 +39,7 @@ def test_auto_is_fp32_without_native_bf16_and_does_not_probe():
 def test_auto_takes_bf16_only_when_the_probe_finds_it_faster():
     fast, _ = timings(fp32=0.030, bf16=0.012)
     choice = choose_teacher_precision("auto", CPU, fast, native="the CPU has amx_bf16")
-    assert choice.precision == "bf16" and choice.dtype is torch.bfloat16
+    assert choice.precision == "bf16" and choice.dtype is torch.bfloat16 and choice.automatic
     assert choice.describe() == (
         "bf16 (auto: the CPU has amx_bf16 and a forward pass took 12.0 ms in bf16, 30.0 ms in fp32)"
     )
@@ -51,6 +52,7 @@ def test_a_resumed_run_keeps_the_precision_it_began_with():
     probe, calls = timings(fp32=1.0, bf16=0.1)
     choice = choose_teacher_precision("auto", CPU, probe, recorded="fp32", native="x")
     assert choice.precision == "fp32" and "when this run began" in choice.reason
+    assert not choice.automatic
     assert calls == []
 
 
