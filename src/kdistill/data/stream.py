@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from kdistill.data.augment import Augment, ResizedCropFlip
+from kdistill.data.errors import DataError
 from kdistill.data.image_files import ImageFiles
 from kdistill.data.loader import BatchLoader
 from kdistill.data.sources import Split
@@ -44,8 +45,17 @@ class _Decode(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, item: tuple[int, int, int, tuple[int, ...]]) -> tuple[np.ndarray, Any]:
-        position, sample_id, view, box = item
+    def __getitem__(self, item: tuple[int, int, int, tuple[int, ...]]) -> tuple[Any, Any]:
+        # A bad file comes back as its message, raised again in the training process: an
+        # exception raised in a worker would reach the user wrapped in the worker's traceback.
+        try:
+            return self._decode(*item)
+        except DataError as e:
+            return None, str(e)
+
+    def _decode(
+        self, position: int, sample_id: int, view: int, box: tuple[int, ...]
+    ) -> tuple[np.ndarray, Any]:
         if self.crops is None or view < 0:
             return self.files.decode(position), NO_BOX
         if box != NO_BOX:  # replayed
@@ -56,10 +66,28 @@ class _Decode(Dataset):
         )
 
 
-def _collate(items: list[tuple[np.ndarray, Any]]) -> tuple[Tensor, Tensor]:
+def _collate(items: list[tuple[Any, Any]]) -> tuple[Tensor, Tensor]:
+    for image, problem in items:
+        if image is None:
+            bad = _BadFile(problem)
+            return bad, bad  # type: ignore[return-value]
     images = torch.from_numpy(np.stack([image for image, _ in items]))
     boxes = torch.tensor([box for _, box in items], dtype=torch.int32)
     return images, boxes
+
+
+class _BadFile:
+    """What a batch with an unreadable file decodes to: the file's error, to raise here."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _checked(decoded: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    images, _ = decoded
+    if isinstance(images, _BadFile):
+        raise DataError(images.message)
+    return decoded
 
 
 def _single_thread(worker_id: int) -> None:
@@ -139,8 +167,10 @@ class StreamLoader(BatchLoader):
         cache's build, calibration), where starting worker processes would cost more."""
         if self._threads is None:
             self._threads = ThreadPoolExecutor(max(1, self.workers))
-        return _collate(
-            list(self._threads.map(self._dataset.__getitem__, self._items(positions, views)))
+        return _checked(
+            _collate(
+                list(self._threads.map(self._dataset.__getitem__, self._items(positions, views)))
+            )
         )
 
     def make_batch(self, positions: Tensor, views: Tensor | None) -> Batch:
@@ -166,7 +196,8 @@ class StreamLoader(BatchLoader):
         views)`` batch, in order, decoded ahead by the worker processes while the caller
         works on the previous ones."""
         self._plan.batches = [self._items(p, v) for p, v in batches]
-        for (positions, views), (images, boxes) in zip(batches, self._data_loader(), strict=True):
+        for (positions, views), decoded in zip(batches, self._data_loader(), strict=True):
+            images, boxes = _checked(decoded)
             yield self.finish_batch(positions, views, images), boxes
 
     def __iter__(self) -> Iterator[Batch]:

@@ -191,3 +191,18 @@ def test_bad_crop_settings_are_named():
         AugmentConfig(crop="resized", scale=(0.5, 1.5))
     with pytest.raises(ValueError, match="views must be >= 1"):
         AugmentConfig(crop="resized", views=0)
+
+
+def test_an_unreadable_file_is_named_without_a_worker_traceback(tmp_path):
+    root = write_folder(tmp_path)
+    (root / "b" / "002.png").write_bytes(b"not an image")
+    files = read_image_folder(str(root), 8, "stream")  # no statistics pass: nothing decoded yet
+    for workers in (0, 2):
+        loader = StreamLoader(files.train, 6, workers=workers)
+        with pytest.raises(DataError) as raised:
+            list(loader)
+        message = str(raised.value)
+        assert message.startswith(f"{root / 'b' / '002.png'}: cannot read image")
+        assert "Traceback" not in message and "worker" not in message
+        with pytest.raises(DataError, match="002.png: cannot read image"):
+            loader.decode(torch.arange(len(files.train)), None)
