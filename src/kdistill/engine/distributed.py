@@ -10,12 +10,14 @@ import signal
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from kdistill.processes import die_with_parent
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,16 @@ def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, t.cpu())
     return torch.cat(gathered)
+
+
+def from_first_process(value: T) -> T:
+    """The first process's ``value`` in every process (``value`` itself without a group): for
+    choices each process could make differently, such as a timed probe's."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box: list[Any] = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from kdistill.config.loader import recipes_writing
 from kdistill.config.schema import DataConfig, KDConfig, ModelConfig, RunConfig
 from kdistill.data import DataBundle
+from kdistill.engine.distributed import from_first_process
 from kdistill.engine.evaluation import Evaluation, evaluate
 from kdistill.engine.trainer import TrainingError
 from kdistill.experiment.loading import check_model_fits_data, load_model
@@ -322,11 +323,15 @@ def build_teacher(
     device = torch.device("cpu") if device is None else device
     for member in members:
         member.to(device)
-    precision = choose_teacher_precision(
-        kd.teacher_precision,
-        device,
-        forward_probe(members, data.input_shape, device),
-        recorded=recorded_precision,
+    # The processes of a data-parallel run take the first one's choice: probes time
+    # differently, and one run must not mix precisions (nor key its cache two ways).
+    precision = from_first_process(
+        choose_teacher_precision(
+            kd.teacher_precision,
+            device,
+            forward_probe(members, data.input_shape, device),
+            recorded=recorded_precision,
+        )
     )
     log(f"teacher precision: {precision.describe()}")
     for member in members:
