@@ -113,7 +113,7 @@ def test_a_distillation_command_with_its_schedule(tmp_path, teacher_run, capsys)
 QAT = """\
 quantizers:
   linear_quantizer:
-    class: QuantAwareTrainRangeLinearQuantization
+    class: QuantAwareTrainRangeLinearQuantizer
     bits_activations: 8
     bits_weights: 4
     mode: ASYMMETRIC_UNSIGNED

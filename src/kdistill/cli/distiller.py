@@ -29,7 +29,7 @@ REFUSED = {
     "evaluate": "evaluate a model with kdistill eval FILE (a model file or run directory)",
     "sense": "sensitivity analysis is not implemented; sweep pruning levels with kdistill sweep",
     "quantize_eval": "post-training quantization is not implemented; train with a "
-    "QuantAwareTrainRangeLinearQuantization schedule (--compress) instead",
+    "QuantAwareTrainRangeLinearQuantizer schedule (--compress) instead",
     "thinnify": "thinning runs inside training: add a FilterRemover / ChannelRemover extension to "
     "the --compress schedule",
     "greedy": "greedy filter pruning is not implemented",

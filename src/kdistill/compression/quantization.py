@@ -103,25 +103,73 @@ def _quantization_config(settings: Mapping[str, Any]):
 
 
 def _quantizer(layers: Mapping[str, Mapping[str, Any] | None]):
+    """torchao's x86 quantizer, annotating each Conv2d/Linear layer with its own settings."""
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
-    class _Quantizer(X86InductorQuantizer):
-        # torchao 0.18 leaves empty annotations on a conv+BN whose conv is excluded, which makes
-        # prepare_qat_pt2e fail with an IndexError (compression-stack.md, pitfall 1): drop them.
+    # Layers with equal settings share one annotation pass (and one configuration object).
+    groups: dict[tuple | None, list[str]] = {}
+    for name, settings in layers.items():
+        key = None if settings is None else tuple(sorted(settings.items()))
+        groups.setdefault(key, []).append(name)
+    passes = [
+        (None if key is None else _quantization_config(dict(key)), names)
+        for key, names in groups.items()
+    ]
+
+    def from_one_layer(names: list[str]):
+        # torchao's rule for set_module_name_qconfig, for a set of layers: a pattern is
+        # annotated when all its nodes come from one of them.
+        filters = [get_module_name_filter(name) for name in names]
+        return lambda nodes: any(all(f(n) for n in nodes) for f in filters)
+
+    class _LayerQuantizer(X86InductorQuantizer):
+        """Annotates the layers in one pass per distinct setting, instead of torchao's pass
+        per module name (``set_module_name_qconfig``): each pass searches the graph for every
+        fusion pattern, so per-name passes made a ResNet-56's preparation take 8 minutes.
+
+        What is quantized is what ``set_module_name_qconfig`` per layer gives: each layer's
+        weights and input activations (the placement Distiller's QAT uses). Patterns that span
+        several modules (conv-BN-ReLU, conv-BN-add-ReLU, linear-ReLU) never come from one layer
+        alone, so their searches are skipped: each is a product over all partitions of its
+        kinds (O(n^4) in the network's depth for conv-BN-add-ReLU) and could never match.
+        BatchNorm folding is simulated all the same: ``prepare_qat_pt2e`` fuses every conv-BN
+        pair whose conv it quantizes.
+        """
+
         def annotate(self, model):
-            model = super().annotate(model)
+            for config, names in passes:
+                self._annotate_with_config(model, config, from_one_layer(names))
+            self._annotate_output_for_int8_in_int8_out_pattern_entry(model)
+            # torchao 0.18 leaves empty annotations on a conv+BN whose conv is excluded, which
+            # makes prepare_qat_pt2e fail with an IndexError (compression-stack.md, pitfall 1).
             for node in model.graph.nodes:
                 a = node.meta.get("quantization_annotation")
                 if a is not None and not a.input_qspec_map and a.output_qspec is None:
                     del node.meta["quantization_annotation"]
             return model
 
-    quantizer = _Quantizer()
-    for name, settings in layers.items():
-        quantizer.set_module_name_qconfig(
-            name, None if settings is None else _quantization_config(settings)
-        )
-    return quantizer
+        # Patterns of several modules: never from one layer alone (see above), and their
+        # searches are products over all partitions of their kinds.
+        def _annotate_qat_conv2d_fusion_pattern(self, *args, **kwargs):
+            pass  # conv-BN(-add)(-ReLU): BatchNorm is a module of its own
+
+        def _annotate_conv2d_binary_unary(self, *args, **kwargs):
+            pass
+
+        def _annotate_conv2d_binary(self, *args, **kwargs):
+            pass
+
+        def _annotate_conv2d_unary(self, *args, **kwargs):
+            pass
+
+        def _annotate_linear_binary_unary(self, *args, **kwargs):
+            pass
+
+        def _annotate_linear_unary(self, *args, **kwargs):
+            pass
+
+    return _LayerQuantizer()
 
 
 def prepare_qat(model: nn.Module, policy: Any, input_shape: tuple[int, ...]) -> nn.Module:
@@ -142,10 +190,97 @@ def prepare_qat(model: nn.Module, policy: Any, input_shape: tuple[int, ...]) -> 
         exported = torch.export.export(
             model.train(), (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)
         ).module()
+        separate_call_sites(exported)
+        _check_foldable(exported)
         prepared = prepare_qat_pt2e(exported, _quantizer(layers))
     allow_exported_model_train_eval(prepared)
     prepared.train(was_training)
     return prepared
+
+
+def separate_call_sites(graph_module: torch.fx.GraphModule) -> int:
+    """Give each call of a module that runs more than once a partition of its own.
+
+    torch's source partitioner (which torchao's quantizers use to find patterns such as
+    conv-BN-add-ReLU) groups the nodes of an exported graph by the module they came from. A
+    module called twice, such as the one ``nn.ReLU`` that torchvision's and kdistill's residual
+    blocks apply both after the first convolution and after the residual addition, then forms
+    one partition with two outputs, and torchao stops with "Input partition has more than one
+    output node": QAT of every residual network failed this way. Each call beyond the first is
+    recognised as a separate connected group of the module's nodes and gets an innermost
+    ``nn_module_stack`` entry of its own (``<name>@call<i>``), after the real one, so that
+    ``set_module_name_qconfig`` still finds the module by its name. Returns the number of calls
+    separated.
+    """
+    groups: dict[str, list[torch.fx.Node]] = {}
+    for node in graph_module.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op == "call_function" and stack:
+            groups.setdefault(list(stack.values())[-1][0], []).append(node)
+    separated = 0
+    for fqn, nodes in groups.items():
+        calls = _connected_groups(nodes)
+        for i, call in enumerate(calls[1:], start=1):
+            for node in call:
+                stack = dict(node.meta["nn_module_stack"])
+                key, (_, cls) = list(stack.items())[-1]
+                stack[f"{key}@call{i}"] = (f"{fqn}@call{i}", cls)
+                node.meta["nn_module_stack"] = stack
+            separated += 1
+    return separated
+
+
+def _check_foldable(graph_module: torch.fx.GraphModule) -> None:
+    """Refuse BatchNorm layers with a weight of exactly 0 after a convolution.
+
+    QAT simulates folding BatchNorm into the convolution before it: the convolution runs with
+    its weights scaled by ``gamma / sigma`` and its output is divided by the same factor, which
+    is 0/0 for a channel whose ``gamma`` is 0. timm's ResNets start so (``zero_init_last``: the
+    last BatchNorm of each block at 0), and the first forward pass filled every observer with
+    NaN ("min nan should be less than max nan").
+    """
+    zero = []
+    conv = torch.ops.aten.conv2d.default
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function" or "batch_norm" not in str(node.target):
+            continue
+        source, weight = node.args[0], node.args[1]
+        if not (isinstance(source, torch.fx.Node) and source.target == conv):
+            continue
+        if isinstance(weight, torch.fx.Node) and weight.op == "get_attr":
+            value = graph_module.get_parameter(weight.target)
+            if bool((value == 0).any()):
+                zero.append(weight.target.rsplit(".", 1)[0])
+    if zero:
+        names = ", ".join(zero[:4]) + (f" and {len(zero) - 4} more" if len(zero) > 4 else "")
+        raise ValueError(
+            f"quantization-aware training: BatchNorm weights of exactly 0 in {names} cannot be "
+            "folded into the convolution before them (QAT divides by them). A network "
+            "initialised so (timm's ResNets: model.args.zero_init_last=false turns it off) can "
+            "start QAT after an FP32 epoch (the policy's starting_epoch: 1) or from a trained "
+            "model.checkpoint"
+        )
+
+
+def _connected_groups(nodes: list[torch.fx.Node]) -> list[list[torch.fx.Node]]:
+    """``nodes`` split into groups joined by data flow among themselves, in graph order."""
+    members = set(nodes)
+    parent = {node: node for node in nodes}
+
+    def root(node: torch.fx.Node) -> torch.fx.Node:
+        while parent[node] is not node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for node in nodes:
+        for arg in node.all_input_nodes:
+            if arg in members:
+                parent[root(arg)] = root(node)
+    groups: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+    for node in nodes:
+        groups.setdefault(root(node), []).append(node)
+    return list(groups.values())
 
 
 def is_prepared(model: nn.Module) -> bool:

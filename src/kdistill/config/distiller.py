@@ -74,7 +74,9 @@ PRUNERS = (
     "SensitivityPruner",
 )
 REGULARIZERS = ("L1Regularizer", "GroupLassoRegularizer")
-QUANTIZERS = ("QuantAwareTrainRangeLinearQuantization",)
+QUANTIZERS = ("QuantAwareTrainRangeLinearQuantizer", "QuantAwareTrainRangeLinearQuantization")
+# kdistill's first spelling of Distiller's class, kept so that schedules written for it still load.
+_OLD_QUANTIZER_SPELLING = "QuantAwareTrainRangeLinearQuantization"
 LR_SCHEDULERS = ("StepLR", "MultiStepLR", "ExponentialLR", "MultiStepMultiGammaLR")
 EXTENSIONS = ("FilterRemover", "ChannelRemover")
 
@@ -102,7 +104,7 @@ def _check_class(where: str, section: str, cls: str) -> None:
     if section == "quantizers" and cls in _REFUSED_QUANTIZERS:
         raise DistillerError(
             f"{where}: {cls} ({_REFUSED_QUANTIZERS[cls]}) is not implemented in kdistill, which "
-            "trains range-linear quantization: use QuantAwareTrainRangeLinearQuantization "
+            "trains range-linear quantization: use QuantAwareTrainRangeLinearQuantizer "
             "with the same bits_weights / bits_activations"
         )
     if cls not in SUPPORTED[section]:
@@ -701,6 +703,11 @@ class _ScheduleState:
         if args:
             raise DistillerError(
                 f"{where}: policy args {sorted(args)} are not supported for quantizers"
+            )
+        if cls == _OLD_QUANTIZER_SPELLING:
+            self.out.notes.append(
+                f"quantizers.{name}: {cls} is read as Distiller's QuantAwareTrainRangeLinearQuantizer "
+                "(the class's name in Distiller; the old spelling is kept as an alias)"
             )
         ignored = {"bits_bias", "ema_decay", "quantize_inputs", "num_bits_inputs", "clip_acts"}
         _only(spec, {"bits_activations", "bits_weights", "mode", "per_channel_wts", "overrides"}

@@ -83,23 +83,23 @@ def collapse_symptom(metrics: Mapping[str, float], num_classes: int) -> str | No
     return None
 
 
-def collapse_reason(metrics: Mapping[str, float], num_classes: int, *, final: bool) -> str | None:
+def collapse_reason(metrics: Mapping[str, float], num_classes: int) -> str | None:
     """Why a split's metrics show a collapsed student, or ``None``.
 
-    During training a student with a symptom (:func:`collapse_symptom`) has collapsed only if
+    A student with a symptom (:func:`collapse_symptom`) has collapsed only if
     it is also dead or *confidently* wrong: it gives the same answer for (almost) every input
     (a network whose units all died: the stock Fashion-MNIST recipe leaves LeNet-5 so within
     its first epoch), or its loss is above twice ``ln C``, what predicting every class equally
     costs (distillation that pushed the logits too far; the collapse of the probe sat at 12.4).
     A slow start has neither signature: its predictions still vary with the input and its loss
     stays near ``ln C`` (LeNet-5 on the digits spends its first epochs there). After the last
-    epoch any symptom is a failed run.
+    epoch, a symptom without either signature (a student that has not learned yet: one epoch
+    from scratch) is :func:`not_learned`'s, a warning: the run's files are still written, since
+    nothing went wrong that a longer run would not fix.
     """
     symptom = collapse_symptom(metrics, num_classes)
     if symptom is None:
         return None
-    if final:
-        return f"{symptom} after the last epoch"
     if metrics["top_class_share"] >= CONSTANT_SHARE:
         return f"{symptom}, and it no longer depends on its input (the same class for all)"
     uniform = math.log(num_classes)
@@ -109,6 +109,19 @@ def collapse_reason(metrics: Mapping[str, float], num_classes: int, *, final: bo
             f"{CONFIDENTLY_WRONG:g}x the {uniform:.2f} of predicting every class equally)"
         )
     return None
+
+
+def not_learned(metrics: Mapping[str, float], num_classes: int) -> str | None:
+    """Why a student after its last epoch is no better than chance without having collapsed
+    (:func:`collapse_reason`), or ``None``."""
+    symptom = collapse_symptom(metrics, num_classes)
+    if symptom is None or collapse_reason(metrics, num_classes) is not None:
+        return None
+    return (
+        f"{symptom} after the last epoch, though its predictions still vary with the input and "
+        f"its loss {metrics['loss']:.2f} is near the {math.log(num_classes):.2f} of predicting "
+        "every class equally: it has not learned yet"
+    )
 
 
 class CollapseGuard(Callback):
@@ -132,7 +145,17 @@ class CollapseGuard(Callback):
         if split is None:
             return
         final = epoch + 1 == trainer.loop.epochs
-        reason = collapse_reason(record[split], trainer.loop.num_classes, final=final)
+        reason = collapse_reason(record[split], trainer.loop.num_classes)
+        slow = final and not_learned(record[split], trainer.loop.num_classes)
+        if slow:
+            message = (
+                f"after epoch {epoch + 1} (the last) the student is no better than chance on "
+                f"the {split} split: {slow}. Train longer (train.epochs) or with a higher "
+                "optim.lr."
+            )
+            self.log(f"WARNING: {message}")
+            self.warnings.append(message)
+            return
         if reason is None:
             return
         message = (

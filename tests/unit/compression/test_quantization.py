@@ -130,3 +130,19 @@ def test_a_qat_model_file_round_trips_every_buffer(tmp_path):
     load_weights(fresh, tmp_path / "m.safetensors")
     for key, value in prepared.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_batchnorm_weights_of_zero_are_refused_with_the_way_out():
+    """QAT folds BatchNorm into the convolution before it by dividing by its weight: a weight
+    of 0 (timm's zero_init_last) filled every observer with NaN."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, 3),
+    )
+    with torch.no_grad():
+        model[1].weight[2] = 0.0
+    with pytest.raises(ValueError, match=r"exactly 0 in 1 cannot be folded.*starting_epoch: 1"):
+        prepare_qat(model, QuantizationPolicy(weight_bits=4), (1, 8, 8))
+    with torch.no_grad():
+        model[1].weight[2] = 0.5
+    prepare_qat(model, QuantizationPolicy(weight_bits=4), (1, 8, 8))(torch.randn(4, 1, 8, 8))

@@ -218,7 +218,7 @@ def test_level_pruner_and_regularizers(tmp_path):
 def test_quantization_aware_training(tmp_path):
     schedule = {
         "quantizers": {"q": {
-            "class": "QuantAwareTrainRangeLinearQuantization", "bits_activations": 8,
+            "class": "QuantAwareTrainRangeLinearQuantizer", "bits_activations": 8,
             "bits_weights": 4, "mode": {"activations": "ASYMMETRIC_UNSIGNED", "weights": "SYMMETRIC"},
             "per_channel_wts": True, "ema_decay": 0.999,
             "overrides": {"features.0": {"bits_weights": None, "bits_activations": None},
@@ -235,6 +235,18 @@ def test_quantization_aware_training(tmp_path):
         "re:classifier.*": {"weight_bits": 8, "activation_bits": 8},
     }
     assert any("ema_decay" in n for n in result.notes)
+
+
+def test_the_old_spelling_of_the_quantizer_class_is_an_alias(tmp_path):
+    schedule = {
+        "quantizers": {"q": {"class": "QuantAwareTrainRangeLinearQuantization",
+                             "bits_activations": 8, "bits_weights": 4}},
+        "policies": [{"quantizer": {"instance_name": "q"}, "starting_epoch": 0,
+                      "ending_epoch": 300, "frequency": 1}],
+    }  # fmt: skip
+    result, cfg = translate(tmp_path, schedule, epochs=2)
+    assert cfg.policies[0].weight_bits == 4
+    assert any("read as Distiller's QuantAwareTrainRangeLinearQuantizer" in n for n in result.notes)
 
 
 @pytest.mark.parametrize(
@@ -287,7 +299,7 @@ def test_lr_factors_follow_distillers_epochs(tmp_path):
         ({"quantizers": {"q": {"class": "PACTQuantizer"}},
           "policies": [{"quantizer": {"instance_name": "q"}, "epochs": [0]}]},
          "PACT"),
-        ({"quantizers": {"q": {"class": "QuantAwareTrainRangeLinearQuantization",
+        ({"quantizers": {"q": {"class": "QuantAwareTrainRangeLinearQuantizer",
                                "bits_weights": 16, "bits_activations": 8}},
           "policies": [{"quantizer": {"instance_name": "q"}, "epochs": [0]}]},
          "16 bits; kdistill trains 2..8-bit"),

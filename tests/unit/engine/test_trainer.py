@@ -18,7 +18,7 @@ from kdistill.engine import (
     Loop,
     Trainer,
 )
-from kdistill.engine.callbacks import collapse_reason
+from kdistill.engine.callbacks import collapse_reason, not_learned
 from kdistill.engine.checkpoint import CheckpointError
 from kdistill.files import LATEST, MODEL, STATE
 from kdistill.models import ModelSpec
@@ -197,16 +197,16 @@ def test_agreement_compares_predictions():
 
 
 @pytest.mark.parametrize(
-    ("metrics", "during", "after"),
+    ("metrics", "collapsed", "not_yet_learned"),
     [
-        # at chance, near-uniform predictions: a slow start during training, a failure at the end
+        # at chance, near-uniform predictions: a slow start; after the last epoch, a warning
         ({"top1": 0.10, "loss": 2.30, "top_class_share": 0.2, "majority_share": 0.1}, False, True),
         # at chance and confidently wrong: distillation collapse, at any epoch
-        ({"top1": 0.10, "loss": 12.4, "top_class_share": 0.95, "majority_share": 0.1}, True, True),
+        ({"top1": 0.10, "loss": 12.4, "top_class_share": 0.95, "majority_share": 0.1}, True, False),
         # at chance, one answer for every input: a dead network (the stock FMNIST recipe)
-        ({"top1": 0.10, "loss": 2.33, "top_class_share": 1.0, "majority_share": 0.1}, True, True),
+        ({"top1": 0.10, "loss": 2.33, "top_class_share": 1.0, "majority_share": 0.1}, True, False),
         # one class for most inputs, confidently
-        ({"top1": 0.40, "loss": 5.0, "top_class_share": 0.6, "majority_share": 0.1}, True, True),
+        ({"top1": 0.40, "loss": 5.0, "top_class_share": 0.6, "majority_share": 0.1}, True, False),
         # ... but not when the loss is that of a model still near uniform predictions
         ({"top1": 0.09, "loss": 2.6, "top_class_share": 0.6, "majority_share": 0.1}, False, True),
         # the same share is normal when that class is 40% of the data
@@ -214,10 +214,10 @@ def test_agreement_compares_predictions():
         ({"top1": 0.90, "loss": 0.3, "top_class_share": 0.12, "majority_share": 0.1}, False, False),
     ],
 )
-def test_collapse_criteria(metrics, during, after):
-    assert (collapse_reason(metrics, 10, final=False) is not None) == during
-    assert (collapse_reason(metrics, 10, final=True) is not None) == after
-    assert collapse_reason(metrics, 2, final=True) is None  # not judged with two classes
+def test_collapse_criteria(metrics, collapsed, not_yet_learned):
+    assert (collapse_reason(metrics, 10) is not None) == collapsed
+    assert (not_learned(metrics, 10) is not None) == not_yet_learned
+    assert collapse_reason(metrics, 2) is None and not_learned(metrics, 2) is None  # 2 classes
 
 
 def test_collapse_stops_or_warns():
