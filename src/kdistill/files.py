@@ -31,6 +31,7 @@ from typing import Any
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 RECORD = "summary.json"  # the run record (kdistill.record.RunRecord)
+STOPPED = "stopped.json"  # a run stopped by a health check: which epoch and why
 MODEL = "model.safetensors"
 BEST = "best.safetensors"
 TEACHER = "teacher.safetensors"  # a jointly trained teacher's final weights

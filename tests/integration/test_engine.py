@@ -79,6 +79,9 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path):
     run_dir = tmp_path / next(tmp_path.iterdir()).name / "seed-0"
     ckpt = Checkpointer.latest(run_dir)
     assert ckpt.path.name == "epoch-0000"
+    stopped = json.loads((run_dir / "stopped.json").read_text())
+    assert (stopped["stopped"], stopped["epoch"]) == ("non_finite_loss", 2)
+    assert stopped["last_good_checkpoint"] == "epoch-0000"
     model, _ = load_model(ckpt.path)  # the last good checkpoint is intact and finite
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -131,6 +134,15 @@ def test_collapse_is_detected(tmp_path, monkeypatch):
     )
     with pytest.raises(CollapseError, match=r"collapsed .*at or below chance.*lower optim.lr"):
         run(cfg, **QUIET)
+    # the run directory says that it stopped, at which epoch and why; the epoch that stopped it
+    # is in metrics.jsonl (the student's numbers), but not checkpointed
+    run_dir = run_dir_for(cfg)
+    stopped = json.loads((run_dir / "stopped.json").read_text())
+    assert stopped["stopped"] == "collapse" and stopped["epoch"] == 1
+    assert "at or below chance" in stopped["message"] and stopped["last_good_checkpoint"] is None
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0]
+    assert Checkpointer.latest(run_dir) is None
     messages = []
     warn = digits_config(
         tmp_path / "runs2",

@@ -17,7 +17,8 @@ def test_the_command_that_failed_on_every_residual_network(tmp_path):
     out = tmp_path / "runs"
     argv = ["train", "fashion-mnist/lenet5-w4a8-qat", "data.name=digits",
             "model.arch=resnet8_cifar", "model.args={}", "model.checkpoint=null",
-            "policies.0.overrides={}", "train.epochs=1", f"--out={out}", "-q"]  # fmt: skip
+            "policies.0.overrides={}", "train.epochs=1", f"--out={out}", "-q",
+            "train.measure_latency=false"]  # fmt: skip
     assert main(argv) == 0
     run_dir = only_run(out)
     q = quantization(run_dir)
@@ -32,7 +33,8 @@ def test_the_shipped_resnet18_w4a8_recipe_on_cifar_batches(tmp_path):
     out = tmp_path / "runs"
     # a stand-in epoch on 40 images: what is tested is the path, not the accuracy
     common = [f"data.root={data}", "train.epochs=1", "data.batch_size=20",
-              "train.on_collapse=warn", f"--out={out}", "-q"]  # fmt: skip
+              "train.on_collapse=warn", "train.measure_latency=false", f"--out={out}",
+              "-q"]  # fmt: skip
     assert main(["train", "cifar10/resnet18-scratch", *common, "--name=teacher"]) == 0
     teacher = only_run(out)
     argv = ["train", "cifar10/resnet18-w4a8-distill", *common, f"model.checkpoint={teacher}",

@@ -11,6 +11,7 @@ by :func:`compression_report` for the run record. Conversion to int8 is the expo
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -114,10 +115,13 @@ class Quantization(Callback):
                 quantization.prepare_qat(trainer.student, self.policy, self.input_shape)
             )
             self.prepared = True
-            quantized = sum(1 for s in self.layers.values() if s is not None)
+            counts = Counter(
+                "fp32" if s is None else f"w{s['weight_bits']}a{s['activation_bits']}"
+                for s in self.layers.values()
+            )
             self.log(
-                f"quantization-aware training from epoch {epoch + 1}: {quantized} of "
-                f"{len(self.layers)} layers at w{self.policy.weight_bits}a{self.policy.activation_bits}"
+                f"quantization-aware training from epoch {epoch + 1}, {len(self.layers)} layers: "
+                + ", ".join(f"{n} at {setting}" for setting, n in counts.most_common())
             )
         freeze = self.policy.freeze_epoch
         if freeze is not None and epoch >= freeze and not self.frozen:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,13 @@ from kdistill.engine.distributed import (
     shutdown,
 )
 from kdistill.engine.recorder import MetricsLog
-from kdistill.engine.trainer import Callback, Trainer
+from kdistill.engine.trainer import (
+    Callback,
+    CollapseError,
+    NonFiniteLossError,
+    Trainer,
+    TrainingError,
+)
 from kdistill.experiment.assembly import RunParts, build_run
 from kdistill.experiment.finish import finish_run
 from kdistill.experiment.health import collapse_advice
@@ -36,7 +43,14 @@ from kdistill.experiment.rundir import (
     run_identity,
 )
 from kdistill.extras import available, install_hint
-from kdistill.files import CONFIG, RECORD, TENSORBOARD, atomic_write_text, sha256_file
+from kdistill.files import (
+    CONFIG,
+    RECORD,
+    STOPPED,
+    TENSORBOARD,
+    atomic_write_text,
+    sha256_file,
+)
 from kdistill.hardware import ThreadChoice
 from kdistill.models import resolve_model
 from kdistill.record import RunRecord
@@ -144,6 +158,7 @@ def _run(
         info = run_info(cfg, parts, checkpoint, run_dir)
         if main:
             atomic_write_text(run_dir / CONFIG, dump_yaml(cfg))
+            (run_dir / STOPPED).unlink(missing_ok=True)  # a resumed run is no longer stopped
         guard = CollapseGuard(cfg.train.on_collapse, log, collapse_advice(cfg))
         keep = cfg.train.keep_checkpoints
         checkpoints = Checkpointer(
@@ -160,8 +175,7 @@ def _run(
                 *load_callbacks(cfg.train.callbacks),
                 *callbacks,
                 *teacher_agreement(parts),
-                guard,
-                checkpoints,
+                # the epoch a health check stops at is recorded and shown, not checkpointed
                 MetricsLog(
                     run_dir,
                     tensorboard_dir=tensorboard_dir(run_dir)
@@ -172,13 +186,20 @@ def _run(
                     enabled=main,
                 ),
                 Console(log, progress=progress),
+                guard,
+                checkpoints,
             ],
         )
         if checkpoint is not None:
             trainer.load_state_dict(checkpoint.training_state())
             log(f"resuming {run_dir} after epoch {trainer.state.epoch} ({checkpoint.path.name})")
         setup_s = time.perf_counter() - started
-        trainer.fit()
+        try:
+            trainer.fit()
+        except TrainingError as e:
+            if main:
+                write_stopped(run_dir, trainer, e)
+            raise
         if not main:
             barrier()  # until the first process has written the results
             return RunResult(run_dir, None)
@@ -192,6 +213,24 @@ def _run(
     if dist_ctx is not None:
         barrier()
     return RunResult(run_dir, record)
+
+
+def write_stopped(run_dir: Path, trainer: Trainer, error: TrainingError) -> None:
+    """``stopped.json``: the epoch a health check stopped the run at (1-based), why, and the
+    checkpoint a ``--resume`` would continue from. The stopping epoch of a collapse is the
+    last line of ``metrics.jsonl``; a non-finite loss stops within its epoch, which has none."""
+    kind = {CollapseError: "collapse", NonFiniteLossError: "non_finite_loss"}.get(
+        type(error), type(error).__name__
+    )
+    epoch = trainer.state.epoch if isinstance(error, CollapseError) else trainer.state.epoch + 1
+    last_good = Checkpointer.latest(run_dir)
+    stopped = {
+        "stopped": kind,
+        "epoch": epoch,
+        "message": str(error),
+        "last_good_checkpoint": last_good.path.name if last_good is not None else None,
+    }
+    atomic_write_text(run_dir / STOPPED, json.dumps(stopped, indent=2) + "\n")
 
 
 def _already_finished(

@@ -136,7 +136,10 @@ def test_batchnorm_weights_of_zero_are_refused_with_the_way_out():
     """QAT folds BatchNorm into the convolution before it by dividing by its weight: a weight
     of 0 (timm's zero_init_last) filled every observer with NaN."""
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
         torch.nn.Linear(4 * 6 * 6, 3),
     )
     with torch.no_grad():

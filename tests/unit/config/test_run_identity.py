@@ -37,6 +37,10 @@ RECORDED = [
     ("fashion-mnist/lenet5-w4a8-qat", "34eb857224"),
     ("fashion-mnist/resnet18-teacher", "17349a3042"),
     ("fashion-mnist/resnet20-teacher", "47e7715527"),
+    # added with QAT of residual networks (identities under kd.teacher_precision=fp32 likewise)
+    ("fashion-mnist/resnet18-w4a8-distill", "670e10687e"),  # distillation
+    ("fashion-mnist/resnet20-w4a8-distill", "ae94136260"),  # distillation
+    ("fashion-mnist/resnet20-w4a8-qat", "76b299f6b0"),
 ]
 
 
