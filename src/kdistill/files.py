@@ -32,6 +32,7 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 RECORD = "summary.json"  # the run record (kdistill.record.RunRecord)
 STOPPED = "stopped.json"  # a run stopped by a health check: which epoch and why
+EXPORT_RECORD = "export.json"  # in an export folder: its files and their checks
 MODEL = "model.safetensors"
 BEST = "best.safetensors"
 TEACHER = "teacher.safetensors"  # a jointly trained teacher's final weights

@@ -283,3 +283,21 @@ def test_distillers_vgg_checkpoint_names_load(tmp_path):
     assert all(
         torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values())
     )
+
+
+def test_write_config_never_replaces_an_input_or_an_existing_file(tmp_path, capsys):
+    schedule = tmp_path / "sched.yaml"
+    schedule.write_text(QAT)
+    argv = ["distiller", "digits", "-a", "lenet5", "--epochs", "3", "--compress", str(schedule),
+            "--dry-run", "--write-config"]  # fmt: skip
+    assert main([*argv, str(schedule)]) == 2
+    assert "is the --compress file this command reads" in capsys.readouterr().err
+    assert schedule.read_text() == QAT  # the user's schedule is intact
+    assert main([*argv, str(schedule), "--force"]) == 2  # not even with --force
+    assert schedule.read_text() == QAT
+    other = tmp_path / "other.yaml"
+    other.write_text("mine")
+    assert main([*argv, str(other)]) == 2
+    assert "exists: pass --force" in capsys.readouterr().err and other.read_text() == "mine"
+    assert main([*argv, str(other), "--force"]) == 0
+    assert "kdistill config translated" in other.read_text()

@@ -94,3 +94,57 @@ def test_export_mistakes_are_clear_errors(tmp_path, teacher_run, capsys, argv, m
 def test_an_unfinished_run_is_not_exported(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_export_folder_is_always_one_models(tmp_path, teacher_run, monkeypatch, capsys):
+    """Exporting run B where run A was exported replaces the folder whole; a failure half way
+    (a full disk) leaves A's export as it was, never B's model.onnx beside A's export.json."""
+    import kdistill.experiment.export as export_step
+
+    out = tmp_path / "deploy"
+    run = str(teacher_run.run_dir)
+    assert main(["export", run, "--out", str(out), "--format", "onnx,pt2"]) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(first) == {"model.onnx", "model.pt2", "export.json"}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_step, "write_torch_export", disk_full)
+    assert main(["export", run, "--out", str(out), "--format", "onnx,pt2"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # A's, untouched
+    assert not list(tmp_path.glob(".deploy.*"))  # no staging folder left behind
+    monkeypatch.undo()
+    # a second export with other formats replaces the set: nothing of the first remains
+    assert main(["export", run, "--out", str(out), "--format", "onnx"]) == 0
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "export.json"}
+    assert [f["file"] for f in json.loads((out / "export.json").read_text())["files"]] == [
+        "model.onnx"
+    ]
+
+
+def test_export_refuses_a_file_or_a_foreign_folder_as_out(tmp_path, teacher_run, capsys):
+    run = str(teacher_run.run_dir)
+    (tmp_path / "file").write_text("mine")
+    assert main(["export", run, "--out", str(tmp_path / "file")]) == 1
+    assert "is a file; give a directory" in capsys.readouterr().err
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"not mine to delete")
+    assert main(["export", run, "--out", str(tmp_path / "photos")]) == 1
+    assert "not a kdistill export" in capsys.readouterr().err
+    assert (tmp_path / "photos" / "cat.jpg").read_bytes() == b"not mine to delete"
+
+
+def test_ptq_calibrates_on_what_the_training_split_has(tmp_path, teacher_run, capsys):
+    out = tmp_path / "export"
+    argv = ["export", str(teacher_run.run_dir), "--out", str(out), "--format", "onnx",
+            "--int8", "ptq", "--calibration-samples", "100000"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "100000 calibration samples asked for, the training split has 1438" in printed
+    import onnx
+
+    proto = onnx.load(str(out / "model.int8.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert "1438 calibration samples" in json.dumps(meta)

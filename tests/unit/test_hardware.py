@@ -30,7 +30,8 @@ def test_busy_cpus_leave_this_process_out():
         ({"cpus": [0, 1], "cores": 2, "busy": 1}, 1, "1 busy"),
         ({"cpus": list(range(16)), "cores": 8, "busy": 0, "share": 4}, 2, "shared by 4 runs"),
         ({"cpus": [0, 1], "cores": 2, "busy": 0, "share": 3}, 1, "shared by 3 runs"),
-        ({"requested": 3, "cpus": [0, 1], "cores": 2, "busy": 2}, 3, "asked for"),
+        ({"requested": 2, "cpus": [0, 1], "cores": 2, "busy": 2}, 2, "asked for"),
+        ({"requested": 999, "cpus": [0, 1], "cores": 2, "busy": 0}, 2, "capped at the 2 CPUs"),
     ],
 )
 def test_choose_threads(kwargs, threads, says):

@@ -194,6 +194,7 @@ def handle(args: argparse.Namespace) -> int:
     print("the equivalent kdistill config (kdistill train FILE runs it):")
     print("  " + text.rstrip().replace("\n", "\n  "))
     if args.write_config:
+        _check_config_target(args)
         header = (
             "# kdistill config translated from a Distiller command line by kdistill distiller\n"
         )
@@ -219,3 +220,28 @@ def handle(args: argparse.Namespace) -> int:
     if result.record is not None:
         print(describe_record(result.record))
     return 0
+
+
+def _check_config_target(args: argparse.Namespace) -> None:
+    """``--write-config`` never writes over one of the command's own input files (the schedule,
+    the checkpoints), nor over any existing file without ``--force``."""
+    from pathlib import Path
+
+    target = Path(args.write_config)
+    inputs = {
+        flag: getattr(args, dest, None)
+        for flag, dest in (("--compress", "compress"), ("--kd-resume", "kd_resume"),
+                           ("--resume-from", "resume_from"),
+                           ("--exp-load-weights-from", "exp_load_weights_from"))
+    }  # fmt: skip
+    if target.exists():
+        for flag, value in inputs.items():
+            if value and Path(value).exists() and Path(value).resolve() == target.resolve():
+                raise UserError(
+                    f"--write-config {target} is the {flag} file this command reads: give "
+                    "another file name for the kdistill config"
+                )
+        if not args.force:
+            raise UserError(
+                f"--write-config {target} exists: pass --force to replace it, or give a new file"
+            )

@@ -315,6 +315,8 @@ def parse_yaml(text: str) -> Any:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a YAML file that must hold a mapping (empty file = empty mapping)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a directory; give the YAML file in it")
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:

@@ -28,7 +28,7 @@ from kdistill.compression.export import (
 from kdistill.data import loader_for
 from kdistill.engine.evaluation import evaluate
 from kdistill.experiment.loading import data_of_model, load_model
-from kdistill.files import atomic_write_text, sha256_file
+from kdistill.files import EXPORT_RECORD, atomic_dir, atomic_write_text, sha256_file
 from kdistill.trust import NO_TRUST, CodeTrust
 
 Log = Callable[[str], None]
@@ -76,6 +76,14 @@ def export_model(
     reference = evaluate(model.to(cpu), normalized, data.num_classes, across_processes=False)
     log(f"{loaded.source.file}: {spec.arch}, test top-1 {reference.metrics['top1']:.2%} (PyTorch)")
 
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory for the exported files")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_RECORD).is_file():
+        raise ValueError(
+            f"--out {out} holds files that are not a kdistill export (it has no {EXPORT_RECORD}): "
+            "give a new or empty directory (an earlier export is replaced whole)"
+        )
     networks: list[tuple[str, nn.Module]] = []
     if "qat" in spec.extra:
         networks.append(("int8", quantization.convert_qat(model)))
@@ -89,16 +97,56 @@ def export_model(
             batches = []
             seen = 0
             for batch in calibration:
-                batches.append(batch.inputs)
-                seen += len(batch.inputs)
+                batches.append(batch.inputs[: calibration_samples - seen])
+                seen += len(batches[-1])
                 if seen >= calibration_samples:
                     break
+            if seen < calibration_samples:
+                log(
+                    f"note: {calibration_samples} calibration samples asked for, the training "
+                    f"split has {seen}: all of them calibrate the int8 model"
+                )
+            how_int8 = f"post-training quantization, {seen} calibration samples"
             networks.append(("int8", post_training_int8(model, shape, batches)))
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     source = f"{loaded.source.file} (sha256 {sha256_file(loaded.source.file)[:12]})"
     files = []
+    # The files are written into a new directory that then replaces ``out`` whole, so that an
+    # export folder is always one model's: a failure (a full disk) leaves the old set intact.
+    with atomic_dir(out) as staging:
+        _write_files(networks, staging, out, spec, shape, how_int8, source, reference, raw,
+                     data, formats, files, log)  # fmt: skip
+        result = {
+            "source": source,
+            "arch": spec.arch,
+            "dataset": data.name,
+            "input": "raw samples: pixels in [0, 1] (raw features for vector data), "
+            "normalization inside the model",
+            "input_shape": list(shape),
+            "pytorch_test_top1": reference.metrics["top1"],
+            "files": files,
+        }
+        atomic_write_text(staging / EXPORT_RECORD, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _write_files(
+    networks: Sequence[tuple[str, nn.Module]],
+    staging: Path,
+    out: Path,
+    spec: Any,
+    shape: tuple[int, ...],
+    how_int8: str,
+    source: str,
+    reference: Any,
+    raw: Any,
+    data: Any,
+    formats: Sequence[str],
+    files: list[dict[str, Any]],
+    log: Log,
+) -> None:
+    """Each network in each format into ``staging``, checked on the test split against the
+    PyTorch model's predictions (``reference``); ``files`` gets one entry per file."""
     for precision, network in networks:
         wrapped = with_normalization(network, spec.mean, spec.std, shape).eval()
         meta = metadata(
@@ -109,10 +157,10 @@ def export_model(
         stem = "model" if precision == "fp32" else "model.int8"
         for fmt in formats:
             if fmt == "onnx":
-                file = write_onnx(wrapped, shape, out / f"{stem}.onnx", meta)
+                file = write_onnx(wrapped, shape, staging / f"{stem}.onnx", meta)
                 predictor: Any = onnx_predictor(onnx_session(file))
             else:
-                file = write_torch_export(wrapped, shape, out / f"{stem}.pt2")
+                file = write_torch_export(wrapped, shape, staging / f"{stem}.pt2")
                 # an exported program's module has no train/eval modes: call it as a function
                 program = torch.export.load(str(file)).module()
                 predictor = lambda x, program=program: program(x)  # noqa: E731
@@ -128,18 +176,7 @@ def export_model(
             }
             files.append(entry)
             log(
-                f"{file}: {fmt} {precision}, test top-1 {entry['test_top1']:.2%}, same prediction "
-                f"as the PyTorch model on {agreement:.2%} of {len(data.test)} test samples"
+                f"{out / file.name}: {fmt} {precision}, test top-1 {entry['test_top1']:.2%}, same "
+                f"prediction as the PyTorch model on {agreement:.2%} of {len(data.test)} test "
+                "samples"
             )
-    result = {
-        "source": source,
-        "arch": spec.arch,
-        "dataset": data.name,
-        "input": "raw samples: pixels in [0, 1] (raw features for vector data), normalization "
-        "inside the model",
-        "input_shape": list(shape),
-        "pytorch_test_top1": reference.metrics["top1"],
-        "files": files,
-    }
-    atomic_write_text(out / "export.json", json.dumps(result, indent=2) + "\n")
-    return result
