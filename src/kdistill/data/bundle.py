@@ -66,6 +66,7 @@ class DataBundle:
         source: where the data came from (a path, or the bundled dataset's name).
         pipeline, pipeline_reason: ``memory`` (the splits' images are tensors) or ``stream``
             (they are :class:`ImageFiles`, decoded by the streaming loader), and why.
+        channels_reason: for image folders, whether they are read as grayscale or RGB, and why.
     """
 
     name: str
@@ -80,9 +81,13 @@ class DataBundle:
     source: str
     pipeline: str = "memory"
     pipeline_reason: str = "loaded whole"
+    channels_reason: str | None = None
 
     def describe_pipeline(self) -> str:
-        return f"data pipeline: {self.pipeline} ({self.pipeline_reason})"
+        line = f"data pipeline: {self.pipeline} ({self.pipeline_reason})"
+        if self.channels_reason is not None:
+            line += f"; images: {self.channels_reason}"
+        return line
 
 
 def _seeded_permutation(n: int, seed: int) -> Tensor:
@@ -188,6 +193,7 @@ def build_data(cfg: DataConfig) -> DataBundle:
         source=raw.source,
         pipeline=raw.pipeline,
         pipeline_reason=raw.pipeline_reason,
+        channels_reason=raw.channels_reason,
     )
 
 

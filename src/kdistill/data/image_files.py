@@ -23,6 +23,47 @@ from kdistill.data.errors import DataError
 
 # Training images the per-channel statistics of a streamed split are estimated from (seeded).
 STATS_SAMPLES = 2048
+# Pillow's modes of one channel; every other mode is decoded as colour.
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def open_errors() -> tuple[type[BaseException], ...]:
+    """What opening or decoding an image file may raise for a bad file: an unreadable or
+    damaged one (``OSError``), or one whose header claims more pixels than Pillow will decode
+    (``DecompressionBombError``, a 30000x30000 PNG)."""
+    from PIL import Image
+
+    return (OSError, Image.DecompressionBombError, SyntaxError, ValueError)
+
+
+def convert_image(img, channels: int):
+    """A Pillow image as 8-bit grayscale (``channels`` 1) or RGB (3). 16-bit grayscale (PNG's
+    ``I;16``; ``I`` holding 16-bit values) is scaled to 8 bits (a pixel of 23729 becomes 92),
+    where Pillow's own conversion clips it to 255."""
+    from PIL import Image
+
+    if img.mode in _SIXTEEN_BIT:
+        wide = np.asarray(img).astype(np.float32)
+        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def folder_channels(files: Sequence[Path]) -> tuple[int, str]:
+    """1 if every image of ``files`` is grayscale, else 3, and why: decided from the data, not
+    from the first file (ImageNet has grayscale JPEGs among colour ones). The headers are read
+    in order until a colour image is found, so a colour folder costs a few opens."""
+    from PIL import Image
+
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                mode = img.mode
+        except open_errors() as e:
+            raise DataError(f"{path}: cannot read image ({e})") from None
+        if mode not in GRAYSCALE_MODES:
+            return 3, f"RGB: {path.name} is colour ({mode}); grayscale images are converted"
+    return 1, f"grayscale: all {len(files)} training images are"
 
 
 class ImageFiles:
@@ -66,7 +107,7 @@ class ImageFiles:
         try:
             with Image.open(files[0]) as img:
                 first = (img.height, img.width)
-        except OSError as e:
+        except open_errors() as e:
             raise DataError(f"{files[0]}: cannot read image ({e})") from None
         return cls(
             root, np.array(relative), channels, None if size is None else (size, size), first
@@ -120,7 +161,7 @@ class ImageFiles:
         box = None
         try:
             with Image.open(path) as img:
-                img = img.convert("L" if self.channels == 1 else "RGB")
+                img = convert_image(img, self.channels)
                 target = self.size or self.first_size
                 if box_of is not None:
                     box = tuple(int(v) for v in box_of(img.height, img.width))
@@ -138,7 +179,7 @@ class ImageFiles:
                         )
                     img = img.resize((target[1], target[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8)
-        except OSError as e:
+        except open_errors() as e:
             raise DataError(f"{path}: cannot read image ({e})") from None
         chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return np.ascontiguousarray(chw) if chw.flags.writeable else chw.copy(), box

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from kdistill.data.errors import DataError
-from kdistill.data.image_files import ImageFiles
+from kdistill.data.image_files import ImageFiles, convert_image, folder_channels, open_errors
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
@@ -73,6 +73,7 @@ class RawData:
     source: str
     pipeline: str = "memory"  # "stream": the splits' images are ImageFiles left on disk
     pipeline_reason: str = "loaded whole"
+    channels_reason: str | None = None  # what the reader decided about colour, and why
 
 
 def _split(images: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> Split:
@@ -410,27 +411,20 @@ def decode_image(path: Path, channels: int, size: int | None) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
+            img = convert_image(img, channels)
             if size is not None and img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
-    except OSError as e:
+    except open_errors() as e:
         raise DataError(f"{path}: cannot read image ({e})") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def _folder_channels(items: list[tuple[Path, int]]) -> int:
-    from PIL import Image
-
-    with Image.open(items[0][0]) as img:
-        return 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
 
 
 def read_image_folder(
     root: str | None, image_size: int | None, pipeline: str = "memory", budget: int | None = None
 ) -> RawData:
     """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val/``), or ``root/<class>/*``
-    without a test split, grayscale if the first image is grayscale, else RGB, resized to
+    without a test split, grayscale if every training image is grayscale, else RGB, resized to
     ``image_size`` when given (without it all images must share one size).
 
     ``pipeline`` ``memory`` decodes every image once into memory; ``stream`` leaves them on
@@ -449,7 +443,7 @@ def read_image_folder(
         else None
     )
     train_items, classes = list_image_folder(train_dir)
-    channels = _folder_channels(train_items)
+    channels, channels_reason = folder_channels([p for p, _ in train_items])
     train_files = ImageFiles.from_paths(base, [p for p, _ in train_items], channels, image_size)
     reason = "asked for"
     if pipeline == "auto":
@@ -494,4 +488,7 @@ def read_image_folder(
             raise DataError(
                 f"{base}: test images {tuple(test.images.shape[1:])} differ from train images {tuple(train.images.shape[1:])}; set data.image_size"
             )
-    return RawData(train, test, classes, str(base), pipeline=pipeline, pipeline_reason=reason)
+    return RawData(
+        train, test, classes, str(base), pipeline=pipeline, pipeline_reason=reason,
+        channels_reason=channels_reason,
+    )  # fmt: skip

@@ -272,3 +272,54 @@ def test_channel_statistics():
     flat = data.train.images.double()
     assert data.mean[0] == pytest.approx(float(flat.mean()), rel=1e-9)
     assert data.std[0] == pytest.approx(float(flat.std(unbiased=False)), rel=1e-6)
+
+
+@pytest.mark.parametrize("pipeline", ["memory", "stream"])
+def test_imagefolder_channels_come_from_all_the_data(tmp_path, pipeline):
+    """The first file (in sort order) grayscale, the others colour: RGB, and the log says why
+    (the channel count was read from the first file alone)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.new("L", (6, 6), color=90).save(tmp_path / "a" / "0.png")
+    Image.new("RGB", (6, 6), color=(200, 10, 10)).save(tmp_path / "a" / "1.png")
+    for i in range(3):
+        Image.new("RGB", (6, 6), color=(10, 200, 10)).save(tmp_path / "b" / f"{i}.png")
+    data = build_data(DataConfig(name="imagefolder", root=str(tmp_path), pipeline=pipeline))
+    assert data.input_shape == (3, 6, 6)
+    assert "RGB: 1.png is colour" in data.describe_pipeline()
+    grey = data.train.images[data.train.labels == 0][:1]
+    if pipeline == "stream":
+        grey = torch.from_numpy(data.train.images.decode(0))[None]
+    assert grey[0, :, 0, 0].tolist() == [90, 90, 90]  # the grayscale file, as RGB
+
+
+@pytest.mark.parametrize("pipeline", ["memory", "stream"])
+def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path, pipeline):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            value = 23729 if c == "a" else 65535
+            Image.fromarray(np.full((4, 4), value, dtype=np.uint16)).save(tmp_path / c / f"{i}.png")
+    data = build_data(DataConfig(name="imagefolder", root=str(tmp_path), pipeline=pipeline))
+    assert "grayscale: all" in data.describe_pipeline() and data.input_shape == (1, 4, 4)
+    images = data.train.images
+    first = images.decode(0) if pipeline == "stream" else images[0].numpy()
+    assert int(first[0, 0, 0]) == 92  # 23729 / 257, not clipped to 255
+
+
+def test_a_decompression_bomb_is_a_data_error_naming_the_file(tmp_path):
+    """A PNG whose header claims 30000x30000 pixels: Pillow refuses to decode it with its own
+    exception (not an OSError), which must not escape as a traceback."""
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("L", (4, 4)).save(tmp_path / c / "0.png")
+    (tmp_path / "b" / "1.png").write_bytes(bomb)
+    with pytest.raises(DataError, match=r"1.png: cannot read image"):
+        build_data(DataConfig(name="imagefolder", root=str(tmp_path), pipeline="memory"))
