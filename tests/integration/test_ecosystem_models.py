@@ -152,3 +152,26 @@ def test_a_hugging_face_teacher_keeps_its_image_processors_size_and_normalizatio
     cfg = apply_overrides(cfg, ["kd.teachers.0.input_size=12"])
     transform = build_run(cfg, log=lambda _: None).teacher.members[0].input_transform
     assert transform(torch.zeros(1, 1, 8, 8)).shape == (1, 1, 12, 12)
+
+
+@pytest.mark.parametrize(
+    ("processor", "mean", "std", "size"),
+    [
+        # image_mean without image_std: transformers' default std for the processor class
+        ({"image_processor_type": "ViTImageProcessor", "image_mean": [0.25, 0.25, 0.25],
+          "size": 12}, (0.25, 0.25, 0.25), (0.5, 0.5, 0.5), 12),
+        # a plain-integer size, the format older processors saved
+        ({"feature_extractor_type": "ViTFeatureExtractor", "image_mean": [0.4],
+          "image_std": [0.2], "size": 12}, (0.4,), (0.2,), 12),
+    ],
+)  # fmt: skip
+def test_every_image_processor_format_transformers_reads(tmp_path, processor, mean, std, size):
+    import json
+
+    from kdistill.config import ModelConfig
+    from kdistill.experiment.teachers import hugging_face_input
+
+    hf_dir = tiny_hf_classifier(tmp_path / "hf")
+    (hf_dir / "preprocessor_config.json").write_text(json.dumps(processor))
+    t = hugging_face_input(ModelConfig(arch=f"hf:{hf_dir}"), lambda _: None, "kd.teachers[0]")
+    assert (t.input_mean, t.input_std, t.input_size) == (mean, std, size)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,6 +19,7 @@ from kdistill.engine.evaluation import Evaluation, evaluate
 from kdistill.engine.trainer import TrainingError
 from kdistill.experiment.loading import check_model_fits_data, load_model
 from kdistill.experiment.precision import PrecisionChoice, choose_teacher_precision, forward_probe
+from kdistill.extras import require
 from kdistill.files import sha256_file
 from kdistill.models import ModelFileError, ModelSpec, build_model
 from kdistill.models.foreign import (
@@ -83,27 +83,39 @@ def input_adapter(spec: ModelSpec, data: DataBundle, normalize: bool) -> nn.Modu
 
 def hugging_face_input(t: ModelConfig, log: Log, what: str) -> ModelConfig:
     """A Hugging Face teacher's own input normalization and size, from the image processor
-    saved beside it (``preprocessor_config.json``: ``image_mean``, ``image_std``, ``size``)."""
+    saved beside it (``preprocessor_config.json``), read by transformers itself: every format
+    it reads (a plain-integer ``size`` of older processors, a ``feature_extractor_type``), with
+    its defaults for what the file leaves out (``image_std`` without ``image_mean``)."""
     assert t.arch is not None
-    path = Path(t.arch.partition(":")[2]).expanduser() / "preprocessor_config.json"
+    directory = Path(t.arch.partition(":")[2]).expanduser()
+    path = directory / "preprocessor_config.json"
     if not path.is_file():
         return t
+    transformers = require("transformers", "hf")
     try:
-        processor = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelFileError(f"{what}: {path} cannot be read ({e})") from None
+        processor = transformers.AutoImageProcessor.from_pretrained(
+            str(directory), local_files_only=True, trust_remote_code=False
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelFileError(f"{what}: {path} cannot be read as an image processor ({e})") from None
     changes: dict[str, Any] = {}
-    if processor.get("do_normalize", True) and "image_mean" in processor:
-        changes["input_mean"] = tuple(float(v) for v in processor["image_mean"])
-        changes["input_std"] = tuple(float(v) for v in processor["image_std"])
-    size = processor.get("size") or {}
-    side = size.get("height") if size.get("height") == size.get("width") else None
-    side = side or size.get("shortest_edge")
+    mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+    if getattr(processor, "do_normalize", True) and mean is not None and std is not None:
+        changes["input_mean"] = tuple(float(v) for v in _as_list(mean))
+        changes["input_std"] = tuple(float(v) for v in _as_list(std))
+    size = getattr(processor, "size", None)
+    get = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
+    height, width = get("height"), get("width")
+    side = height if height is not None and height == width else get("shortest_edge")
     if isinstance(side, int):
         changes["input_size"] = side
     if changes:
         log(f"{what}: inputs as its image processor asks ({path.name}): {changes}")
     return replace(t, **changes)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def foreign_input(t: ModelConfig, spec: ModelSpec, data: DataBundle, what: str) -> ModelSpec:
