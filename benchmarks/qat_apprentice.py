@@ -73,7 +73,7 @@ def results(work: Path, name: str) -> list[dict]:
             "seed": int(seed_dir.name.split("-")[1]),
             "fake_quant_test_top1": q["fake_quant_test_top1"],
             "int8_test_top1": q["int8_test_top1"],
-            "train_s": summary.get("train_seconds"),
+            "total_s": summary.get("total_time_s"),
             "run_dir": str(seed_dir),
         })  # fmt: skip
     return rows
