@@ -445,3 +445,42 @@ def test_the_matrix_has_at_least_60_cases():
 def test_load_state_file_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="nothing.safetensors"):
         load_state_file(tmp_path / "nothing.safetensors")
+
+
+def test_a_model_file_cannot_make_timm_read_a_file(tmp_path, capsys):
+    """A model file's recorded args reach the builder: timm's I/O arguments never do (timm
+    refused the pickle it was pointed at, but loading it was never kdistill's to allow)."""
+    pytest.importorskip("timm")
+    (tmp_path / "payload.pth").write_bytes(b"\x80\x04not a real pickle")
+    spec = ModelSpec(
+        arch="timm:resnet10t", args={"checkpoint_path": str(tmp_path / "payload.pth")},
+        num_classes=10, input_shape=(1, 8, 8), dataset="digits",
+    )  # fmt: skip
+    path = tmp_path / "m.safetensors"
+    good = ModelSpec(**{**spec.__dict__, "args": {}}).build_architecture().state_dict()
+    save_model_file(path, good, spec)
+    check(["eval", path], capsys, r"checkpoint_path would make timm read weights")
+    check(["train", *DIGITS, "--out", tmp_path / "r", "model.arch=timm:resnet10t",
+           "model.args={pretrained: true}"], capsys, r"pretrained would make timm read",
+          code=1)  # fmt: skip
+
+
+def test_a_pickled_hugging_face_checkpoint_is_a_clear_error(tmp_path, capsys):
+    """transformers refuses a pytorch_model.bin that pickles code (nothing runs), and its
+    UnpicklingError must not escape as a traceback."""
+    pytest.importorskip("transformers")
+    import pickle
+
+    from .test_ecosystem_models import tiny_hf_classifier
+
+    hf_dir = tiny_hf_classifier(tmp_path / "hf")
+    (hf_dir / "model.safetensors").unlink()
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("payload ran",))
+
+    (hf_dir / "pytorch_model.bin").write_bytes(pickle.dumps({"x": Payload()}, protocol=2))
+    check(["train", *DIGITS, "--out", tmp_path / "r", f"model.arch=hf:{hf_dir}",
+           "model.args={}", "train.epochs=1"], capsys, r"cannot load an image classifier")  # fmt: skip
+    assert "payload ran" not in capsys.readouterr().out

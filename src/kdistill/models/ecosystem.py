@@ -10,12 +10,20 @@ timm and transformers are optional extras (``kdistill[timm]``, ``kdistill[hf]``)
 from __future__ import annotations
 
 import difflib
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
 from torch import Tensor, nn
 
 from kdistill.extras import require
+
+# timm.create_model's arguments that read files or download: never passed, whatever asks
+# (a config, or a model file's recorded args).
+TIMM_FILE_ARGS = frozenset({
+    "pretrained", "checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir",
+    "pretrained_strict",
+})  # fmt: skip
 
 
 def timm_builder(name: str) -> Callable[..., nn.Module]:
@@ -28,6 +36,13 @@ def timm_builder(name: str) -> Callable[..., nn.Module]:
         raise ValueError(f"timm has no model {name!r}{hint} (timm.list_models() lists them)")
 
     def build(num_classes: int, in_channels: int, **kwargs: object) -> nn.Module:
+        reads = sorted(set(kwargs) & TIMM_FILE_ARGS)
+        if reads:
+            raise ValueError(
+                f"timm:{name}: model.args {', '.join(reads)} would make timm read weights or "
+                "configs from files or the Hub; kdistill builds timm models untrained and loads "
+                "weights itself: give them as model.checkpoint (or a teacher's checkpoint)"
+            )
         return timm.create_model(
             name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs
         )
@@ -71,7 +86,8 @@ def hf_builder(directory: str) -> Callable[..., nn.Module]:
             model = transformers.AutoModelForImageClassification.from_pretrained(
                 str(path), ignore_mismatched_sizes=bool(changes), **options, **changes
             )
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, pickle.UnpicklingError) as e:
+            # UnpicklingError: transformers refused a pickled pytorch_model.bin (weights_only)
             raise ValueError(f"hf:{directory}: cannot load an image classifier ({e})") from None
         wrapped = HuggingFaceLogits(model)
         names = {"num_labels": "classes", "num_channels": "input channels"}
