@@ -484,3 +484,20 @@ def test_a_pickled_hugging_face_checkpoint_is_a_clear_error(tmp_path, capsys):
     check(["train", *DIGITS, "--out", tmp_path / "r", f"model.arch=hf:{hf_dir}",
            "model.args={}", "train.epochs=1"], capsys, r"cannot load an image classifier")  # fmt: skip
     assert "payload ran" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("arch", "message"),
+    [
+        (
+            "torchvision:squeezenet1_1",
+            r"cannot take the data's 1x8x8 images.*Output size is too small",
+        ),
+        ("timm:test_vit", r"1x8x8 images.*patch size.*made for 3x160x160.*data.image_size"),
+    ],
+)
+def test_a_model_too_large_for_the_images_says_so_before_training(tmp_path, capsys, arch, message):
+    if arch.startswith("timm:"):
+        pytest.importorskip("timm")
+    check(["train", *DIGITS, "--out", tmp_path, f"model.arch={arch}", "model.args={}"], capsys,
+          message)  # fmt: skip

@@ -148,7 +148,43 @@ def build_model(
     if "num_classes" not in passed:
         notes += adapt_head(model, num_classes)
     model.kdistill_adapted = tuple(notes)  # type: ignore[assignment]
+    if len(input_shape) == 3:
+        check_input_size(model, arch, input_shape)
     return model
+
+
+def check_input_size(model: nn.Module, arch: str, input_shape: tuple[int, ...]) -> None:
+    """One sample through ``model`` (eval mode, no gradients: nothing it holds changes), so
+    that a network too large for the data's images fails here, with the size named, rather
+    than in the first training step with the library's own words (a ViT's patch-size assertion,
+    SqueezeNet's "Output size is too small")."""
+    import torch
+
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    except Exception as e:  # any library's refusal of the size; re-raised with it named
+        c, h, w = input_shape
+        known = _expected_size(model)
+        hint = f"; it was made for {known}" if known else ""
+        raise ValueError(
+            f"model {arch!r} cannot take the data's {c}x{h}x{w} images ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'no message'}){hint}: set data.image_size "
+            "to resize them, or choose a model for small images"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def _expected_size(model: nn.Module) -> str | None:
+    """The input size a model says it was made for, where it says so (timm's pretrained_cfg;
+    a patch embedding's img_size)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(cfg, dict) and isinstance(cfg.get("input_size"), (tuple, list)):
+        return "x".join(str(v) for v in cfg["input_size"])
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    return "x".join(str(v) for v in size) if isinstance(size, (tuple, list)) else None
 
 
 def _call_builder(
