@@ -1,7 +1,10 @@
 """Fingerprints: a hash of everything that determines a teacher's outputs.
 
 Hashing the actual bytes (teacher weights, training images, sample ids) rather than file
-names or timestamps is what makes a stale cache impossible rather than unlikely.
+names or timestamps is what makes a stale cache impossible rather than unlikely. The one
+exception is a streamed image folder, whose images are not read to key the cache: there the key
+is each file's path, size, modification time and change time (``ImageFiles.digest``), which a
+rewrite or a swap of files changes even when the modification time is restored.
 """
 
 from __future__ import annotations

@@ -206,3 +206,25 @@ def test_an_unreadable_file_is_named_without_a_worker_traceback(tmp_path):
         assert "Traceback" not in message and "worker" not in message
         with pytest.raises(DataError, match="002.png: cannot read image"):
             loader.decode(torch.arange(len(files.train)), None)
+
+
+def test_the_streamed_cache_key_sees_files_swapped_with_their_times_kept(tmp_path):
+    """Two same-size files exchanged, their modification times restored (as cp -p or tar
+    would): the key changes, so the student never reads the other file's teacher outputs."""
+    import os
+
+    write_folder(tmp_path, sizes=((20, 16),))
+    a, b = tmp_path / "a" / "000.png", tmp_path / "a" / "001.png"
+    for path, value in ((a, 10), (b, 200)):  # uncompressed: the same size in bytes
+        Image.new("RGB", (16, 20), color=(value, 0, 0)).save(path, compress_level=0)
+    assert a.stat().st_size == b.stat().st_size
+    before = read_image_folder(str(tmp_path), None, pipeline="stream").train.images.digest()
+    assert read_image_folder(str(tmp_path), None, pipeline="stream").train.images.digest() == before
+    times = [(p.stat().st_atime_ns, p.stat().st_mtime_ns) for p in (a, b)]
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    os.utime(a, ns=times[0])
+    os.utime(b, ns=times[1])
+    after = read_image_folder(str(tmp_path), None, pipeline="stream").train.images.digest()
+    assert after != before
