@@ -501,3 +501,9 @@ def test_a_model_too_large_for_the_images_says_so_before_training(tmp_path, caps
         pytest.importorskip("timm")
     check(["train", *DIGITS, "--out", tmp_path, f"model.arch={arch}", "model.args={}"], capsys,
           message)  # fmt: skip
+
+
+def test_a_directory_given_as_a_schedule_or_config_says_so(tmp_path, capsys):
+    (tmp_path / "sched").mkdir()
+    check(["distiller", "digits", "-a", "lenet5", "--compress", tmp_path / "sched", "--dry-run"],
+          capsys, r"sched' is a directory; give the YAML file in it")  # fmt: skip

@@ -325,3 +325,13 @@ def test_a_decompression_bomb_is_a_data_error_naming_the_file(tmp_path):
     (tmp_path / "b" / "1.png").write_bytes(bomb)
     with pytest.raises(DataError, match=r"1.png: cannot read image"):
         build_data(DataConfig(name="imagefolder", root=str(tmp_path), pipeline="memory"))
+    # streamed, in a colour folder (whose headers are not all read up front): the worker's
+    # decoding of the file is the same DataError
+    for c in ("a", "b"):
+        Image.new("RGB", (4, 4)).save(tmp_path / c / "0.png")
+    from kdistill.data.sources import read_image_folder
+
+    files = read_image_folder(str(tmp_path), None, pipeline="stream").train.images
+    bomb_at = [p.decode() for p in files.paths].index("b/1.png")
+    with pytest.raises(DataError, match=r"1.png: cannot read image"):
+        files.decode(bomb_at)
