@@ -24,7 +24,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from common import provenance, publish
@@ -99,7 +98,6 @@ def main() -> int:
     work = Path(args.work)
     data = write_prefix(FASHION_MNIST, work / "fashion-mnist-prefix", args.train_samples)
     common = [f"data.root={data}", f"--out={work}"]
-    started = time.perf_counter()
     report = {**provenance("qat_apprentice.py"), "train_samples": args.train_samples, "rows": []}
 
     def family(arch: str, teacher_recipe: str, recipes: dict[str, list[str]], bits: list[int],
@@ -150,7 +148,6 @@ def main() -> int:
              "distill": ("fashion-mnist/resnet18-w4a8-distill", [])},
             [4], args.seeds.split(",")[0],
         )  # fmt: skip
-    report["wall_s"] = time.perf_counter() - started
     publish(report, args.out)
     return 0
 
