@@ -114,8 +114,39 @@ def export_model(
     # The files are written into a new directory that then replaces ``out`` whole, so that an
     # export folder is always one model's: a failure (a full disk) leaves the old set intact.
     with atomic_dir(out) as staging:
-        _write_files(networks, staging, out, spec, shape, how_int8, source, reference, raw,
-                     data, formats, files, log)  # fmt: skip
+        for precision, network in networks:
+            wrapped = with_normalization(network, spec.mean, spec.std, shape).eval()
+            meta = metadata(
+                spec.to_json(), class_names=spec.class_names, input_shape=shape, mean=spec.mean,
+                std=spec.std, source=source,
+                precision=precision if precision == "fp32" else f"int8 ({how_int8})",
+            )  # fmt: skip
+            stem = "model" if precision == "fp32" else "model.int8"
+            for fmt in formats:
+                if fmt == "onnx":
+                    file = write_onnx(wrapped, shape, staging / f"{stem}.onnx", meta)
+                    predictor: Any = onnx_predictor(onnx_session(file))
+                else:
+                    file = write_torch_export(wrapped, shape, staging / f"{stem}.pt2")
+                    # an exported program's module has no train/eval modes: call it as a function
+                    program = torch.export.load(str(file)).module()
+                    predictor = lambda x, program=program: program(x)  # noqa: E731
+                check = evaluate(predictor, raw, data.num_classes, across_processes=False)
+                agreement = float((check.predictions == reference.predictions).float().mean())
+                entry = {
+                    "file": file.name,
+                    "format": fmt,
+                    "precision": precision,
+                    "bytes": file.stat().st_size,
+                    "test_top1": check.metrics["top1"],
+                    "agreement_with_pytorch": agreement,
+                }
+                files.append(entry)
+                log(
+                    f"{out / file.name}: {fmt} {precision}, test top-1 {entry['test_top1']:.2%}, same "
+                    f"prediction as the PyTorch model on {agreement:.2%} of {len(data.test)} test "
+                    "samples"
+                )
         result = {
             "source": source,
             "arch": spec.arch,
@@ -128,55 +159,3 @@ def export_model(
         }
         atomic_write_text(staging / EXPORT_RECORD, json.dumps(result, indent=2) + "\n")
     return result
-
-
-def _write_files(
-    networks: Sequence[tuple[str, nn.Module]],
-    staging: Path,
-    out: Path,
-    spec: Any,
-    shape: tuple[int, ...],
-    how_int8: str,
-    source: str,
-    reference: Any,
-    raw: Any,
-    data: Any,
-    formats: Sequence[str],
-    files: list[dict[str, Any]],
-    log: Log,
-) -> None:
-    """Each network in each format into ``staging``, checked on the test split against the
-    PyTorch model's predictions (``reference``); ``files`` gets one entry per file."""
-    for precision, network in networks:
-        wrapped = with_normalization(network, spec.mean, spec.std, shape).eval()
-        meta = metadata(
-            spec.to_json(), class_names=spec.class_names, input_shape=shape, mean=spec.mean,
-            std=spec.std, source=source,
-            precision=precision if precision == "fp32" else f"int8 ({how_int8})",
-        )  # fmt: skip
-        stem = "model" if precision == "fp32" else "model.int8"
-        for fmt in formats:
-            if fmt == "onnx":
-                file = write_onnx(wrapped, shape, staging / f"{stem}.onnx", meta)
-                predictor: Any = onnx_predictor(onnx_session(file))
-            else:
-                file = write_torch_export(wrapped, shape, staging / f"{stem}.pt2")
-                # an exported program's module has no train/eval modes: call it as a function
-                program = torch.export.load(str(file)).module()
-                predictor = lambda x, program=program: program(x)  # noqa: E731
-            check = evaluate(predictor, raw, data.num_classes, across_processes=False)
-            agreement = float((check.predictions == reference.predictions).float().mean())
-            entry = {
-                "file": file.name,
-                "format": fmt,
-                "precision": precision,
-                "bytes": file.stat().st_size,
-                "test_top1": check.metrics["top1"],
-                "agreement_with_pytorch": agreement,
-            }
-            files.append(entry)
-            log(
-                f"{out / file.name}: {fmt} {precision}, test top-1 {entry['test_top1']:.2%}, same "
-                f"prediction as the PyTorch model on {agreement:.2%} of {len(data.test)} test "
-                "samples"
-            )
