@@ -621,7 +621,9 @@ class TrainConfig:
     )
     on_collapse: CollapseAction = doc(
         "when the student collapses after an epoch (test top-1 at or below chance, or one class "
-        "predicted for most inputs): stop (the last good checkpoint is kept), warn or ignore",
+        "predicted for most inputs, while it gives one answer for all inputs or is confidently "
+        "wrong): stop (the last good checkpoint is kept; stopped.json says why), warn or ignore; "
+        "one still at chance after the last epoch without those signs is a warning",
         "stop",
     )
     sync_batchnorm: bool = doc(
