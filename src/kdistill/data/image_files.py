@@ -179,6 +179,8 @@ class ImageFiles:
                         )
                     img = img.resize((target[1], target[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8)
+        except DataError:
+            raise  # a readable file of the wrong size: its own message, not "cannot read"
         except open_errors() as e:
             raise DataError(f"{path}: cannot read image ({e})") from None
         chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

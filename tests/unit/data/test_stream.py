@@ -156,6 +156,11 @@ def test_streamed_files_of_different_sizes_need_image_size(tmp_path):
         build_data(DataConfig(name="imagefolder", root=str(root), pipeline="stream"))
     files = read_image_folder(str(root), None, "stream").train.images
     files.decode(0)  # the first image's size is the size
+    with pytest.raises(DataError) as caught:  # said as such, not as an unreadable file
+        files.decode(1)
+    assert "cannot read image" not in str(caught.value) and "set data.image_size" in str(
+        caught.value
+    )
     with pytest.raises(DataError, match="set data.image_size"):
         files.decode(1)
 
