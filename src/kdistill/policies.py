@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kdistill.validation import QUANT_SETTINGS, EpochWindow, doc, require
+from kdistill.validation import QUANT_SETTINGS, EpochWindow, check_fields, doc, require
 
 
 def _check_range(kind: str, start: int, end: int | None, frequency: int = 1) -> None:
@@ -40,6 +40,7 @@ class DistillationPolicy(_Windowed):
     ending_epoch: int | None = doc("epoch at which it stops (exclusive); null = the end", None)
 
     def __post_init__(self) -> None:
+        check_fields(self, "policies[]")
         _check_range("distillation", self.starting_epoch, self.ending_epoch)
 
 
@@ -77,6 +78,7 @@ class QuantizationPolicy(_Windowed):
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "policies[]")
         _check_range("quantization", self.starting_epoch, None)
         for name, bits in (
             ("weight_bits", self.weight_bits),
@@ -171,6 +173,7 @@ class PruningPolicy(_Windowed):
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "policies[]")
         _check_range("pruning", self.starting_epoch, self.ending_epoch, self.frequency)
         require(
             0.0 < self.target_sparsity < 1.0,
@@ -239,6 +242,7 @@ class ChannelPruningPolicy(_Windowed):
     round_to: int | None = doc("keep channel counts multiples of this (hardware-friendly)", None)
 
     def __post_init__(self) -> None:
+        check_fields(self, "policies[]")
         _check_range("channel_pruning", self.starting_epoch, None, self.frequency)
         require(
             0.0 < self.ratio < 1.0,
@@ -273,6 +277,7 @@ class RegularizationPolicy(_Windowed):
     ending_epoch: int | None = doc("epoch at which it stops (exclusive); null = the end", None)
 
     def __post_init__(self) -> None:
+        check_fields(self, "policies[]")
         _check_range("regularization", self.starting_epoch, self.ending_epoch)
         require(self.weight > 0, f"regularization policy: weight must be > 0, got {self.weight}")
         require(

@@ -1,5 +1,6 @@
-"""The error of configuration: a value, key or file that cannot be used."""
+"""The error of configuration: a value, key or file that cannot be used (defined with the field
+checks in :mod:`kdistill.validation`, which every config class runs)."""
 
+from kdistill.validation import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration value, key or file that cannot be used."""
+__all__ = ["ConfigError"]

@@ -10,7 +10,6 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -22,6 +21,7 @@ import yaml
 from kdistill.config.errors import ConfigError
 from kdistill.config.recipes import list_recipes, recipes_root, resolve_config_path
 from kdistill.config.schema import RunConfig
+from kdistill.validation import coerce, describe, field_types
 
 T = TypeVar("T")
 
@@ -29,132 +29,21 @@ T = TypeVar("T")
 # ----------------------------------------------------------------------------- dict -> objects
 
 
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
 def _coerce(value: Any, tp: Any, path: str) -> Any:
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        options = get_args(tp)
-        tagged = _tagged_options(options)
-        if tagged:
-            return _coerce_tagged(value, tagged, path)
-        if value is None:
-            if type(None) in options:
-                return None
-            raise ConfigError(f"{path} must not be null")
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: " + "; ".join(errors))
-    if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"{path} must be one of {', '.join(map(str, choices))}; got {value!r}{hint}"
-            )
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(
-                f"{path} must be a mapping of {tp.__name__} keys, got {_describe(value)}"
-            )
-        return from_dict(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true or false, got {_describe(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path} must be an integer, got {_describe(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{path} must be a number, got {_describe(value)}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path} must be a number, got {_describe(value)}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{path} must be a finite number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path} must be a string, got {_describe(value)}")
-        return value
-    if origin is tuple:
-        args = get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path} must be a list, got {_describe(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{path} must be a list of {len(args)} values, got {len(value)}")
-        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path} must be a list, got {_describe(value)}")
-        (item_type,) = get_args(tp)
-        return [_coerce(v, item_type, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path} must be a mapping, got {_describe(value)}")
-        key_type, value_type = get_args(tp)
-        return {
-            _coerce(k, key_type, f"{path} key"): _coerce(v, value_type, f"{path}.{k}")
-            for k, v in value.items()
-        }
-    raise TypeError(f"unsupported config type {tp!r} at {path}")  # a schema bug, not user input
-
-
-def _tagged_options(options: tuple[Any, ...]) -> dict[str, type]:
-    """``{kind: dataclass}`` when every option is a dataclass with a ``kind`` literal, else {}."""
-    table: dict[str, type] = {}
-    for option in options:
-        if not dataclasses.is_dataclass(option):
-            return {}
-        kind = get_type_hints(option).get("kind")
-        if get_origin(kind) is not Literal:
-            return {}
-        (name,) = get_args(kind)
-        table[name] = option
-    return table
-
-
-def _coerce_tagged(value: Any, table: Mapping[str, type], path: str) -> Any:
-    """A mapping with ``kind: name`` -> the dataclass registered for that name."""
-    if isinstance(value, tuple(table.values())):
-        return value
-    if not isinstance(value, Mapping) or "kind" not in value:
-        raise ConfigError(
-            f"{path} must be a mapping with kind: one of {', '.join(table)}; got {_describe(value)}"
-        )
-    kind = value["kind"]
-    if kind not in table:
-        close = difflib.get_close_matches(str(kind), list(table), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{path}.kind must be one of {', '.join(table)}; got {kind!r}{hint}")
-    return from_dict(table[kind], value, path)
+    """``value`` checked (and built, for nested sections) by the one field checker."""
+    try:
+        return coerce(value, tp, path, from_dict)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     """Build the dataclass ``cls`` from a mapping, checking keys and types."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'config'} must be a mapping, got {_describe(data)}")
-    hints = get_type_hints(cls)
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {describe(data)}")
+    hints = field_types(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():

@@ -16,13 +16,14 @@ from kdistill.methods import METHODS, method_args, method_info
 from kdistill.policies import ChannelPruningPolicy, PolicyConfig, QuantizationPolicy
 from kdistill.validation import (
     BatchNormPolicy,
+    ConfigError,
     EnsembleReduce,
     EpochWindow,
+    check_fields,
     check_temperature,
     doc,
     is_number,
     normalized_weights,
-    require,
     resolve_weights,
 )
 
@@ -40,7 +41,11 @@ DataPipeline = Literal["auto", "memory", "stream"]
 CropKind = Literal["pad", "resized"]
 
 
-_require = require
+def _require(ok: bool, message: str) -> None:
+    """The schema's checks raise :class:`ConfigError` (a ``ValueError``), built from YAML or in
+    Python alike."""
+    if not ok:
+        raise ConfigError(message)
 
 
 def _positive(name: str, value: float) -> None:
@@ -76,13 +81,10 @@ class AugmentConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "data.augment")
         _require(
             self.crop_padding >= 0,
             f"data.augment.crop_padding must be >= 0 pixels, got {self.crop_padding}",
-        )
-        _require(
-            self.crop in get_args(CropKind),
-            f"data.augment.crop must be one of {', '.join(get_args(CropKind))}, got {self.crop!r}",
         )
         _require(
             self.crop == "pad" or self.crop_padding == 0,
@@ -149,6 +151,7 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "data")
         _require(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
         _require(
             self.eval_batch_size >= 1,
@@ -165,11 +168,6 @@ class DataConfig:
         _require(
             self.root is None or self.root != "",
             "data.root must be a path or null, got an empty string",
-        )
-        _require(
-            self.pipeline in get_args(DataPipeline),
-            f"data.pipeline must be one of {', '.join(get_args(DataPipeline))}, got "
-            f"{self.pipeline!r}",
         )
         _require(
             self.workers is None or self.workers >= 0,
@@ -233,6 +231,7 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "model")
         _require(
             self.arch is not None or self.checkpoint is not None,
             "a model needs an arch (e.g. arch: lenet5) or a checkpoint that records one",
@@ -294,6 +293,7 @@ class TeacherCacheConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "kd.teacher_cache")
         _require(
             self.views is None or self.views >= 1,
             f"kd.teacher_cache.views must be >= 1 or null, got {self.views}",
@@ -312,6 +312,7 @@ class FeaturePair:
     teacher: str = doc("the teacher's layer", "")
 
     def __post_init__(self) -> None:
+        check_fields(self, "kd.features[]")
         _require(
             isinstance(self.student, str) and bool(self.student) and isinstance(self.teacher, str)
             and bool(self.teacher),
@@ -332,6 +333,7 @@ class MethodConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "kd.methods[]")
         info = method_info(self.name)
         where = f"kd.methods[{self.name}]"
         _require(
@@ -418,6 +420,7 @@ class KDConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "kd")
         _require(
             len(self.teachers) >= 1,
             "kd needs at least one teacher: kd.teachers: [{checkpoint: path/to/teacher.safetensors}] "
@@ -528,6 +531,7 @@ class OptimConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "optim")
         _positive("optim.lr", self.lr)
         _require(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
         _require(
@@ -567,6 +571,7 @@ class ScheduleConfig:
     final_div_factor: float = doc("onecycle: final lr = initial lr / final_div_factor", 1e4)
 
     def __post_init__(self) -> None:
+        check_fields(self, "schedule")
         _require(
             self.warmup_epochs >= 0,
             f"schedule.warmup_epochs must be >= 0, got {self.warmup_epochs}",
@@ -642,6 +647,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "train")
         _require(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         _require(0 <= self.seed < 2**63, f"train.seed must be an integer >= 0, got {self.seed}")
         _require(
@@ -718,6 +724,7 @@ class RunConfig:
         return EpochWindow(self.kd.start_epoch if self.kd is not None else 0)
 
     def __post_init__(self) -> None:
+        check_fields(self, "")
         _require(
             not self.model.describes_input,
             "model.input_mean / input_std / input_size say what a teacher trained elsewhere "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kdistill.config.loader import ConfigError, from_dict, read_yaml
-from kdistill.validation import doc
+from kdistill.validation import check_fields, doc
 
 SamplerName = Literal["tpe", "random"]
 # Keys a sweep sets itself for every run.
@@ -37,6 +37,7 @@ class SearchConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "search")
         if self.trials < 1:
             raise ConfigError(f"search.trials must be >= 1, got {self.trials}")
         if not self.space:
@@ -75,6 +76,7 @@ class SweepConfig:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, "")
         if not self.base:
             raise ConfigError(
                 "a sweep needs base: the run config to sweep (a YAML path or a recipe)"

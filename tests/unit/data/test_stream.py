@@ -180,7 +180,7 @@ def test_streamed_files_of_different_sizes_need_image_size(tmp_path):
             ),
             "stream or auto, not memory",
         ),
-        (dict(name="imagefolder", pipeline="disk"), "auto, memory, stream, got 'disk'"),
+        (dict(name="imagefolder", pipeline="disk"), "auto, memory, stream; got 'disk'"),
         (dict(name="imagefolder", workers=-1), "data.workers must be >= 0"),
     ],
 )
