@@ -150,8 +150,12 @@ def build_config(args: argparse.Namespace) -> Any:
 
     config, overrides = split_config_and_overrides(args.items)
     values = flag_values(args)
+    notes: list[str] = []
     try:
-        return load_config(config, overrides, values=values)
+        cfg = load_config(config, overrides, values=values, notes=notes)
+        for note in notes:
+            print(f"note: {note}")
+        return cfg
     except ConfigError as e:
         # name the flag too when a flag set the bad value
         flags = [

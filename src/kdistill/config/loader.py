@@ -140,12 +140,45 @@ def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
     return apply_values(cfg, {".".join(k): v for k, v in map(parse_override, overrides)})
 
 
-def apply_values(cfg: T, values: Mapping[str, Any]) -> T:
-    """A new config with ``{"dotted.key": value}`` set (values already typed) and re-validated."""
+def apply_values(
+    cfg: T, values: Mapping[str, Any], *, notes: list[str] | None = None
+) -> T:
+    """A new config with ``{"dotted.key": value}`` set (values already typed) and re-validated.
+
+    A change of a model's ``arch`` that leaves its ``args`` alone drops the args, which belong to
+    the old architecture (an MLP's ``hidden`` would stop a ResNet); ``notes`` gets a line saying
+    so."""
     data = to_dict(cfg)
     for dotted, value in values.items():
         set_path(data, dotted.split("."), value)
+    for dotted in values:
+        keys = dotted.split(".")
+        if keys[-1] != "arch" or any(k.startswith(f"{dotted[:-4]}args") for k in values):
+            continue
+        model = _get_path(data, keys[:-1])
+        old = _get_path(to_dict(cfg), keys)
+        if isinstance(model, dict) and model.get("args") and model.get("arch") != old:
+            if notes is not None:
+                notes.append(
+                    f"{dotted} changed from {old} to {model.get('arch')}: the arguments of "
+                    f"{old} ({', '.join(f'{k}={v}' for k, v in model['args'].items())}) are "
+                    f"dropped; set {dotted[:-4]}args to give {model.get('arch')} its own"
+                )
+            model["args"] = {}
     return from_dict(type(cfg), data)
+
+
+def _get_path(data: Any, keys: list[str]) -> Any:
+    """``data[k0][k1]...`` or ``None`` where the path does not exist."""
+    node = data
+    for key in keys:
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        elif isinstance(node, dict):
+            node = node.get(key)
+        else:
+            return None
+    return node
 
 
 # ----------------------------------------------------------------------------- files
@@ -156,10 +189,12 @@ def load_config(
     overrides: Iterable[str] = (),
     *,
     values: Mapping[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> RunConfig:
     """The one way a run config is made from outside: a YAML file or a shipped recipe's name
     (``"digits/distill"``; ``None`` = the defaults), then typed ``values`` (what command-line
-    flags set), then dotted ``key=value`` overrides (later wins); validated once, as a whole."""
+    flags set), then dotted ``key=value`` overrides (later wins); validated once, as a whole.
+    ``notes`` collects what the changes did beyond setting keys (see :func:`apply_values`)."""
     cfg = (
         from_dict(RunConfig, read_yaml(resolve_config_path(source)), "")
         if source is not None
@@ -167,7 +202,7 @@ def load_config(
     )
     changes = dict(values or {})
     changes.update({".".join(k): v for k, v in map(parse_override, overrides)})
-    return apply_values(cfg, changes) if changes else cfg
+    return apply_values(cfg, changes, notes=notes) if changes else cfg
 
 
 class _ValuesOnlyLoader(yaml.SafeLoader):

@@ -99,3 +99,25 @@ def test_python_values_are_converted_as_yaml_converts_them() -> None:
     from_yaml = load_config(None, ["optim.lr=1", "optim.betas=[0.9, 0.99]"])
     assert from_python == from_yaml
     assert type(from_python.optim.lr) is float and from_python.optim.betas == (0.9, 0.99)
+
+
+def test_an_arch_override_drops_the_old_architectures_args_with_a_note() -> None:
+    """``kdistill train digits/scratch model.arch=timm:resnet18`` once passed the MLP's
+    ``hidden`` to timm's ResNet."""
+    recipe = load_config("digits/scratch")
+    assert recipe.model.args, "the test needs a recipe whose model has arguments"
+    notes: list[str] = []
+    cfg = load_config("digits/scratch", ["model.arch=resnet20"], notes=notes)
+    assert cfg.model.arch == "resnet20" and cfg.model.args == {}
+    assert len(notes) == 1 and "model.arch changed from mlp to resnet20" in notes[0]
+    assert "hidden=" in notes[0] and "are dropped" in notes[0]
+
+
+def test_an_arch_override_with_its_own_args_or_the_same_arch_keeps_them() -> None:
+    notes: list[str] = []
+    both = load_config(
+        "digits/scratch", ["model.arch=mlp_wide", "model.args.hidden=[32]"], notes=notes
+    )
+    assert both.model.args == {"hidden": [32]} and notes == []
+    same = load_config("digits/scratch", ["model.arch=mlp"], notes=notes)
+    assert same.model.args == load_config("digits/scratch").model.args and notes == []
