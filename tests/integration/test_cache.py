@@ -117,6 +117,21 @@ def test_a_changed_teacher_weight_invalidates_an_explicit_cache_dir(tmp_path, te
     assert any("rebuilding" in m for m in messages)
 
 
+def test_a_damaged_cache_is_said_to_be_damaged_and_rebuilt(tmp_path, teacher_run):
+    cfg = cached_config(tmp_path, teacher_run, f"kd.teacher_cache.dir={tmp_path / 'cache'}")
+    data, teacher, cache = prepare(cfg)
+    logits = cache.path / "logits.npy"
+    logits.write_bytes(logits.read_bytes()[:-8])
+    messages = []
+    rebuilt = prepare_teacher_cache(
+        cfg, data, teacher, torch.device("cpu"), progress=False, log=messages.append
+    )
+    assert rebuilt.fingerprint == cache.fingerprint
+    (line,) = [m for m in messages if "rebuilding" in m]
+    assert line.startswith(f"the teacher cache {cache.path} is damaged (teacher-cache file ")
+    assert line.endswith("; rebuilding it") and "delete" not in line and "--rebuild" not in line
+
+
 def test_training_reads_the_cache_and_runs_share_it(tmp_path, teacher_run):
     messages = []
     first = run(cached_config(tmp_path, teacher_run), progress=False, log=messages.append)

@@ -4,6 +4,7 @@ from kdistill.cache.fingerprint import array_digest, fingerprint, module_digest,
 from kdistill.cache.store import (
     CacheError,
     CacheLayout,
+    DamagedCacheError,
     TeacherCache,
     build_cache,
     open_cache,
@@ -13,6 +14,7 @@ from kdistill.cache.store import (
 __all__ = [
     "CacheError",
     "CacheLayout",
+    "DamagedCacheError",
     "TeacherCache",
     "array_digest",
     "build_cache",

@@ -54,6 +54,15 @@ class CacheError(ArtifactError):
     """A cache that is missing, incomplete, corrupted, or was made from something else."""
 
 
+class DamagedCacheError(CacheError):
+    """A finished cache that cannot be used as it is: files missing, changed or unreadable, or
+    another format. ``problem`` says what, without the remedy the message ends with."""
+
+    def __init__(self, message: str, remedy: str) -> None:
+        super().__init__(message)
+        self.problem = message.split(f"; {remedy}")[0]
+
+
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
@@ -113,6 +122,18 @@ class TeacherCache:
             raise CacheError(f"{self.path} is not a finished teacher cache (no {MANIFEST})")
         remedy = f"delete {self.path} (or run kdistill cache build --rebuild) to rebuild it"
         try:
+            self._open(manifest_path, remedy)
+        except CacheError as e:
+            raise DamagedCacheError(str(e), remedy) from None
+        # id -> row: sample ids are dataset indices, so a dense table is small and O(1).
+        self._row_of = np.full(
+            int(self.sample_ids.max()) + 1 if len(self.sample_ids) else 0, -1, np.int64
+        )
+        self._row_of[self.sample_ids] = np.arange(len(self.sample_ids))
+
+    def _open(self, manifest_path: Path, remedy: str) -> None:
+        """Read and check the manifest, the files' checksums and the arrays' shapes."""
+        try:
             self.manifest = read_json(manifest_path, "teacher-cache manifest")
         except ArtifactError as e:
             raise CacheError(f"{e}; {remedy}") from None
@@ -152,11 +173,6 @@ class TeacherCache:
         if self.layout.crops:
             self.crops = _load_array(self.path / "crops.npy", remedy, mmap=True)
         self._check_shapes(remedy)
-        # id -> row: sample ids are dataset indices, so a dense table is small and O(1).
-        self._row_of = np.full(
-            int(self.sample_ids.max()) + 1 if len(self.sample_ids) else 0, -1, np.int64
-        )
-        self._row_of[self.sample_ids] = np.arange(len(self.sample_ids))
 
     def _check_shapes(self, remedy: str) -> None:
         """The arrays have the shapes and dtypes the manifest's layout says."""

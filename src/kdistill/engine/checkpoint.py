@@ -72,6 +72,8 @@ class Checkpoint:
     epoch: int
     best: Path
     info: Mapping[str, Any] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()
+    """Why each newer checkpoint was passed over (damaged or missing files), newest first."""
 
     @property
     def model_file(self) -> Path:
@@ -138,17 +140,42 @@ class Checkpointer(Callback):
             with os_errors(tmp / STATE, "write"):
                 torch.save(trainer.state_dict(), tmp / STATE)
         best = _epoch_dir_name(state.best_epoch) if state.best_epoch >= 0 else name
-        known = self._pointer().get("files", {})
+        previous = self._pointer()
+        kept = self._kept_after(name, best)
+        # the older checkpoints a resume can fall back to when a newer one is damaged: those of
+        # this run's past (not of a future abandoned by a resume) whose best is kept too
+        older = [
+            entry
+            for entry in _entries(previous)
+            if isinstance(entry.get("epoch"), int)
+            and entry["epoch"] < epoch
+            and entry.get("dir") in kept
+            and entry.get("best") in kept
+        ]
+        known = previous.get("files", {}) if isinstance(previous.get("files"), dict) else {}
         files = {}
-        for d in {name, best}:  # the best epoch's files were hashed when they were written
-            reuse = d != name and isinstance(known.get(d), dict)
+        for d in {name, best, *(e["dir"] for e in older), *(e["best"] for e in older)}:
+            reuse = d != name and isinstance(known.get(d), dict)  # hashed when written
             files[d] = (
                 known[d] if reuse else {f: sha256_file(self.root / d / f) for f in (MODEL, STATE)}
             )
-        pointer = {"epoch": epoch, "dir": name, "best": best, "files": files, "info": self.info}
+        pointer = {
+            "epoch": epoch,
+            "dir": name,
+            "best": best,
+            "files": files,
+            "info": self.info,
+            "older": [{k: e[k] for k in ("epoch", "dir", "best")} for e in older],
+        }
         atomic_write_text(self.root / LATEST, json.dumps(pointer, indent=2, sort_keys=True))
-        self._prune(keep={name, best})
+        self._prune(keep=kept)
         return final
+
+    def _kept_after(self, name: str, best: str) -> set[str]:
+        """The epoch directories kept once ``name`` is the newest: the ``keep`` newest and the
+        best."""
+        epochs = sorted({*(p.name for p in self.root.glob("epoch-*") if p.is_dir()), name})
+        return {*epochs[-self.keep :], name, best}
 
     def _pointer(self) -> dict[str, Any]:
         path = self.root / LATEST
@@ -161,19 +188,19 @@ class Checkpointer(Callback):
         return data if isinstance(data, dict) else {}
 
     def _prune(self, keep: set[str]) -> None:
-        epochs = sorted(p.name for p in self.root.glob("epoch-*") if p.is_dir())
-        newest = set(epochs[-self.keep :])
-        for old in epochs:
-            if old not in newest and old not in keep:
+        for old in sorted(p.name for p in self.root.glob("epoch-*") if p.is_dir()):
+            if old not in keep:
                 shutil.rmtree(self.root / old, ignore_errors=True)
 
     @staticmethod
     def latest(run_dir: str | Path) -> Checkpoint | None:
-        """The newest complete checkpoint of a run, its files checked; ``None`` if there is none.
+        """The newest complete checkpoint of a run whose files check out; ``None`` if there is
+        none. A newer checkpoint with missing or damaged files is passed over for an older one
+        the pointer lists (:attr:`Checkpoint.skipped` says which and why).
 
         Raises:
-            CheckpointError: an unreadable pointer, or files that are missing or differ from
-                their recorded sha256.
+            CheckpointError: an unreadable pointer, or no listed checkpoint whose files are all
+                there with their recorded sha256.
         """
         root = checkpoint_root(run_dir)
         pointer_path = root / LATEST
@@ -188,12 +215,39 @@ class Checkpointer(Callback):
                     "checksums: this version cannot continue it. Finish it with the kdistill that "
                     "started it, or start over with --force (the old run is moved aside)"
                 )
-            newest, best = root / pointer["dir"], root / pointer["best"]
-            for d in {pointer["dir"], pointer["best"]}:
-                for f, digest in pointer["files"][d].items():
-                    verify_file(root / d / f, digest, "checkpoint file", remedy)
-            return Checkpoint(newest, int(pointer["epoch"]), best, dict(pointer.get("info", {})))
+            skipped: list[str] = []
+            first: ArtifactError | None = None
+            for entry in _entries(pointer):
+                try:
+                    for d in {entry["dir"], entry["best"]}:
+                        for f, digest in pointer["files"][d].items():
+                            verify_file(root / d / f, digest, "checkpoint file", remedy)
+                except ArtifactError as e:
+                    first = first or e
+                    skipped.append(f"{entry['dir']}: {e}".split("; " + remedy)[0])
+                    continue
+                return Checkpoint(
+                    root / entry["dir"],
+                    int(entry["epoch"]),
+                    root / entry["best"],
+                    dict(pointer.get("info", {})),
+                    tuple(skipped),
+                )
+            if first is None:
+                raise KeyError("dir")  # a pointer that lists no checkpoint
+            raise first
         except ArtifactError as e:
             raise CheckpointError(str(e)) from None
         except (KeyError, TypeError, ValueError, AttributeError):
             raise CheckpointError(f"{pointer_path} is malformed; {remedy}") from None
+
+
+def _entries(pointer: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The checkpoints a pointer lists, newest first: its own, then the older ones it keeps."""
+    if "dir" not in pointer:
+        return []
+    older = pointer.get("older", [])
+    return [
+        {"epoch": pointer["epoch"], "dir": pointer["dir"], "best": pointer["best"]},
+        *(e for e in older if isinstance(e, dict)),
+    ]

@@ -192,6 +192,8 @@ def _run(
         )
         if checkpoint is not None:
             trainer.load_state_dict(checkpoint.training_state())
+            for reason in checkpoint.skipped:
+                log(f"passing over the checkpoint {reason}")
             log(f"resuming {run_dir} after epoch {trainer.state.epoch} ({checkpoint.path.name})")
         setup_s = time.perf_counter() - started
         try:

@@ -19,6 +19,7 @@ import torch
 from kdistill.cache import (
     CacheError,
     CacheLayout,
+    DamagedCacheError,
     TeacherCache,
     build_cache,
     fingerprint,
@@ -222,7 +223,10 @@ def prepare_teacher_cache(
                     raise CacheError(
                         f"{e}. Set kd.teacher_cache.on_mismatch=rebuild to rebuild it."
                     ) from None
-                log(f"{e}: rebuilding it")
+                if isinstance(e, DamagedCacheError):
+                    log(f"the teacher cache {path} is damaged ({e.problem}); rebuilding it")
+                else:
+                    log(f"{e}; rebuilding it")
                 cache = None
             if cache is not None:
                 log(f"teacher cache: reading {path} ({views.shape[1]} view(s) per sample)")

@@ -14,6 +14,7 @@ an unfinished run is refused unless a specific file inside it is named.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,7 +68,27 @@ def save_model_file(
         metadata[SPEC_KEY] = spec.to_json()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        _sort_metadata(tmp)
     return Path(path).stat().st_size
+
+
+def _sort_metadata(path: Path) -> None:
+    """Write the metadata keys of a safetensors file in sorted order, so that the same tensors
+    and metadata give the same bytes (a user's ``sha256sum`` of two runs agrees): safetensors'
+    writer keeps metadata in a hash map whose order changes from one process to the next. The
+    header is rewritten in place, padded with spaces as the format allows."""
+    with os_errors(path, "write"), open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        metadata = header.get("__metadata__")
+        if not metadata:
+            return
+        header["__metadata__"] = dict(sorted(metadata.items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # never: the same keys and values in another order
+            raise ArtifactError(f"{path}: the sorted safetensors header does not fit in place")
+        f.seek(8)
+        f.write(text.ljust(size, b" "))
 
 
 @dataclass(frozen=True)

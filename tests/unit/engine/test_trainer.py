@@ -137,13 +137,18 @@ def test_checkpointer_keeps_the_newest_and_the_best(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_corrupted_checkpoint_files_are_caught(tmp_path):
-    trainer = make_trainer([Checkpointer(tmp_path, keep=2, describe=lambda _: SPEC)], epochs=2)
-    trainer.fit()
-    newest = Checkpointer.latest(tmp_path).path
-    data = bytearray((newest / STATE).read_bytes())
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (newest / STATE).write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
+
+
+def test_corrupted_checkpoint_files_are_caught(tmp_path):
+    trainer = make_trainer([Checkpointer(tmp_path, keep=1, describe=lambda _: SPEC)], epochs=2)
+    trainer.fit()
+    latest = Checkpointer.latest(tmp_path)
+    for path in {latest.path, latest.best}:  # no older checkpoint to fall back to
+        _flip_a_byte(path / STATE)
     with pytest.raises(CheckpointError, match=r"state.pt is corrupted.*--force"):
         Checkpointer.latest(tmp_path)
     (tmp_path / "checkpoints" / LATEST).write_text("{")
@@ -152,6 +157,32 @@ def test_corrupted_checkpoint_files_are_caught(tmp_path):
     (tmp_path / "checkpoints" / LATEST).write_text(json.dumps({"epoch": 1}))
     with pytest.raises(CheckpointError, match="malformed"):
         Checkpointer.latest(tmp_path)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_that_checks_out(tmp_path):
+    keeper = Checkpointer(tmp_path, keep=3, describe=lambda _: SPEC)
+    trainer = make_trainer([keeper], epochs=4)
+    trainer.fit()
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.glob("epoch-*"))[-3:] == [
+        "epoch-0001",
+        "epoch-0002",
+        "epoch-0003",
+    ]
+    _flip_a_byte(root / "epoch-0003" / MODEL)
+    (root / "epoch-0002" / STATE).unlink()
+    fallback = Checkpointer.latest(tmp_path)
+    assert fallback.epoch == 1 and fallback.path.name == "epoch-0001"
+    assert len(fallback.skipped) == 2
+    assert fallback.skipped[0].startswith("epoch-0003: ") and "corrupted" in fallback.skipped[0]
+    assert fallback.skipped[1].startswith("epoch-0002: ") and "missing" in fallback.skipped[1]
+    assert fallback.training_state()["train_state"]["epoch"] == 2
+    # the resumed run writes its epochs again and the pointer forgets the abandoned ones
+    resumed = make_trainer([Checkpointer(tmp_path, keep=3, describe=lambda _: SPEC)], epochs=4)
+    resumed.load_state_dict(fallback.training_state())
+    resumed.fit()
+    again = Checkpointer.latest(tmp_path)
+    assert again.epoch == 3 and again.skipped == ()
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
