@@ -22,6 +22,15 @@ def _check_range(kind: str, start: int, end: int | None, frequency: int = 1) -> 
     require(frequency >= 1, f"{kind} policy: frequency must be >= 1 epoch, got {frequency}")
 
 
+def agp_sparsity(epoch: int, *, initial: float, final: float, start: int, span: int) -> float:
+    """Zhu and Gupta (2017): ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3``, clamped to
+    ``[t0, t0 + n dt]``; ``span`` is ``n dt`` in epochs (0 = reach ``final`` at once)."""
+    if span <= 0:
+        return final if epoch >= start else initial
+    progress = min(max((epoch - start) / span, 0.0), 1.0)
+    return final + (initial - final) * (1.0 - progress) ** 3
+
+
 class _Windowed:
     """The epochs a policy acts in, as the one window type (policies without an
     ``ending_epoch`` act until the end)."""
@@ -147,7 +156,9 @@ class PruningPolicy(_Windowed):
     starting_epoch: int = doc("first pruning step (t0)", 0)
     ending_epoch: int | None = doc(
         "the window is [starting_epoch, ending_epoch): AGP reaches the target in its last "
-        "epoch, ending_epoch - 1 (t0 + n dt); null = in the run's last epoch",
+        "epoch, ending_epoch - 1 (t0 + n dt); null = in the run's last epoch. An AGP window "
+        "that ends after the run follows its own curve and is cut off by the run's end (as "
+        "Distiller runs a schedule longer than --epochs; the run warns)",
         None,
     )
     frequency: int = doc("epochs between pruning steps (dt)", 1)
@@ -275,6 +286,23 @@ class RegularizationPolicy(_Windowed):
     )
     starting_epoch: int = doc("first epoch with the penalty", 0)
     ending_epoch: int | None = doc("epoch at which it stops (exclusive); null = the end", None)
+    threshold: float | None = doc(
+        "after every optimizer step of the window, zero the groups (group_lasso) whose "
+        "threshold_criteria is at or below this, or the single weights (l1) whose magnitude is "
+        "(Distiller's regularizers with threshold_criteria, whose threshold is the strength); "
+        "null = penalty only",
+        None,
+    )
+    threshold_criteria: Literal["mean_abs", "max"] = doc(
+        "with threshold: a group's mean absolute weight (Distiller's Mean_Abs) or its largest "
+        "absolute weight (Max)",
+        "mean_abs",
+    )
+    keep_mask: bool = doc(
+        "with threshold: the groups zeroed by the window's last step stay zero for the rest of "
+        "training (Distiller's keep_mask); otherwise they may grow back once the window ends",
+        False,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "policies[]")
@@ -284,6 +312,53 @@ class RegularizationPolicy(_Windowed):
             self.type == "group_lasso" or self.groups == "filters",
             f"regularization policy: groups={self.groups} applies to group_lasso, not {self.type}",
         )
+        require(
+            self.threshold is None or self.threshold > 0,
+            f"regularization policy: threshold must be > 0 or null, got {self.threshold}",
+        )
+        require(
+            not self.keep_mask or self.threshold is not None,
+            "regularization policy: keep_mask keeps what threshold zeroed; set threshold too",
+        )
+
+
+@dataclass(frozen=True)
+class ThinningPolicy:
+    """Distiller's network thinning (``FilterRemover`` / ``ChannelRemover``): at the start of
+    each listed epoch, after that epoch's pruning steps, the all-zero filters (or input
+    channels) of the chosen Conv2d layers are removed from the network with what depends on
+    them (the next layer's inputs, BatchNorm), whichever policy zeroed them. Pruning that acts
+    later masks the smaller layers."""
+
+    kind: Literal["thinning"] = doc("policy type", "thinning")
+    structure: Literal["filters", "channels"] = doc(
+        "filters (Conv2d output channels) or channels (Conv2d input channels)", "filters"
+    )
+    epochs: tuple[int, ...] = doc("the epochs at whose start zeroed groups are removed", (0,))
+    modules: tuple[str, ...] = doc(
+        "module names or 're:regex' of the Conv2d layers to thin; empty = every Conv2d "
+        "(Distiller thins every 4-D weight)",
+        (),
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "policies[]")
+        require(
+            bool(self.epochs) and all(e >= 0 for e in self.epochs),
+            f"thinning policy: epochs must list epochs >= 0, got {list(self.epochs)}",
+        )
+        require(
+            list(self.epochs) == sorted(set(self.epochs)),
+            f"thinning policy: epochs must be increasing, got {list(self.epochs)}",
+        )
+
+    @property
+    def starting_epoch(self) -> int:
+        return self.epochs[0]
+
+    @property
+    def window(self) -> EpochWindow:
+        return EpochWindow(self.epochs[0], self.epochs[-1] + 1)
 
 
 PolicyConfig = (
@@ -292,4 +367,5 @@ PolicyConfig = (
     | PruningPolicy
     | ChannelPruningPolicy
     | RegularizationPolicy
+    | ThinningPolicy
 )

@@ -107,7 +107,11 @@ def test_a_distillation_command_with_its_schedule(tmp_path, teacher_run, capsys)
     # the written config is the native form of the same run
     cfg = load_config(str(tmp_path / "agp-kdistill.yaml"))
     assert (cfg.kd.alpha, cfg.kd.beta, cfg.kd.temperature, cfg.kd.start_epoch) == (0.3, 0.7, 4, 1)
-    assert len(cfg.policies) == 4 and cfg.schedule.gammas == (0.5, 0.2)  # the penalty split in 2
+    # two pruners, the penalty split in 2, and the thinning
+    assert [p.kind for p in cfg.policies] == [
+        "pruning", "pruning", "regularization", "regularization", "thinning"
+    ]  # fmt: skip
+    assert cfg.schedule.gammas == (0.5, 0.2)
 
 
 QAT = """\
@@ -263,8 +267,23 @@ def test_dry_run_trains_nothing_and_notes_ignored_flags(tmp_path, capsys):
     printed = capsys.readouterr().out
     for flag in ("--masks-sparsity", "--summary", "--confusion", "--verbose"):
         assert f"{flag} ignored" in printed
-    assert "kdistill train CONFIG --nproc 2" in printed and "device: 'cuda:0'" in printed
+    assert "kdistill train CONFIG --nproc 2" in printed
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_gpus_without_cuda_uses_the_cpu_as_distiller_does(tmp_path, capsys, monkeypatch, cuda):
+    monkeypatch.setattr("kdistill.cli.distiller._cuda_available", lambda: cuda)
+    argv = ["distiller", "digits", "-a", "mlp", "--dry-run", "-o", str(tmp_path), "--gpu=0",
+            "--batch=128"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "batch_size: 128" in printed
+    if cuda:
+        assert "device: 'cuda:0'" in printed and "no CUDA GPU" not in printed
+    else:
+        assert "device: cpu" in printed
+        assert "--gpus 0: this machine has no CUDA GPU; the run uses the CPU" in printed
 
 
 def test_distillers_vgg_checkpoint_names_load(tmp_path):

@@ -64,7 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--arch", "-a", metavar="ARCH", help=f"student model [{D}: resnet18]")
     g.add_argument("-j", "--workers", type=int, metavar="N", help="ignored (data loader workers)")
     g.add_argument("--epochs", type=int, metavar="N", help=f"[{D}: 90]")
-    g.add_argument("-b", "--batch-size", type=int, metavar="N", help=f"[{D}: 256]")
+    # Distiller's argparse takes unique prefixes; its examples write --batch and --gpu
+    g.add_argument(
+        "-b", "--batch-size", "--batch", type=int, metavar="N", dest="batch_size",
+        help=f"[{D}: 256]",
+    )  # fmt: skip
     g.add_argument("--lr", "--learning-rate", type=float, metavar="LR", help=f"[{D}: 0.1]")
     g.add_argument("--momentum", type=float, metavar="M", help=f"[{D}: 0.9]")
     g.add_argument(
@@ -79,8 +83,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="F", help=f"fraction of the training set held out for validation [{D}: 0.1]",
     )  # fmt: skip
     g.add_argument(
-        "--gpus", metavar="DEV_ID", help="device id(s), e.g. 0 or 0,1 (the first is used)"
-    )
+        "--gpus", "--gpu", metavar="DEV_ID", dest="gpus",
+        help="device id(s), e.g. 0 or 0,1 (the first is used; the CPU, with a note, where "
+        "there is no CUDA GPU, as Distiller does)",
+    )  # fmt: skip
     g.add_argument("--cpu", action="store_true", default=None, help="run on the CPU")
     g.add_argument("--deterministic", "--det", action="store_true", default=None)
     g.add_argument("--seed", type=int, help=f"[{D}: random; kdistill: 0]")
@@ -137,7 +143,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="also write the equivalent kdistill config to FILE (YAML)")  # fmt: skip
     own.add_argument("--dry-run", action="store_true",
                      help="print the equivalent config and stop (nothing is trained)")  # fmt: skip
-    own.add_argument("--resume", action="store_true", help="continue this run if interrupted")
+    own.add_argument(
+        "--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+        help="continue this kdistill run if it was interrupted; --resume=CHECKPOINT is "
+        "Distiller's deprecated spelling of --resume-from CHECKPOINT",
+    )  # fmt: skip
+    own.add_argument(
+        "--on-collapse", choices=("stop", "warn", "ignore"), dest="on_collapse",
+        help="what a collapse (a student predicting one class, or at chance) does: stop the "
+        "run (kdistill's default, also for translated runs), warn, or ignore it "
+        "[train.on_collapse]",
+    )  # fmt: skip
     own.add_argument("--force", action="store_true", help="start this run over")
     own.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     own.add_argument("--trust-code", action="store_true",
@@ -153,8 +169,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def translate(args: argparse.Namespace) -> Any:
-    """The :class:`~kdistill.config.distiller.Translation` of the parsed flags."""
-    from kdistill.config.distiller import DistillerError, translate_flags
+    """The :class:`~kdistill.interop.distiller.Translation` of the parsed flags."""
+    from kdistill.interop.distiller import DistillerError, translate_flags
 
     for dest, what in REFUSED.items():
         if getattr(args, dest) not in (None, False, []):
@@ -166,12 +182,42 @@ def translate(args: argparse.Namespace) -> Any:
                 f"--{dest.replace('_', '-')} {value}: kdistill trains and evaluates on whole "
                 "splits; make a smaller dataset (an image folder or .npz) to subsample"
             )
+    if isinstance(args.resume, str):  # Distiller's --resume=PATH
+        if args.resume_from:
+            raise DistillerError(
+                f"--resume={args.resume} and --resume-from {args.resume_from}: give one (in "
+                "Distiller --resume is the deprecated spelling of --resume-from)"
+            )
+        args.resume_from, args.resume = args.resume, False
+        resumed_note = (
+            f"--resume={args.resume_from}: Distiller's deprecated spelling of --resume-from "
+            "(kdistill's own --resume, without a value, continues an interrupted kdistill run)"
+        )
+    else:
+        resumed_note = None
     values = {k: v for k, v in vars(args).items() if k not in IGNORED}
     result = translate_flags(values, args.compress)
+    if resumed_note:
+        result.notes.insert(0, resumed_note)
+    if args.on_collapse is not None:
+        result.config.setdefault("train", {})["on_collapse"] = args.on_collapse
+    device = result.config.get("train", {}).get("device", "auto")
+    if device.startswith("cuda") and not _cuda_available():
+        result.config["train"]["device"] = "cpu"
+        result.notes.append(
+            f"--gpus {args.gpus}: this machine has no CUDA GPU; the run uses the CPU (as "
+            "Distiller does)"
+        )
     for dest, why in IGNORED.items():
         if getattr(args, dest) not in (None, False, []):
             result.notes.append(f"--{dest.replace('_', '-')} ignored: {why}")
     return result
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from kdistill.policies import (
     PruningPolicy,
     QuantizationPolicy,
     RegularizationPolicy,
+    ThinningPolicy,
 )
 from kdistill.validation import QUANT_SETTINGS, EpochWindow
 
@@ -160,7 +161,14 @@ class UnstructuredPruning(Callback):
         self, policy: PruningPolicy, epochs: int, input_shape: tuple[int, ...], log: Log
     ) -> None:
         self.policy = policy
-        self.end = policy.window.last(epochs)  # AGP reaches the target here
+        # AGP reaches the target here; a window past the run keeps its own curve (Distiller's
+        # schedules longer than --epochs), which the run's end cuts off
+        self.end = (
+            policy.last_step
+            if policy.schedule == "agp" and policy.last_step is not None
+            else policy.window.last(epochs)
+        )
+        self.epochs = epochs
         self.input_shape = input_shape
         self.log = log
         self.pruner: pruning.MaskPruner | None = None
@@ -212,18 +220,38 @@ class UnstructuredPruning(Callback):
         p = self.policy
         return p.schedule == "threshold" and p.window.is_step(epoch, p.frequency)
 
+    @property
+    def steps(self) -> tuple[int, int]:
+        """The first and last epoch in which this policy prunes."""
+        return self.policy.starting_epoch, self.end
+
     def on_fit_start(self, trainer: Trainer) -> None:
         mine = set(self._ensure(trainer).param_names)
         for other in self.siblings:
             if other is self or other.pruner is None:
                 continue
             shared = sorted(mine & set(other.pruner.param_names))
-            if shared:
+            (a0, a1), (b0, b1) = self.steps, other.steps
+            if shared and a0 <= b1 and b0 <= a1:
                 raise ValueError(
                     f"pruning policies: {', '.join(n[: -len('.weight')] for n in shared)} "
-                    "chosen by more than one policy; each layer may be pruned by one policy "
-                    "(list disjoint modules)"
+                    f"pruned by two policies in the same epochs ({a0}..{a1} and {b0}..{b1}); a "
+                    "layer may be pruned by several policies only one after the other (list "
+                    "disjoint modules, or disjoint epochs)"
                 )
+        if self.policy.schedule == "agp" and self.end >= self.epochs and trainer.state.epoch == 0:
+            reached = pruning.agp_sparsity(
+                self.epochs - 1,
+                initial=self.policy.initial_sparsity,
+                final=self.policy.target_sparsity,
+                start=self.policy.starting_epoch,
+                span=self.end - self.policy.starting_epoch,
+            )
+            self.log(
+                f"pruning: the AGP schedule ends at epoch {self.end + 1}, after the run's "
+                f"{self.epochs} epochs: its last step in this run reaches "
+                f"{reached:.1%} sparsity, not the target {self.policy.target_sparsity:.1%}"
+            )
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         target = self.target(epoch)
@@ -295,21 +323,124 @@ class UnstructuredPruning(Callback):
             self.pruner.load_state_dict(state)
 
 
-class Regularization(Callback):
-    """Adds ``weight * penalty`` to the loss in the policy's epochs."""
+class Thinning(Callback):
+    """Removes the all-zero filters (or input channels) of the chosen Conv2d layers at the start
+    of each of the policy's epochs, after that epoch's pruning steps (Distiller's thinning)."""
 
-    def __init__(self, policy: RegularizationPolicy, index: int) -> None:
+    def __init__(self, policy: ThinningPolicy, input_shape: tuple[int, ...], log: Log) -> None:
+        self.policy = policy
+        self.input_shape = input_shape
+        self.log = log
+        self.done: list[int] = []  # epochs thinned (kept across a resume)
+        self.shapes: dict[str, Any] | None = None
+        self.pruners: Sequence[UnstructuredPruning] = ()  # whose masks follow the new shapes
+
+    @property
+    def changed_at(self) -> int:
+        return self.done[-1] if self.done else -1
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        if epoch not in self.policy.epochs or epoch in self.done:
+            return
+        student = trainer.student
+        convs = [
+            n
+            for n in select_layers(student, self.policy.modules, what="thinning policy modules")
+            if isinstance(student.get_submodule(n), nn.Conv2d)
+        ]
+        before = sum(p.numel() for p in student.parameters())
+        outcome = pruning.remove_zeroed_groups(
+            student, self.input_shape, convs, self.policy.structure
+        )
+        for cb in self.pruners:
+            if cb.pruner is not None:
+                cb.pruner.refresh(student)
+        self.done.append(epoch)
+        self.shapes = pruning.layer_shapes(student)
+        trainer.replace_student(student)  # new, smaller parameters: re-wrap, new optimizer
+        after = sum(p.numel() for p in student.parameters())
+        for name, what in outcome.items():
+            if what != "nothing to remove":
+                self.log(f"  {name}: {what}")
+        self.log(
+            f"thinning at epoch {epoch + 1}: the zeroed {self.policy.structure} removed, "
+            f"{before:,} -> {after:,} parameters"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": list(self.done), "shapes": self.shapes}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.done = [int(e) for e in state.get("done", [])]
+        self.shapes = state.get("shapes")
+
+
+class Regularization(Callback):
+    """Adds ``weight * penalty`` to the loss in the policy's epochs; with a ``threshold``, zeroes
+    the groups at or below it after every step of the window (Distiller's thresholded group
+    lasso), and with ``keep_mask`` keeps the last step's zeros for the rest of training."""
+
+    def __init__(self, policy: RegularizationPolicy, index: int, epochs: int = 0) -> None:
         self.policy = policy
         self.name = f"reg_{policy.type}" + (f"_{index}" if index else "")
         self.active = False
         self.layers: list[str] | None = None
+        self.last_epoch = policy.window.last(epochs) if epochs else -1
+        self.epoch = -1
+        self.kept: dict[str, torch.Tensor] = {}  # keep_mask: weight name -> mask
+        self.groups = policy.groups if policy.type == "group_lasso" else None
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         self.active = self.policy.window.contains(epoch)
+        self.epoch = epoch
         if self.layers is None:
             self.layers = select_layers(
                 trainer.student, self.policy.modules, what="regularization policy modules"
             )
+
+    @torch.no_grad()
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        p = self.policy
+        params = dict(trainer.student.named_parameters())
+        if self.kept:
+            for name, mask in list(self.kept.items()):
+                weight = params.get(name)
+                if weight is None:
+                    continue
+                if mask.shape != weight.shape:  # thinned since: its zeros are the mask
+                    mask = self.kept[name] = (weight.detach() != 0).cpu()
+                weight.mul_(mask.to(weight.device, weight.dtype))
+        if not self.active or p.threshold is None or self.layers is None:
+            return
+        for weight in self._thresholded(params):
+            mask = regularization.threshold_mask(
+                weight, self.groups, p.threshold_criteria, p.threshold
+            )
+            weight.mul_(mask.to(weight.device, weight.dtype))
+
+    def _thresholded(self, params: Mapping[str, nn.Parameter]) -> list[nn.Parameter]:
+        assert self.layers is not None
+        return [params[f"{n}.weight"] for n in self.layers if f"{n}.weight" in params]
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        p = self.policy
+        if p.keep_mask and p.threshold is not None and epoch == self.last_epoch:
+            # the last step's zeros (the step thresholded the weights, so they are exactly the
+            # groups at or below the threshold) stay zero from now on
+            params = dict(trainer.student.named_parameters())
+            self.kept = {
+                f"{n}.weight": regularization.threshold_mask(
+                    params[f"{n}.weight"], self.groups, p.threshold_criteria, p.threshold
+                ).cpu()
+                for n in self.layers or ()
+                if f"{n}.weight" in params
+            }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kept": {n: m.clone() for n, m in self.kept.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.kept = {n: m.bool() for n, m in state.get("kept", {}).items()}
 
     def extra_loss(self, trainer: Trainer) -> dict[str, tuple[torch.Tensor, float]]:
         if not self.active or self.layers is None:
@@ -328,6 +459,7 @@ def build_callbacks(
 ) -> list[Callback]:
     """The callbacks of a run's compression policies, in the order they must act."""
     by_kind = {p.kind: p for p in policies}
+    kinds = set(by_kind)
     # Their packages are optional extras: a missing one stops the run before it starts.
     if "channel_pruning" in by_kind:
         require("torch_pruning", "prune")
@@ -335,7 +467,7 @@ def build_callbacks(
         require("torchao", "quant")
         require("onnxruntime", "quant")  # the int8 ONNX model written at the end
         require("onnxscript", "quant")
-    if any(getattr(p, "remove_epoch", None) is not None for p in policies):
+    if "thinning" in kinds or any(getattr(p, "remove_epoch", None) is not None for p in policies):
         require("torch_pruning", "prune")
     callbacks: list[Callback] = []
     if "channel_pruning" in by_kind:
@@ -347,10 +479,15 @@ def build_callbacks(
     for cb in pruners:
         cb.siblings = pruners
     callbacks += pruners
+    # Thinning after the pruning steps of its epoch (what they zeroed is removed at once).
+    for policy in (p for p in policies if p.kind == "thinning"):
+        thinning = Thinning(policy, input_shape, log)
+        thinning.pruners = pruners
+        callbacks.append(thinning)
     if "quantization" in by_kind:
         callbacks.append(Quantization(by_kind["quantization"], input_shape, log))
     regs = [p for p in policies if p.kind == "regularization"]
-    callbacks += [Regularization(p, i) for i, p in enumerate(regs)]
+    callbacks += [Regularization(p, i, epochs) for i, p in enumerate(regs)]
     return callbacks
 
 
@@ -363,7 +500,7 @@ def structure_record(callbacks: Sequence[Callback]) -> dict[str, Any]:
     changed = [
         (cb.changed_at, i, cb.shapes)
         for i, cb in enumerate(callbacks)
-        if isinstance(cb, (ChannelPruning, UnstructuredPruning)) and cb.shapes is not None
+        if isinstance(cb, (ChannelPruning, UnstructuredPruning, Thinning)) and cb.shapes is not None
     ]
     if changed:
         record["layer_shapes"] = max(changed, key=lambda c: c[:2])[2]
@@ -399,6 +536,10 @@ def compression_report(callbacks: Sequence[Callback], student: nn.Module) -> dic
                 },
                 "packed_weight_bytes": quantization.packed_size_bytes(student, cb.layers),
             }
+        elif isinstance(cb, Thinning) and cb.done:
+            report.setdefault("thinning", []).append(
+                {"structure": cb.policy.structure, "epochs": list(cb.done)}
+            )
         elif isinstance(cb, UnstructuredPruning):
             names = cb.pruner.param_names if cb.pruner is not None else None
             threshold = cb.policy.schedule == "threshold"

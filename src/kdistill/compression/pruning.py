@@ -17,16 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.extras import require
-
-
-def agp_sparsity(epoch: int, *, initial: float, final: float, start: int, span: int) -> float:
-    """Zhu and Gupta (2017): ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3``, clamped to
-    ``[t0, t0 + n dt]``; ``span`` is ``n dt`` in epochs (0 = reach ``final`` at once)."""
-    if span <= 0:
-        return final if epoch >= start else initial
-    progress = min(max((epoch - start) / span, 0.0), 1.0)
-    return final + (initial - final) * (1.0 - progress) ** 3
-
+from kdistill.policies import agp_sparsity  # noqa: F401  (the schedule math lives with the policy)
 
 # The dimension whose slices form a group: filters are output channels (dim 0: a Conv2d's
 # filters, a Linear's rows), channels input channels (dim 1: a Conv2d's input channels, a

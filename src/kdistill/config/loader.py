@@ -140,9 +140,7 @@ def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
     return apply_values(cfg, {".".join(k): v for k, v in map(parse_override, overrides)})
 
 
-def apply_values(
-    cfg: T, values: Mapping[str, Any], *, notes: list[str] | None = None
-) -> T:
+def apply_values(cfg: T, values: Mapping[str, Any], *, notes: list[str] | None = None) -> T:
     """A new config with ``{"dotted.key": value}`` set (values already typed) and re-validated.
 
     A change of a model's ``arch`` that leaves its ``args`` alone drops the args, which belong to
@@ -231,13 +229,42 @@ class _ValuesOnlyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def parse_yaml(text: str) -> Any:
-    """Values from YAML text: plain data only (no tags, aliases or duplicate keys)."""
-    return yaml.load(text, Loader=_ValuesOnlyLoader)
+class _LastKeyWinsLoader(_ValuesOnlyLoader):
+    """Values only, but a key written twice keeps its last value (as PyYAML and the tools
+    whose files kdistill reads do), each one recorded in ``duplicates``."""
+
+    duplicates: list[tuple[Any, int, int]]
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:  # type: ignore[override]
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                self.duplicates.append((key, seen[key], line))
+            seen[key] = line
+        return yaml.SafeLoader.construct_mapping(self, node, deep=deep)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML file that must hold a mapping (empty file = empty mapping)."""
+def parse_yaml(text: str, duplicates: list[tuple[Any, int, int]] | None = None) -> Any:
+    """Values from YAML text: plain data only (no tags, aliases or duplicate keys). With
+    ``duplicates`` (another tool's file), a key written twice keeps its last value and
+    ``(key, first line, later line)`` is appended there instead."""
+    if duplicates is None:
+        return yaml.load(text, Loader=_ValuesOnlyLoader)
+    loader = _LastKeyWinsLoader(text)
+    loader.duplicates = duplicates
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def read_yaml(
+    path: str | Path, duplicates: list[tuple[Any, int, int]] | None = None
+) -> dict[str, Any]:
+    """Parse a YAML file that must hold a mapping (empty file = empty mapping); ``duplicates``
+    as in :func:`parse_yaml`."""
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"config file {str(p)!r} is a directory; give the YAML file in it")
@@ -248,7 +275,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {p}: {e}") from None
     try:
-        data = parse_yaml(text)
+        data = parse_yaml(text, duplicates)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML (values only, no tags or aliases): {e}") from None
     if data is None:

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from kdistill.methods import METHODS, method_args, method_info
-from kdistill.policies import ChannelPruningPolicy, PolicyConfig, QuantizationPolicy
+from kdistill.policies import (
+    ChannelPruningPolicy,
+    PolicyConfig,
+    PruningPolicy,
+    QuantizationPolicy,
+    ThinningPolicy,
+)
 from kdistill.validation import (
     BatchNormPolicy,
     ConfigError,
@@ -748,9 +754,9 @@ class RunConfig:
         kinds = [p.kind for p in self.policies]
         for kind in set(kinds):
             _require(
-                kinds.count(kind) == 1 or kind in ("regularization", "pruning"),
-                f"policies: {kinds.count(kind)} {kind} policies; give at most one (pruning and "
-                "regularization may repeat, on different layers)",
+                kinds.count(kind) == 1 or kind in ("regularization", "pruning", "thinning"),
+                f"policies: {kinds.count(kind)} {kind} policies; give at most one (pruning, "
+                "regularization and thinning may repeat)",
             )
         for p in self.policies:
             _require(
@@ -759,10 +765,17 @@ class RunConfig:
                 f"train.epochs={self.train.epochs}",
             )
             end = getattr(p, "ending_epoch", None)
+            cut_off = isinstance(p, PruningPolicy) and p.schedule == "agp"  # Distiller's way
             _require(
-                end is None or end <= self.train.epochs,
+                end is None or end <= self.train.epochs or cut_off,
                 f"policies: the {p.kind} policy ends at epoch {end}, after train.epochs={self.train.epochs}",
             )
+            if isinstance(p, ThinningPolicy):
+                _require(
+                    p.epochs[-1] < self.train.epochs,
+                    f"policies: the thinning policy's epoch {p.epochs[-1]} is not before "
+                    f"train.epochs={self.train.epochs}",
+                )
         _require(
             "distillation" not in kinds or self.kd is not None,
             "policies: a distillation policy needs the kd section (teacher, temperature, weights)",
@@ -775,17 +788,19 @@ class RunConfig:
             )
         q, c = self.policy("quantization"), self.policy("channel_pruning")
         for p in self.policies:
-            remove = getattr(p, "remove_epoch", None)
+            remove = (
+                p.epochs[-1] if isinstance(p, ThinningPolicy) else getattr(p, "remove_epoch", None)
+            )
             if remove is None:
                 continue
             _require(
                 remove < self.train.epochs,
-                f"policies: a pruning policy removes filters at epoch {remove}, not before "
+                f"policies: the {p.kind} policy removes filters at epoch {remove}, not before "
                 f"train.epochs={self.train.epochs}",
             )
             _require(
                 not isinstance(q, QuantizationPolicy) or remove <= q.starting_epoch,
-                f"policies: a pruning policy removes filters at epoch {remove}, after quantization "
+                f"policies: the {p.kind} policy removes filters at epoch {remove}, after quantization "
                 f"starts (epoch {q.starting_epoch if q else ''}): structure first, then QAT",
             )
         if isinstance(q, QuantizationPolicy) and isinstance(c, ChannelPruningPolicy):

@@ -123,7 +123,7 @@ def recorded_arch(path: str | Path, what: str) -> str | None:
     """The registry architecture a checkpoint names (Distiller's model names mapped to
     kdistill's), or ``None`` when it names none. A file never chooses code: an import path
     recorded in it is refused."""
-    from kdistill.config.distiller import DistillerError, map_arch
+    from kdistill.interop.distiller import DistillerError, map_arch
     from kdistill.trust import is_import_path
 
     name = checkpoint_arch(path)

@@ -13,7 +13,9 @@ from typing import Any
 
 from torch import nn
 
+from kdistill.interop.distiller import KDISTILL_ARCHS
 from kdistill.models.cifar_resnet import build_cifar_resnet
+from kdistill.models.distiller_models import DISTILLER_MODELS
 from kdistill.models.ecosystem import hf_builder, timm_builder
 from kdistill.models.lenet import build_lenet5
 from kdistill.models.mlp import build_mlp
@@ -38,7 +40,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet34": partial(build_torchvision_resnet, depth=34),
     "resnet50": partial(build_torchvision_resnet, depth=50),
     "mobilenet_v2": build_mobilenet_v2,
+    **DISTILLER_MODELS,
 }
+# the Distiller adapter maps these names to the registry unchanged: they must all be here
+assert set(MODELS) >= KDISTILL_ARCHS, f"not registered: {sorted(KDISTILL_ARCHS - set(MODELS))}"
 
 _SHAPE_ARGS = ("num_classes", "in_channels", "input_size")
 

@@ -4,15 +4,15 @@ import pytest
 import yaml
 
 from kdistill.config import from_dict
-from kdistill.config.distiller import (
+from kdistill.config.schema import RunConfig
+from kdistill.engine.schedule import build_lr_factor
+from kdistill.interop.distiller import (
     DistillerError,
     infer_dataset,
     map_arch,
     parameter_to_module,
     translate_flags,
 )
-from kdistill.config.schema import RunConfig
-from kdistill.engine.schedule import build_lr_factor
 
 
 def translate(tmp_path, schedule=None, **flags):
@@ -81,7 +81,7 @@ def test_gpus(tmp_path):
         ({"kd_resume": "t.pt"}, "--kd-resume needs --kd-teacher"),
         ({"kd_teacher": "resnet20_cifar", "kd_pretrained": True}, "never downloads"),
         ({"pretrained": True}, "--exp-load-weights-from"),
-        ({"arch": "vgg16_cifar"}, "no counterpart of this Distiller model"),
+        ({"arch": "resnet20_cifar_earlyexit"}, "no counterpart of this Distiller model"),
         ({"arch": "simplenet_mnist"}, "no counterpart"),
         ({"data": "/nonexistent/cifar"}, "does not exist"),
     ],
@@ -102,7 +102,10 @@ def test_architecture_names():
     assert map_arch("resnet18") == "resnet18"
     assert map_arch("vgg16") == "torchvision:vgg16"
     assert map_arch("mypkg.nets:small") == "mypkg.nets:small"
-    for name in ("resnet1202_cifar", "mobilenet_050", "preact_resnet18", "plain20_cifar"):
+    # Distiller's own simple models are in kdistill's registry under their Distiller names
+    for name in ("mobilenet_050", "preact_resnet18", "plain20_cifar", "vgg16_cifar", "alexnet_bn"):
+        assert map_arch(name) == name
+    for name in ("resnet1202_cifar", "simplenet_cifar", "resnet20_cifar_earlyexit"):
         with pytest.raises(DistillerError, match="Supported"):
             map_arch(name)
     assert parameter_to_module("module.layer1.0.conv1.weight") == "layer1.0.conv1"
@@ -169,12 +172,16 @@ policies:
 
 def test_agp_pruners_and_thinning(tmp_path):
     _, cfg = translate(tmp_path, AGP, epochs=12)
-    structured, fine = cfg.policies
+    structured, fine, thinning = cfg.policies
     # Distiller's AGP reaches the final sparsity at start + ((end - start - 1) // f) * f = 8,
     # which is the last epoch of kdistill's window [0, 9)
     assert (structured.starting_epoch, structured.ending_epoch, structured.frequency) == (0, 9, 2)
     assert (structured.structure, structured.scope, structured.remove_epoch) == (
-        "filters", "per_layer", 9
+        "filters", "per_layer", None
+    )  # fmt: skip
+    # Distiller's thinner removes every convolution's zeroed filters at its epoch
+    assert (thinning.kind, thinning.structure, thinning.epochs, thinning.modules) == (
+        "thinning", "filters", (9,), ()
     )  # fmt: skip
     assert (structured.initial_sparsity, structured.target_sparsity) == (0.1, 0.5)
     assert structured.modules == ("features.0",)
@@ -212,7 +219,12 @@ def test_level_pruner_and_regularizers(tmp_path):
         ("group_lasso", 0.002, ("features.3",), "channels", None),
         ("group_lasso", 0.001, ("features.0",), "filters", None),
     ]
-    assert any("threshold_criteria" in n for n in result.notes)
+    # threshold_criteria: the groups at or below the strength are zeroed after every step, and
+    # keep_mask keeps the last step's zeros
+    assert [(r.threshold, r.threshold_criteria, r.keep_mask) for r in regs] == [
+        (None, "mean_abs", False), (0.002, "mean_abs", True), (0.001, "mean_abs", True)
+    ]  # fmt: skip
+    assert not any("threshold_criteria" in n for n in result.notes)
 
 
 def test_quantization_aware_training(tmp_path):
@@ -320,9 +332,13 @@ def test_lr_factors_follow_distillers_epochs(tmp_path):
         ({"lr_schedulers": {"a": {"class": "CosineAnnealingLR", "T_max": 5}},
           "policies": [{"lr_scheduler": {"instance_name": "a"}, "epochs": [0]}]},
          "CosineAnnealingLR is not supported; supported: StepLR"),
-        ({"extensions": {"t": {"class": "FilterRemover", "thinning_func_str": "remove_filters"}},
+        ({"extensions": {"t": {"class": "FilterRemover", "thinning_func_str": "remove_rows"}},
           "policies": [{"extension": {"instance_name": "t"}, "epochs": [3]}]},
-         "no structured pruner"),
+         "thinning_func_str 'remove_rows'; Distiller's thinning functions are remove_filters"),
+        ({"regularizers": {"r": {"class": "GroupLassoRegularizer", "threshold_criteria": "L2",
+                                 "reg_regims": {"a.weight": [0.1, "Filters"]}}},
+          "policies": [{"regularizer": {"instance_name": "r"}, "epochs": [0]}]},
+         "threshold_criteria 'L2'"),
         ({"policies": [{"pruner": {"instance_name": "p"}, "epochs": [0], "when": 1}],
           "pruners": {"p": {"class": "SparsityLevelParameterPruner", "levels": {"a": 0.5}}}},
          "unknown key\\(s\\) when"),
