@@ -176,6 +176,12 @@ class PruningPolicy(_Windowed):
         "channels (Conv2d input channels; columns of a Linear)",
         "elements",
     )
+    group_dependency: Literal["independent", "leader"] = doc(
+        "structured pruning: each layer ranks its own groups, or the first module's ranking "
+        "chooses the groups of all (Distiller's group_dependency: Leader; for layers whose "
+        "filters are summed, so the same filters go and can be removed)",
+        "independent",
+    )
     remove_epoch: int | None = doc(
         "structured pruning: at the start of this epoch the zeroed filters or channels are "
         "removed from the network (torch-pruning), so it really shrinks, as Distiller's "
@@ -212,6 +218,11 @@ class PruningPolicy(_Windowed):
             self.structure == "elements" or self.scope == "per_layer",
             f"pruning policy: structure={self.structure} ranks groups within each layer; set "
             "scope: per_layer",
+        )
+        require(
+            self.group_dependency == "independent" or self.structure != "elements",
+            "pruning policy: group_dependency leader shares a ranking of filters or channels; "
+            "it needs structure: filters or channels",
         )
         if self.remove_epoch is not None:
             require(

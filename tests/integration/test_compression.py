@@ -169,6 +169,33 @@ def test_resume_after_structured_removal_equals_uninterrupted(tmp_path, teacher_
     assert layers["classifier.1.weight"] == pytest.approx(0.5, abs=1e-3)
 
 
+def test_thinning_twice_with_pruning_between_resumes_exactly(tmp_path, teacher_run):
+    """Distiller's vgg19 filter-rank example in small: prune, thin, prune the thinned layer
+    again, thin again; interrupted after the first thinning and resumed."""
+    extra = [
+        *LENET, "train.epochs=5", "train.deterministic=true", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        policies(
+            "{kind: pruning, schedule: one_shot, structure: filters, scope: per_layer, target_sparsity: 0.5, modules: [features.3], starting_epoch: 0}",
+            "{kind: thinning, epochs: [1, 3]}",
+            "{kind: pruning, schedule: one_shot, structure: filters, scope: per_layer, target_sparsity: 0.25, modules: [features.3], starting_epoch: 2}",
+        ),
+    ]  # fmt: skip
+    whole = run(digits_config(tmp_path / "a", *extra), **QUIET)
+    cfg = digits_config(tmp_path / "b", *extra)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, callbacks=[StopAt(3)], **QUIET)  # after the first thinning
+    resumed = run(cfg, resume=True, **QUIET)
+    assert metric_lines(resumed.run_dir) == metric_lines(whole.run_dir)
+    a, b = load_state_file(whole.run_dir), load_state_file(resumed.run_dir)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    model, _spec = load_model(resumed.run_dir)
+    # 16 filters -> 8 (thinned at epoch 1) -> 2 of 8 zeroed at epoch 2 -> 6 (thinned at 3)
+    assert model.features[3].out_channels == 6 and model.classifier[1].in_features == 6 * 2 * 2
+    assert resumed.summary["compression"]["thinning"] == [
+        {"structure": "filters", "epochs": [1, 3]}
+    ]
+
+
 @pytest.mark.parametrize(
     ("items", "message"),
     [
@@ -200,6 +227,14 @@ def test_resume_after_structured_removal_equals_uninterrupted(tmp_path, teacher_
             "after quantization starts",
         ),
         (["{kind: quantization, weight_symmetric: false}"], "asymmetric weights are not supported"),
+        (["{kind: thinning, epochs: [3, 1]}"], "epochs must be increasing"),
+        (["{kind: thinning, epochs: [1, 9]}"], "thinning policy's epoch 9 is not before"),
+        (
+            ["{kind: thinning, epochs: [2]}", "{kind: quantization, starting_epoch: 1}"],
+            "after quantization starts",
+        ),
+        (["{kind: regularization, keep_mask: true}"], "keep_mask keeps what threshold zeroed"),
+        (["{kind: pruning, group_dependency: leader}"], "group_dependency leader shares"),
     ],
 )
 def test_bad_schedules(tmp_path, items, message):
@@ -220,7 +255,7 @@ def test_a_layer_pruned_by_two_policies_is_refused(tmp_path):
         tmp_path, *LENET, "train.epochs=1",
         policies("{kind: pruning, modules: [features.0]}", "{kind: pruning, modules: ['re:features\\..']}"),
     )  # fmt: skip
-    with pytest.raises(ValueError, match="features.0 chosen by more than one policy"):
+    with pytest.raises(ValueError, match="features.0 pruned by two policies in the same epochs"):
         run(cfg, **QUIET)
 
 

@@ -320,3 +320,150 @@ def test_write_config_never_replaces_an_input_or_an_existing_file(tmp_path, caps
     assert "exists: pass --force" in capsys.readouterr().err and other.read_text() == "mine"
     assert main([*argv, str(other), "--force"]) == 0
     assert "kdistill config translated" in other.read_text()
+
+
+THINNING = """\
+version: 1
+pruners:
+  low_pruner:
+    class: L1RankedStructureParameterPruner_AGP
+    initial_sparsity: 0.10
+    final_sparsity: 0.50
+    final_sparsity: 0.50
+    group_type: Filters
+    weights: [module.layer2.0.conv1.weight, module.layer2.1.conv1.weight,
+              module.layer2.2.conv1.weight]
+  fc_pruner:
+    class: L1RankedStructureParameterPruner_AGP
+    initial_sparsity: 0.05
+    final_sparsity: 0.50
+    group_type: Rows
+    weights: [module.fc.weight]
+  late_pruner:
+    class: AutomatedGradualPruner
+    initial_sparsity: 0.05
+    final_sparsity: 0.70
+    weights: [module.layer3.1.conv1.weight]
+extensions:
+  net_thinner:
+    class: StructureRemover
+    thinning_func_str: remove_filters
+    arch: resnet20_cifar
+    dataset: cifar10
+policies:
+  - pruner: {instance_name: low_pruner}
+    starting_epoch: 0
+    ending_epoch: 3
+    frequency: 1
+  - extension: {instance_name: net_thinner}
+    epochs: [3]
+  - pruner: {instance_name: fc_pruner}
+    starting_epoch: 2
+    ending_epoch: 7
+    frequency: 1
+  - pruner: {instance_name: late_pruner}
+    starting_epoch: 8
+    ending_epoch: 12
+    frequency: 2
+"""
+
+
+def test_a_thinning_example_runs_as_distiller_runs_it(tmp_path, capsys):
+    """resnet20_filters.schedule_agp.yaml's shape: conv filters pruned, then thinned once, while
+    the fc rows' pruner runs on past the thinning (masked, never thinned: Distiller thins 4-D
+    weights only), a schedule longer than the run, and a key written twice."""
+    schedule = tmp_path / "thin.yaml"
+    schedule.write_text(THINNING)
+    out = tmp_path / "logs"
+    argv = ["distiller", "digits", "--arch", "resnet20_cifar", "--epochs", "5", "--batch=128",
+            "--gpu=0", "--lr", "0.05", "--seed", "0", "--compress=" + str(schedule), "-o",
+            str(out), "-q", "--on-collapse", "warn"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "the key 'final_sparsity' is written twice (lines 6 and 7)" in printed
+    assert "policies[3] (pruner late_pruner) starts at epoch 8, not before --epochs 5: it " \
+           "never acts" in printed  # fmt: skip
+    assert "pruners.fc_pruner: AGP's last step (epoch 6) is not before --epochs 5" in printed
+    assert "reaching 44.4% sparsity at epoch 4 instead of 50.0%" in printed
+    assert "thinning at epoch 4: the zeroed filters removed" in printed
+    run_dir = only_run(out)
+    model, spec = load_model(run_dir)
+    for i in range(3):  # half of each conv1's 32 filters, gone with conv2's matching inputs
+        block = model.layer2[i]
+        assert block.conv1.out_channels == 16 and block.conv2.in_channels == 16
+    assert model.fc.out_features == 10  # rows pruned after the thinning stay, masked
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["compression"]["thinning"] == [{"structure": "filters", "epochs": [3]}]
+    fc = summary["compression"]["pruning"]["layers"]["fc.weight"]
+    assert 0.05 < fc < 0.5  # cut off by the run's end before the final 50%
+
+
+SSL = """\
+version: 1
+regularizers:
+  filters_groups:
+    class: GroupLassoRegularizer
+    reg_regims:
+      module.layer1.0.conv1.weight: [0.09, Filters]
+      module.layer1.1.conv1.weight: [0.09, Filters]
+    threshold_criteria: Mean_Abs
+extensions:
+  net_thinner:
+    class: FilterRemover
+    thinning_func_str: remove_filters
+    arch: resnet20_cifar
+    dataset: cifar10
+policies:
+  - regularizer:
+      instance_name: filters_groups
+      args:
+        keep_mask: True
+    starting_epoch: 0
+    ending_epoch: 2
+    frequency: 1
+  - extension: {instance_name: net_thinner}
+    epochs: [2]
+"""
+
+
+def test_a_structured_sparsity_example_zeroes_and_removes_filters(tmp_path, capsys):
+    """ssl_filter-removal_training.yaml's shape: group lasso whose threshold_criteria zeroes the
+    filters below the strength, keep_mask, then the thinner removes them."""
+    schedule = tmp_path / "ssl.yaml"
+    schedule.write_text(SSL)
+    out = tmp_path / "logs"
+    argv = ["distiller", "digits", "-a", "resnet20_cifar", "--epochs", "3", "-b", "128",
+            "--lr", "0.05", "--seed", "0", "--compress", str(schedule), "-o", str(out), "-q",
+            "--on-collapse", "warn"]  # fmt: skip
+    assert main(argv) == 0
+    model, _spec = load_model(only_run(out))
+    for i in (0, 1):
+        kept = model.layer1[i].conv1.out_channels
+        assert 0 < kept < 16, kept  # some filters were below the threshold, and are gone
+        assert model.layer1[i].conv2.in_channels == kept
+
+
+def test_dry_run_resolves_what_the_run_names(tmp_path, capsys, teacher_run):
+    """A schedule written for another network, or a teacher file that is not there, stops the
+    dry run as it would stop the run: before anything is trained."""
+    schedule = tmp_path / "thin.yaml"
+    schedule.write_text(THINNING)
+    common = ["--epochs", "2", "--dry-run", "-o", str(tmp_path / "logs")]
+    assert main(["distiller", "digits", "-a", "resnet20_cifar", "--compress", str(schedule),
+                 *common]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "student: resnet20_cifar" in printed and "every layer name resolves" in printed
+    assert main(["distiller", "digits", "-a", "lenet5", "--compress", str(schedule),
+                 *common]) == 1  # fmt: skip
+    assert "'layer2.0.conv1' matches no Conv2d/Linear module" in capsys.readouterr().err
+    missing = tmp_path / "teacher.pth.tar"
+    assert main(["distiller", "digits", "-a", "mlp", "--kd-teacher", "lenet5", "--kd-resume",
+                 str(missing), *common]) == 1  # fmt: skip
+    assert str(missing) in capsys.readouterr().err
+    assert main(["distiller", "digits", "-a", "mlp", "--kd-teacher", "mlp", "--kd-resume",
+                 str(teacher_run.run_dir), *common]) == 1  # fmt: skip
+    assert "holds a 'lenet5' model but 'mlp' was asked for" in capsys.readouterr().err
+    assert main(["distiller", "digits", "-a", "mlp", "--kd-teacher", "lenet5", "--kd-resume",
+                 str(teacher_run.run_dir), *common]) == 0  # fmt: skip
+    assert f"kd.teachers[0]: lenet5 from {teacher_run.run_dir}" in capsys.readouterr().out
+    assert not (tmp_path / "logs").exists()

@@ -142,7 +142,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     own.add_argument("--write-config", metavar="FILE",
                      help="also write the equivalent kdistill config to FILE (YAML)")  # fmt: skip
     own.add_argument("--dry-run", action="store_true",
-                     help="print the equivalent config and stop (nothing is trained)")  # fmt: skip
+                     help="print the equivalent config, resolve everything the run names (data, "
+                     "models, teacher files, layer names) and stop: nothing is trained")  # fmt: skip
     own.add_argument(
         "--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
         help="continue this kdistill run if it was interrupted; --resume=CHECKPOINT is "
@@ -250,6 +251,11 @@ def handle(args: argparse.Namespace) -> int:
             raise UserError(f"--write-config {args.write_config}: cannot write it ({e})") from None
         print(f"written to {args.write_config}: kdistill train {args.write_config}")
     if args.dry_run:
+        from kdistill.experiment.check import check_run
+
+        print("resolving what the run names (nothing is trained):")
+        for line in check_run(cfg, trust_code=args.trust_code, log=lambda m: print(f"  {m}")):
+            print(f"  {line}")
         return 0
     from kdistill.experiment import run
     from kdistill.experiment.finish import describe_record

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from kdistill.compression import pruning, quantization, regularization
-from kdistill.compression.selection import first_and_last, select_layers
+from kdistill.compression.selection import first_and_last, select_layers, weight_layers
 from kdistill.engine.trainer import Callback, Trainer
 from kdistill.extras import require
 from kdistill.policies import (
@@ -74,6 +74,15 @@ class ChannelPruning(Callback):
             f"{self.params_before:,} -> {after:,} parameters"
         )
 
+    def check(self, model: nn.Module) -> None:
+        names = dict(model.named_modules())
+        unknown = [n for n in self.policy.ignore or () if n not in names]
+        if unknown:
+            raise ValueError(
+                f"channel_pruning policy: ignore names {', '.join(unknown)}, which the model "
+                f"does not have; layers: {', '.join(weight_layers(model))}"
+            )
+
     @property
     def changed_at(self) -> int:
         """The epoch of the last step that changed the structure."""
@@ -102,6 +111,10 @@ class Quantization(Callback):
         self.prepared = False
         self.frozen = False
         self.layers: dict[str, Any] | None = None
+
+    def check(self, model: nn.Module) -> None:
+        """The layer names the policy's overrides use exist (``ValueError`` naming them)."""
+        quantization.layer_settings(model, self.policy)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         # Resumed after QAT began: the student was rebuilt as the fake-quantized graph from the
@@ -186,11 +199,17 @@ class UnstructuredPruning(Callback):
     def layers(self, model: nn.Module) -> list[str]:
         return select_layers(model, self.policy.modules, what="pruning policy modules")
 
+    def check(self, model: nn.Module) -> None:
+        self.layers(model)
+
     def _ensure(self, trainer: Trainer) -> pruning.MaskPruner:
         if self.pruner is None:
             layers = self.layers(trainer.student)
             self.pruner = pruning.MaskPruner(
-                [f"{n}.weight" for n in layers], self.policy.scope, self.policy.structure
+                [f"{n}.weight" for n in layers],
+                self.policy.scope,
+                self.policy.structure,
+                leader=self.policy.group_dependency == "leader",
             )
             if self._saved is not None:
                 self.pruner.load_state_dict(self._saved)
@@ -223,7 +242,8 @@ class UnstructuredPruning(Callback):
     @property
     def steps(self) -> tuple[int, int]:
         """The first and last epoch in which this policy prunes."""
-        return self.policy.starting_epoch, self.end
+        p = self.policy
+        return (p.starting_epoch, p.starting_epoch if p.schedule == "one_shot" else self.end)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         mine = set(self._ensure(trainer).param_names)
@@ -339,15 +359,19 @@ class Thinning(Callback):
     def changed_at(self) -> int:
         return self.done[-1] if self.done else -1
 
+    def convs(self, model: nn.Module) -> list[str]:
+        """The Conv2d layers thinned (Distiller thins 4-D weights only)."""
+        chosen = select_layers(model, self.policy.modules, what="thinning policy modules")
+        return [n for n in chosen if isinstance(model.get_submodule(n), nn.Conv2d)]
+
+    def check(self, model: nn.Module) -> None:
+        self.convs(model)
+
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         if epoch not in self.policy.epochs or epoch in self.done:
             return
         student = trainer.student
-        convs = [
-            n
-            for n in select_layers(student, self.policy.modules, what="thinning policy modules")
-            if isinstance(student.get_submodule(n), nn.Conv2d)
-        ]
+        convs = self.convs(student)
         before = sum(p.numel() for p in student.parameters())
         outcome = pruning.remove_zeroed_groups(
             student, self.input_shape, convs, self.policy.structure
@@ -389,6 +413,9 @@ class Regularization(Callback):
         self.epoch = -1
         self.kept: dict[str, torch.Tensor] = {}  # keep_mask: weight name -> mask
         self.groups = policy.groups if policy.type == "group_lasso" else None
+
+    def check(self, model: nn.Module) -> None:
+        select_layers(model, self.policy.modules, what="regularization policy modules")
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         self.active = self.policy.window.contains(epoch)
@@ -489,6 +516,15 @@ def build_callbacks(
     regs = [p for p in policies if p.kind == "regularization"]
     callbacks += [Regularization(p, i, epochs) for i, p in enumerate(regs)]
     return callbacks
+
+
+def check_layers(callbacks: Sequence[Callback], model: nn.Module) -> None:
+    """Every layer name the policies use exists in ``model`` (what each policy checks when it
+    first acts, checked before anything is trained: ``kdistill distiller --dry-run``)."""
+    for cb in callbacks:
+        check = getattr(cb, "check", None)
+        if check is not None:
+            check(model)
 
 
 def structure_record(callbacks: Sequence[Callback]) -> dict[str, Any]:

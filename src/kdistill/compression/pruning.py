@@ -50,7 +50,11 @@ class MaskPruner:
     """
 
     def __init__(
-        self, param_names: Sequence[str], scope: str = "global", structure: str = "elements"
+        self,
+        param_names: Sequence[str],
+        scope: str = "global",
+        structure: str = "elements",
+        leader: bool = False,
     ) -> None:
         if scope not in ("global", "per_layer"):
             raise ValueError(f"scope must be global or per_layer, got {scope!r}")
@@ -62,6 +66,7 @@ class MaskPruner:
         self.param_names = list(param_names)
         self.scope = scope
         self.structure = structure
+        self.leader = leader  # the first weight's ranking chooses the groups of every weight
         self.masks: dict[str, Tensor] = {}
 
     def _params(self, model: nn.Module) -> dict[str, Tensor]:
@@ -117,8 +122,22 @@ class MaskPruner:
 
     def _prune_groups(self, params: Mapping[str, Tensor], sparsity: float) -> None:
         """Per layer, ``round(sparsity * groups)`` whole filters or channels with the smallest
-        L1 norms masked (groups pruned earlier stay pruned)."""
+        L1 norms masked (groups pruned earlier stay pruned). With ``leader``, the first layer's
+        choice is every layer's (Distiller's ``group_dependency: Leader``: layers whose filters
+        are summed, as the last convolutions of residual blocks, lose the same filters, so that
+        thinning can remove them)."""
+        chosen: Tensor | None = None
         for name, p in params.items():
+            if chosen is not None:
+                if chosen.numel() != p.shape[GROUP_DIMS[self.structure]]:
+                    raise ValueError(
+                        f"pruning: group_dependency leader: {name} has "
+                        f"{p.shape[GROUP_DIMS[self.structure]]} {self.structure}, its leader "
+                        f"{self.param_names[0]} {chosen.numel()}; a leader's layers must have as "
+                        "many"
+                    )
+                self.masks[name] = expand_groups(chosen.to(p.device), p, self.structure).cpu()
+                continue
             norms = group_norms(p, self.structure)
             if name in self.masks:
                 kept = group_norms(self.masks[name].to(p.device).float(), self.structure) > 0
@@ -128,6 +147,8 @@ class MaskPruner:
             if k > 0:
                 keep[torch.topk(norms, k, largest=False).indices] = False
             self.masks[name] = expand_groups(keep, p, self.structure).cpu()
+            if self.leader:
+                chosen = keep
 
     def refresh(self, model: nn.Module) -> None:
         """Masks whose weight changed shape (its zeroed filters were removed) are taken again

@@ -190,3 +190,28 @@ def test_threshold_pruning_absolute_and_in_standard_deviations():
         model[0].weight.add_(1.0)  # pruned weights that moved are zeroed again, never revived
     pruner.prune_below(model, 0.5, in_std=True)
     assert bool((model[0].weight[w.abs() <= 0.5 * w.std()] == 0).all())
+
+
+def test_a_leader_chooses_the_filters_of_every_layer():
+    """Distiller's group_dependency: Leader: layers whose filters are summed lose the same ones,
+    the ones the first layer's ranking chooses."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 6, 1), torch.nn.Conv2d(2, 6, 1))
+    with torch.no_grad():
+        model[0].weight.copy_((torch.arange(6.0) + 1).view(6, 1, 1, 1).expand(6, 2, 1, 1))
+        model[1].weight.copy_((6.0 - torch.arange(6.0)).view(6, 1, 1, 1).expand(6, 2, 1, 1))
+
+    def zero_filters(m):
+        return [i for i in range(6) if (m.weight[i] == 0).all()]
+
+    MaskPruner(["0.weight", "1.weight"], "per_layer", "filters", leader=True).prune_to(model, 0.5)
+    assert zero_filters(model[0]) == zero_filters(model[1]) == [0, 1, 2]
+    independent = torch.nn.Sequential(torch.nn.Conv2d(2, 6, 1), torch.nn.Conv2d(2, 6, 1))
+    with torch.no_grad():
+        independent[1].weight.copy_((6.0 - torch.arange(6.0)).view(6, 1, 1, 1).expand(6, 2, 1, 1))
+    MaskPruner(["1.weight"], "per_layer", "filters").prune_to(independent, 0.5)
+    assert zero_filters(independent[1]) == [3, 4, 5]  # its own ranking
+    uneven = torch.nn.Sequential(torch.nn.Conv2d(2, 6, 1), torch.nn.Conv2d(2, 4, 1))
+    with pytest.raises(ValueError, match="a leader's layers must have as many"):
+        MaskPruner(["0.weight", "1.weight"], "per_layer", "filters", leader=True).prune_to(
+            uneven, 0.5
+        )

@@ -95,3 +95,49 @@ def test_import_path_builder(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not an nn.Module"):
         build_model("my_models:not_a_model", 4, (1, 8, 8))
     sys.modules.pop("my_models", None)
+
+
+@pytest.mark.parametrize(
+    ("arch", "shape", "names"),
+    [
+        # a few of the tensor names Distiller's own model files hold (its models/ package)
+        ("resnet20_cifar", (3, 32, 32),
+         ["layer2.0.downsample.0.weight", "layer2.0.downsample.1.running_var", "fc.weight"]),
+        ("preact_resnet20_cifar", (3, 32, 32),
+         ["layer1.0.pre_bn.weight", "layer1.0.bn.weight", "layer2.0.downsample.weight",
+          "final_bn.running_mean"]),
+        ("plain20_cifar", (3, 32, 32), ["layer3.2.bn2.weight", "bn1.weight", "fc.bias"]),
+        ("vgg16_cifar", (3, 32, 32), ["features.0.weight", "features.28.bias", "classifier.weight"]),
+        ("preact_resnet18", (3, 64, 64),
+         ["layer1.0.bn1_2.weight", "layer2.0.pre_bn.weight", "layer2.0.downsample.0.weight",
+          "final_bn.weight"]),
+        ("mobilenet_050", (3, 64, 64), ["model.0.0.weight", "model.1.3.weight", "model.13.4.bias"]),
+        ("alexnet_bn", (3, 67, 67),
+         ["features.0.bias", "features.3.running_var", "classifier.1.weight", "classifier.6.bias"]),
+    ],
+)  # fmt: skip
+def test_distillers_models_have_its_parameter_names(arch, shape, names):
+    keys = set(build_model(arch, 10, shape, {}).state_dict())
+    assert set(names) <= keys, sorted(set(names) - keys)
+
+
+def test_earlier_cifar_resnet_files_load_under_the_new_names():
+    """Before the projection shortcut took Distiller's name, kdistill called it shortcut."""
+    for arch, old in (
+        ("resnet20_cifar", {"downsample": "shortcut"}),
+        ("preact_resnet20_cifar", {"downsample": "shortcut", "pre_bn": "bn1", "bn": "bn2"}),
+    ):
+        model = build_model(arch, 10, (3, 32, 32), {})
+        earlier = {}
+        for key, value in model.state_dict().items():
+            parts = key.split(".")
+            if parts[0] == "final_bn":
+                parts[0] = "bn_final"
+            elif parts[0].startswith("layer") and parts[2] in old:
+                parts[2] = old[parts[2]]
+            earlier[".".join(parts)] = value
+        assert set(earlier) != set(model.state_dict())
+        fresh = build_model(arch, 10, (3, 32, 32), {})
+        fresh.load_state_dict(earlier)
+        assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(),
+                                                     model.state_dict().values()))  # fmt: skip

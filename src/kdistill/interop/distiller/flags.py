@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kdistill.interop.distiller.errors import DistillerError, Translation
-from kdistill.interop.distiller.names import map_arch
+from kdistill.interop.distiller.names import arch_args, map_arch
 from kdistill.interop.distiller.schedule import translate_schedule
 
 # Distiller's defaults for the flags kdistill maps (compress_classifier.py's parser and
@@ -108,7 +108,7 @@ def translate_flags(args: Mapping[str, Any], schedule_file: str | None = None) -
     cfg["name"] = a["name"] or "distiller-" + re.sub(r"[^A-Za-z0-9_.-]", "-", arch)
     cfg["out_dir"] = a["out_dir"]
     cfg["data"] = data
-    cfg["model"] = {"arch": arch}
+    cfg["model"] = {"arch": arch, **_args(a["arch"])}
     start = a.get("resume_from") or a.get("exp_load_weights_from")
     if start:
         cfg["model"]["checkpoint"] = start
@@ -160,6 +160,11 @@ def translate_flags(args: Mapping[str, Any], schedule_file: str | None = None) -
     return out
 
 
+def _args(name: str) -> dict[str, Any]:
+    args = arch_args(name)
+    return {"args": args} if args else {}
+
+
 def _device(a: Mapping[str, Any], notes: list[str]) -> str:
     if a.get("cpu"):
         return "cpu"
@@ -187,7 +192,10 @@ def _kd_flags(a: Mapping[str, Any], cfg: dict[str, Any], notes: list[str]) -> No
                 "distillation is on only with --kd-teacher)"
             )
         return
-    teacher: dict[str, Any] = {"arch": map_arch(a["kd_teacher"], "--kd-teacher")}
+    teacher: dict[str, Any] = {
+        "arch": map_arch(a["kd_teacher"], "--kd-teacher"),
+        **_args(a["kd_teacher"]),
+    }
     if a.get("kd_resume"):
         teacher["checkpoint"] = a["kd_resume"]
         if a.get("kd_pretrained"):

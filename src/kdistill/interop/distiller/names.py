@@ -27,12 +27,27 @@ _DISTILLER_ONLY = re.compile(
 )
 
 
+# Distiller's pre-activation CIFAR ResNets shortcut with pooling and zero channels; its
+# ``_conv_ds`` variants with a 1x1 convolution, kdistill's default.
+_PREACT_CIFAR = re.compile(r"(preact_resnet\d+_cifar)(_conv_ds)?")
+
+
+def arch_args(name: str) -> dict[str, str]:
+    """The builder arguments that make kdistill's model of Distiller's ``name`` (its
+    pre-activation CIFAR ResNets without ``_conv_ds`` shortcut by padding)."""
+    m = _PREACT_CIFAR.fullmatch(name.strip().lower())
+    return {"downsample": "pad"} if m and not m.group(2) else {}
+
+
 def map_arch(name: str, flag: str = "--arch") -> str:
     """Distiller's model name as kdistill's: the same name for the models kdistill builds as
     Distiller does (its CIFAR ResNets, plain20, VGG-CIFAR, pre-activation ResNets, AlexNet-BN,
     MobileNet v1), ``torchvision:<name>`` for the ImageNet models Distiller takes from
     torchvision; Distiller's other models are an error."""
     name = name.strip().lower()  # Distiller lower-cases -a
+    preact = _PREACT_CIFAR.fullmatch(name)
+    if preact and preact.group(1) in KDISTILL_ARCHS:
+        return preact.group(1)  # the shortcut is arch_args's
     if name in KDISTILL_ARCHS or ":" in name:
         return name
     if _DISTILLER_ONLY.fullmatch(name) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):

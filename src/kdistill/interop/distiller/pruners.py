@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -83,13 +84,16 @@ def _ranked_pruner(
                 f"{', '.join(GROUP_TYPES)}"
             )
         structure = GROUP_TYPES[group]
+    dependency = _group_dependency(spec, where)
     if cls == "L1RankedStructureParameterPruner":  # one-shot
-        only(spec, {"desired_sparsity", "group_type", "weights"}, where, cls)
+        only(spec, {"desired_sparsity", "group_type", "weights", "group_dependency"}, where, cls)
         target = number(spec, "desired_sparsity", where, 0.0, 0.999)
-        schedule.policies.append(_one_shot(modules(spec, where), steps.start, target, structure))
+        policy = _one_shot(modules(spec, where), steps.start, target, structure)
+        schedule.policies.append(dataclasses.replace(policy, group_dependency=dependency))
         return
     allowed = {"initial_sparsity", "final_sparsity", "weights"}
-    only(spec, allowed | ({"group_type"} if structure != "elements" else set()), where, cls)
+    structured = {"group_type", "group_dependency"} if structure != "elements" else set()
+    only(spec, allowed | structured, where, cls)
     initial = number(spec, "initial_sparsity", where, 0.0, 0.999)
     final = number(spec, "final_sparsity", where, 0.0, 0.999)
     if initial > final:
@@ -113,6 +117,7 @@ def _ranked_pruner(
         ending_epoch=steps.start + span + 1,
         frequency=steps.frequency,
         structure=structure,  # type: ignore[arg-type]
+        group_dependency=dependency,  # type: ignore[arg-type]
     )
     last = policy.last_step
     assert last is not None
@@ -126,6 +131,17 @@ def _ranked_pruner(
             f"{reached:.1%} sparsity at epoch {in_run[-1]} instead of {final:.1%}"
         )
     schedule.policies.append(policy)
+
+
+def _group_dependency(spec: Mapping[str, Any], where: str) -> str:
+    value = spec.get("group_dependency")
+    if value is None:
+        return "independent"
+    if value != "Leader":
+        raise DistillerError(
+            f"{where}: group_dependency {value!r}; Distiller's is Leader (or none)"
+        )
+    return "leader"
 
 
 def _threshold_pruner(
