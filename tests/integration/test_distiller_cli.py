@@ -387,7 +387,7 @@ def test_a_thinning_example_runs_as_distiller_runs_it(tmp_path, capsys):
     assert "reaching 44.4% sparsity at epoch 4 instead of 50.0%" in printed
     assert "thinning at epoch 4: the zeroed filters removed" in printed
     run_dir = only_run(out)
-    model, spec = load_model(run_dir)
+    model, _spec = load_model(run_dir)
     for i in range(3):  # half of each conv1's 32 filters, gone with conv2's matching inputs
         block = model.layer2[i]
         assert block.conv1.out_channels == 16 and block.conv2.in_channels == 16
