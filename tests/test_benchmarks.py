@@ -22,6 +22,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "teacher_throughput.py",
         "streaming.py",
         "precision_auto.py",
+        "distiller_examples.py",
     ],
 )
 def test_each_script_starts(script):

@@ -40,13 +40,25 @@ def docs_example(name, kind):
     return block
 
 
-def test_distiller_worked_example_prints_the_config_shown(tmp_path, capsys):
+def test_distiller_worked_example_prints_the_config_shown(tmp_path, capsys, monkeypatch):
     import shlex
 
     import yaml
 
     from kdistill.cli.main import main
+    from kdistill.config import load_config
+    from kdistill.data import build_data
+    from kdistill.experiment.teachers import model_spec
+    from kdistill.models import build_model, save_model_file
 
+    # the dry run resolves the teacher the command names: a LeNet-5 file for the digits
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("digits/teacher")
+    data = build_data(cfg.data)
+    spec = model_spec(cfg.model, data, cfg.data)
+    teacher = build_model(spec.arch, data.num_classes, data.input_shape, spec.args)
+    (tmp_path / "runs").mkdir()
+    save_model_file(tmp_path / "runs" / "digits-teacher", teacher.state_dict(), spec)
     (tmp_path / "agp.yaml").write_text(docs_example("schedule", "yaml"))
     command = shlex.split(docs_example("command", "bash").replace("\\\n", " "))
     assert command[:2] == ["kdistill", "distiller"]
