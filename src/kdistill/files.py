@@ -20,10 +20,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +37,32 @@ EXPORT_RECORD = "export.json"  # in an export folder: its files and their checks
 MODEL = "model.safetensors"
 BEST = "best.safetensors"
 TEACHER = "teacher.safetensors"  # a jointly trained teacher's final weights
-INT8_ONNX = "model.int8.onnx"
+EXPORT_STEMS = {"fp32": "model", "int8": "model.int8"}  # export folder: <stem>.onnx / <stem>.pt2
+INT8_ONNX = f"{EXPORT_STEMS['int8']}.onnx"  # a QAT run's int8 model, named as an export's
 SEEDS = "seeds.json"  # in a run's group directory: the statistics over its seeds
 SWEEP = "sweep.json"  # in a sweep directory: the sweep and its base config (its record is RECORD)
 SWEEP_TABLE = "summary.csv"
 SWEEP_STUDY = "optuna.db"
 TEACHER_CACHES = "teacher-cache"  # in an output directory: the caches runs share
 TENSORBOARD = "tensorboard"  # <out_dir>/tensorboard/<run>/seed-N: a log tree without links
+CACHE_MANIFEST = "manifest.json"  # in a teacher cache: its layout, fingerprint and checksums
+CACHE_PROGRESS = "progress.json"  # in a cache being built: one per process, progress.json.<rank>
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"  # in checkpoints/: names the newest complete checkpoint
 STATE = "state.pt"  # in a checkpoint: trainer, objective and callback states
 LOCK = ".lock"
+
+
+def cache_array(name: str) -> str:
+    """The file of one of a teacher cache's arrays (``logits`` -> ``logits.npy``)."""
+    return f"{name}.npy"
+
+
+def export_file(precision: str, fmt: str) -> str:
+    """An export folder's model file: ``model.onnx``, ``model.int8.pt2`` ..."""
+    return f"{EXPORT_STEMS[precision]}.{fmt}"
+
+
 TEMP_SUFFIX = ".tmp"
 
 
@@ -100,6 +116,17 @@ def verify_file(path: str | Path, expected: str, what: str, remedy: str) -> None
             f"{what} {p} is corrupted or was changed after kdistill wrote it (sha256 "
             f"{actual[:12]}, recorded {expected[:12]}); {remedy}"
         )
+
+
+def jsonable(value: Any) -> Any:
+    """JSON has no NaN or Inf: such values become null (metrics lines, run records)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def canonical_json(data: Any) -> str:

@@ -275,6 +275,11 @@ class ChannelPruningPolicy(_Windowed):
             f"channel_pruning policy: iterative_steps must be >= 1, got {self.iterative_steps}",
         )
 
+    @property
+    def last_step(self) -> int:
+        """The epoch of the last pruning step."""
+        return self.starting_epoch + (self.iterative_steps - 1) * self.frequency
+
 
 @dataclass(frozen=True)
 class RegularizationPolicy(_Windowed):

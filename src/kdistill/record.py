@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from kdistill.files import (
     ArtifactError,
     atomic_write_text,
     canonical_json,
+    jsonable,
     read_json,
     sha256_bytes,
     verify_file,
@@ -30,17 +30,6 @@ from kdistill.files import (
 
 RECORD_SCHEMA_VERSION = 2
 _CHECKSUM = "record_sha256"
-
-
-def _finite_or_none(value: Any) -> Any:
-    """JSON has no NaN or Inf: such values are recorded as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    return value
 
 
 @dataclass(frozen=True)
@@ -139,7 +128,7 @@ class RunRecord:
 
     def write(self, run_dir: str | Path) -> Path:
         """Write ``summary.json`` atomically, with the checksum of its content."""
-        data = _finite_or_none(self.to_dict())
+        data = jsonable(self.to_dict())
         data[_CHECKSUM] = sha256_bytes(canonical_json(data).encode())
         path = Path(run_dir) / RECORD
         atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

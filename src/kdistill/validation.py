@@ -72,6 +72,21 @@ def check_temperature(temperature: Any, name: str = "temperature") -> float:
     return float(temperature)
 
 
+def merge_temperature(reduce: Any, temperature: Any, what: str) -> float | None:
+    """The temperature an ensemble of teachers is merged at, checked: ``reduce`` must be one
+    of :data:`ENSEMBLE_REDUCES`, and merging by probability needs the temperature (the members'
+    probabilities are averaged at the distillation temperature)."""
+    check_choice("reduce", reduce, ENSEMBLE_REDUCES)
+    if temperature is not None:
+        temperature = check_temperature(temperature)
+    require(
+        reduce != "probs" or temperature is not None,
+        f"{what}: merging ensemble members by probability averages them at the distillation "
+        "temperature: pass temperature= (the same T as the loss)",
+    )
+    return temperature
+
+
 def same_temperature(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=TEMPERATURE_RTOL)
 

@@ -35,13 +35,22 @@ from numpy.lib.format import open_memmap
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from kdistill.files import ArtifactError, atomic_write_text, read_json, sha256_file, verify_file
+from kdistill.files import (
+    CACHE_MANIFEST,
+    CACHE_PROGRESS,
+    ArtifactError,
+    atomic_write_text,
+    cache_array,
+    read_json,
+    sha256_file,
+    verify_file,
+)
 from kdistill.losses.ensemble import merged_probabilities
 from kdistill.validation import normalized_weights
 
 CACHE_FORMAT_VERSION = 2  # 2: the manifest records the sha256 of every array file
-MANIFEST = "manifest.json"
-PROGRESS = "progress.json"  # one per process: progress.json.<rank>
+MANIFEST = CACHE_MANIFEST
+PROGRESS = CACHE_PROGRESS  # one per process: progress.json.<rank>
 # Samples per resumable chunk (with all their views); KDISTILL_CACHE_CHUNK overrides it (tests).
 CHUNK_SAMPLES = int(os.environ.get("KDISTILL_CACHE_CHUNK", "2048"))
 
@@ -152,7 +161,7 @@ class TeacherCache:
             checksums: dict[str, str] = dict(self.manifest["files"])
         except (KeyError, TypeError, ValueError) as e:
             raise CacheError(f"{manifest_path} is malformed ({e}); {remedy}") from None
-        expected = {"sample_ids.npy", "views.npy", *(f"{n}.npy" for n in self.layout.arrays)}
+        expected = {cache_array(n) for n in ("sample_ids", "views", *self.layout.arrays)}
         if set(checksums) != expected:
             raise CacheError(
                 f"{manifest_path} lists the files {sorted(checksums)}, expected {sorted(expected)}; "
@@ -163,15 +172,19 @@ class TeacherCache:
                 verify_file(self.path / name, digest, "teacher-cache file", remedy)
             except ArtifactError as e:
                 raise CacheError(str(e)) from None
-        self.sample_ids = _load_array(self.path / "sample_ids.npy", remedy)
-        self.views = _load_array(self.path / "views.npy", remedy, mmap=True)
+        self.sample_ids = _load_array(self.path / cache_array("sample_ids"), remedy)
+        self.views = _load_array(self.path / cache_array("views"), remedy, mmap=True)
         if self.layout.topk is None:
-            self.logits = _load_array(self.path / "logits.npy", remedy, mmap=True)
+            self.logits = _load_array(self.path / cache_array("logits"), remedy, mmap=True)
         else:
-            self.topk_values = _load_array(self.path / "topk_values.npy", remedy, mmap=True)
-            self.topk_indices = _load_array(self.path / "topk_indices.npy", remedy, mmap=True)
+            self.topk_values = _load_array(
+                self.path / cache_array("topk_values"), remedy, mmap=True
+            )
+            self.topk_indices = _load_array(
+                self.path / cache_array("topk_indices"), remedy, mmap=True
+            )
         if self.layout.crops:
-            self.crops = _load_array(self.path / "crops.npy", remedy, mmap=True)
+            self.crops = _load_array(self.path / cache_array("crops"), remedy, mmap=True)
         self._check_shapes(remedy)
 
     def _check_shapes(self, remedy: str) -> None:
@@ -367,7 +380,7 @@ def build_cache(
             raise CacheError(
                 f"teacher cache build in {partial} is missing chunks {sorted(missing)[:5]}"
             )
-        names = ["sample_ids.npy", "views.npy", *(f"{n}.npy" for n in layout.arrays)]
+        names = [cache_array(n) for n in ("sample_ids", "views", *layout.arrays)]
         _write_json_atomic(
             partial / MANIFEST,
             {
@@ -435,13 +448,13 @@ def _allocate(
         shapes["crops"] = ((n, k, 5), np.int32)
     if fresh:
         partial.mkdir(parents=True, exist_ok=True)
-        np.save(partial / "sample_ids.npy", sample_ids.astype(np.int64))
-        np.save(partial / "views.npy", views.astype(np.int32))
+        np.save(partial / cache_array("sample_ids"), sample_ids.astype(np.int64))
+        np.save(partial / cache_array("views"), views.astype(np.int32))
         return {
-            name: open_memmap(partial / f"{name}.npy", mode="w+", dtype=dt, shape=shape)
+            name: open_memmap(partial / cache_array(name), mode="w+", dtype=dt, shape=shape)
             for name, (shape, dt) in shapes.items()
         }
-    return {name: open_memmap(partial / f"{name}.npy", mode="r+") for name in shapes}
+    return {name: open_memmap(partial / cache_array(name), mode="r+") for name in shapes}
 
 
 def _fill_chunk(

@@ -41,8 +41,7 @@ class ChannelPruning(Callback):
         self, policy: ChannelPruningPolicy, input_shape: tuple[int, ...], log: Log
     ) -> None:
         self.policy = policy
-        last = policy.starting_epoch + (policy.iterative_steps - 1) * policy.frequency
-        self.steps = EpochWindow(policy.starting_epoch, last + 1)
+        self.steps = EpochWindow(policy.starting_epoch, policy.last_step + 1)
         self.input_shape = input_shape
         self.log = log
         self.steps_done = 0

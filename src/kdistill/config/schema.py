@@ -804,9 +804,8 @@ class RunConfig:
                 f"starts (epoch {q.starting_epoch if q else ''}): structure first, then QAT",
             )
         if isinstance(q, QuantizationPolicy) and isinstance(c, ChannelPruningPolicy):
-            last_step = c.starting_epoch + (c.iterative_steps - 1) * c.frequency
             _require(
-                last_step < q.starting_epoch,
-                f"policies: channel pruning (last step at epoch {last_step}) must finish before "
+                c.last_step < q.starting_epoch,
+                f"policies: channel pruning (last step at epoch {c.last_step}) must finish before "
                 f"quantization starts (epoch {q.starting_epoch}): structure first, then QAT",
             )

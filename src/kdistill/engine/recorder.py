@@ -9,24 +9,12 @@ epoch that is being run again, never survives.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kdistill.engine.trainer import Callback, Trainer
-from kdistill.files import METRICS, atomic_write_text, os_errors
-
-
-def jsonable(value: Any) -> Any:
-    """JSON has no NaN/Inf: such values become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
+from kdistill.files import METRICS, atomic_write_text, jsonable, os_errors
 
 
 def metrics_line(record: Mapping[str, Any]) -> str:

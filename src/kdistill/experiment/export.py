@@ -28,7 +28,7 @@ from kdistill.compression.export import (
 from kdistill.data import loader_for
 from kdistill.engine.evaluation import evaluate
 from kdistill.experiment.loading import data_of_model, load_model
-from kdistill.files import EXPORT_RECORD, atomic_dir, atomic_write_text, sha256_file
+from kdistill.files import EXPORT_RECORD, atomic_dir, atomic_write_text, export_file, sha256_file
 from kdistill.trust import NO_TRUST, CodeTrust
 
 Log = Callable[[str], None]
@@ -121,13 +121,12 @@ def export_model(
                 std=spec.std, source=source,
                 precision=precision if precision == "fp32" else f"int8 ({how_int8})",
             )  # fmt: skip
-            stem = "model" if precision == "fp32" else "model.int8"
             for fmt in formats:
                 if fmt == "onnx":
-                    file = write_onnx(wrapped, shape, staging / f"{stem}.onnx", meta)
+                    file = write_onnx(wrapped, shape, staging / export_file(precision, fmt), meta)
                     predictor: Any = onnx_predictor(onnx_session(file))
                 else:
-                    file = write_torch_export(wrapped, shape, staging / f"{stem}.pt2")
+                    file = write_torch_export(wrapped, shape, staging / export_file(precision, fmt))
                     # an exported program's module has no train/eval modes: call it as a function
                     program = torch.export.load(str(file)).module()
                     predictor = lambda x, program=program: program(x)  # noqa: E731

@@ -41,6 +41,7 @@ from kdistill.files import (
 from kdistill.hardware import ThreadChoice, choose_threads
 from kdistill.processes import die_with_parent
 from kdistill.reporting.aggregate import describe
+from kdistill.reporting.report import sweep_table
 
 Log = Callable[[str], None]
 
@@ -356,31 +357,10 @@ def write_summary(out: Path, result: Mapping[str, Any]) -> None:
 
 
 def format_rows(result: Mapping[str, Any]) -> str:
-    keys = result["keys"]
-    header = [*keys, "seeds", "mean", "std", "best", "worst", "time", "status"]
-    lines = [header]
-
-    def pct(v: float | None) -> str:
-        return "failed" if v is None else f"{v:.2%}"
-
-    def status(r: Mapping[str, Any]) -> str:
-        if r.get("n_collapsed"):
-            return f"COLLAPSED ({r['n_collapsed']} of {r['n_seeds'] + r['n_failed']} seeds)"
-        return "FAILED" if r["n_failed"] else "ok"
-
-    for r in sorted(result["rows"], key=lambda r: -(r["test_top1_mean"] or -1.0)):
-        lines.append(
-            [
-                *(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys),
-                f"{r['n_seeds']}" + (f" (+{r['n_failed']} failed)" if r["n_failed"] else ""),
-                pct(r["test_top1_mean"]),
-                pct(r["test_top1_std"]),
-                pct(r["test_top1_best"]),
-                pct(r["test_top1_worst"]),
-                "-" if r["time_s_mean"] is None else f"{r['time_s_mean']:.0f}s",
-                status(r),
-            ]
-        )
+    """The sweep's table (the report's, :func:`~kdistill.reporting.report.sweep_table`) as
+    aligned text for the console."""
+    header, rows = sweep_table(result)
+    lines = [header, *rows]
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     text = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in lines]
     return "test top-1 over seeds, best setting first:\n" + "\n".join(text)

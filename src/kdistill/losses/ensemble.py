@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from kdistill.types import TeacherOutput
-from kdistill.validation import ENSEMBLE_REDUCES, check_choice
+from kdistill.validation import ENSEMBLE_REDUCES, check_choice, merge_temperature
 
 
 def merge_members(
@@ -41,8 +41,8 @@ def merge_members(
     w = torch.tensor(list(weights), dtype=z.dtype, device=z.device).view(1, -1, 1)
     if reduce == "logits":
         return TeacherOutput(logits=(z * w).sum(dim=1))
-    if temperature is None:
-        raise ValueError("merging ensemble members by probability needs the temperature")
+    temperature = merge_temperature(reduce, temperature, "merge_members")
+    assert temperature is not None
     probs = (torch.softmax(z / temperature, dim=-1) * w).sum(dim=1)
     return TeacherOutput(probs=probs, temperature=temperature)
 

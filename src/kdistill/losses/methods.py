@@ -23,6 +23,7 @@ from kdistill.losses.functional import (
     check_same_shape,
     check_targets,
 )
+from kdistill.validation import check_temperature
 
 __all__ = [
     "attention_map",
@@ -68,12 +69,6 @@ def _teacher_probs(
     return _upcast(teacher_probs.detach())  # type: ignore[union-attr]
 
 
-def _check_temperature(temperature: float) -> float:
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    return float(temperature)
-
-
 # --------------------------------------------------------------------------- logit-based
 
 
@@ -85,7 +80,7 @@ def _check_logit_pair(
 ) -> float:
     """The temperature as a float; ``ValueError`` unless the student's logits and the teacher's
     logits or probabilities are class scores of the same shape."""
-    t = _check_temperature(temperature)
+    t = check_temperature(temperature)
     teacher_scores = teacher_logits if teacher_logits is not None else teacher_probs
     check_class_scores("student_logits", student_logits)
     if teacher_scores is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,10 @@ def _latency(latency: dict[str, float], batch: int) -> str:
     return f"{median:.{digits}f} ({iqr:.{digits}f})" if iqr is not None else f"{median:.{digits}f}?"
 
 
-def sweep_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def sweep_table(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """A sweep's results, best setting first (the console's table and the report's): the
+    swept values, seeds, test top-1 mean, std, best and worst in %, time, and a status that
+    marks collapsed and failed seeds, which are never read as results."""
     keys = summary["keys"]
     header = [*keys, "seeds", "mean %", "std %", "best %", "worst %", "time s", "status"]
     rows = []
@@ -99,7 +102,7 @@ def sweep_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _status(row: dict[str, Any]) -> str:
+def _status(row: Mapping[str, Any]) -> str:
     """A sweep row's health: collapsed and failed seeds are marked, never read as results."""
     seeds = row["n_seeds"] + row.get("n_failed", 0)
     if row.get("n_collapsed"):

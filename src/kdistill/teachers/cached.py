@@ -12,7 +12,7 @@ from kdistill.types import TeacherOutput
 from kdistill.validation import (
     ENSEMBLE_REDUCES,
     check_choice,
-    check_temperature,
+    merge_temperature,
     normalized_weights,
     same_temperature,
 )
@@ -43,9 +43,11 @@ class CachedTeacher(nn.Module):
     ) -> None:
         super().__init__()
         layout = cache.layout
+        # a single member needs no merge, so only an ensemble's cache needs the temperature
+        temperature = merge_temperature(
+            reduce if layout.members > 1 else "logits", temperature, "CachedTeacher"
+        )
         check_choice("reduce", reduce, ENSEMBLE_REDUCES)
-        if temperature is not None:
-            temperature = check_temperature(temperature)
         if layout.topk is not None and (
             temperature is None or not same_temperature(layout.temperature, temperature)  # type: ignore[arg-type]
         ):
@@ -53,8 +55,6 @@ class CachedTeacher(nn.Module):
                 f"{cache.path} holds top-{layout.topk} probabilities at temperature {layout.temperature}, "
                 f"not {temperature}; top-k caches are tied to one temperature (full caches are not)"
             )
-        if layout.members > 1 and reduce == "probs" and temperature is None:
-            raise ValueError("merging ensemble members by probability needs temperature=")
         self.cache = cache
         self.reduce = reduce
         self.temperature = temperature

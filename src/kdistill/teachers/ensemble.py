@@ -11,10 +11,8 @@ from kdistill.losses.ensemble import merge_members
 from kdistill.teachers.frozen import as_teacher
 from kdistill.types import TeacherOutput
 from kdistill.validation import (
-    ENSEMBLE_REDUCES,
     EnsembleReduce,
-    check_choice,
-    check_temperature,
+    merge_temperature,
     normalized_weights,
 )
 
@@ -52,14 +50,7 @@ class EnsembleTeacher(nn.Module):
         super().__init__()
         if len(teachers) == 0:
             raise ValueError("EnsembleTeacher needs at least one teacher, got an empty list")
-        check_choice("reduce", reduce, ENSEMBLE_REDUCES)
-        if reduce == "probs" and temperature is None:
-            raise ValueError(
-                "EnsembleTeacher(reduce='probs') averages probabilities at the distillation "
-                "temperature: pass temperature= (the same T as the loss)"
-            )
-        if temperature is not None:
-            temperature = check_temperature(temperature)
+        temperature = merge_temperature(reduce, temperature, f"EnsembleTeacher(reduce={reduce!r})")
         self.weights = normalized_weights(weights, len(teachers))
         self.members = nn.ModuleList(as_teacher(t) for t in teachers)
         self.reduce: EnsembleReduce = reduce
