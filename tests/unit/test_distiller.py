@@ -103,3 +103,42 @@ def test_bad_parts():
         Distiller(student, teacher, nn.CrossEntropyLoss())
     with pytest.raises(ValueError, match="student must be an nn.Module"):
         Distiller("resnet", teacher, DistillationLoss())
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        DistillationLoss(4.0, 0.1),
+        DistillationLoss(2.0, 1.0, 0.5, scale_by_t2=False),
+        DistillationLoss(3.0, 0.3, 0.7, teacher_weight=0.4),
+        DistillationLoss(1.0, 0.0, 1.0),
+    ],
+)
+def test_the_objective_computes_exactly_the_loss_it_is_built_from(loss):
+    """Distiller is the method objective with Hinton's term (one objective): its loss equals
+    DistillationLoss's, part by part and bitwise in the total."""
+    from kdistill.objectives.method_distiller import MethodDistiller
+
+    student, teacher = nets()
+    d = Distiller(student, teacher, loss)
+    assert isinstance(d, MethodDistiller)
+    x, y = torch.randn(7, 4), torch.randint(0, 3, (7,))
+    got = d(x, y).loss
+    expected = loss(student(x), teacher(x), y)
+    assert got.weights == expected.weights
+    assert set(got.parts) == set(expected.parts)
+    for k in expected.parts:
+        assert torch.equal(got.parts[k], expected.parts[k]), k
+    assert torch.equal(got.total, expected.total)
+
+
+def test_joint_mode_checkpoints_the_teacher():
+    student, teacher = nets()
+    d = Distiller(student, teacher, DistillationLoss(4.0, 0.1, teacher_weight=0.5))
+    state = d.extra_state()
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(1.0)
+    d.load_extra_state(state)
+    assert all(torch.equal(v, state["teacher"][k]) for k, v in teacher.state_dict().items())
+    assert d.gradient_ratio(torch.randn(4, 4), torch.randint(0, 3, (4,))) is None

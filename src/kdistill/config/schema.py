@@ -512,12 +512,6 @@ class KDConfig:
         )
 
     @property
-    def uses_methods(self) -> bool:
-        """Whether the loss is built from ``methods`` (or standardized logits) rather than
-        Hinton's term alone."""
-        return bool(self.methods) or self.standardize
-
-    @property
     def resolved_beta(self) -> float:
         return resolve_weights(self.alpha, self.beta, self.teacher_weight)[1]
 

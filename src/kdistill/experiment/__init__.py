@@ -9,7 +9,6 @@ model files back into networks, and :mod:`.sweep` runs many settings of one conf
 from kdistill.experiment.assembly import (
     RunParts,
     build_eval_loaders,
-    build_loss,
     build_objective,
     build_optimizer,
     build_run,
@@ -49,7 +48,6 @@ __all__ = [
     "TeacherSetup",
     "build_eval_loaders",
     "build_from_spec",
-    "build_loss",
     "build_objective",
     "build_optimizer",
     "build_run",

@@ -42,7 +42,6 @@ from kdistill.experiment.teachers import (
     model_spec,
 )
 from kdistill.hardware import ThreadChoice, choose_threads
-from kdistill.losses import DistillationLoss
 from kdistill.methods import method_info
 from kdistill.models import ModelSpec, build_model, count_params
 from kdistill.models.foreign import (
@@ -51,9 +50,9 @@ from kdistill.models.foreign import (
     read_state_dict,
     recorded_arch,
 )
-from kdistill.objectives import Distiller, Objective, Supervised
+from kdistill.objectives import Objective, Supervised
 from kdistill.objectives.method_distiller import MethodDistiller, probe_layers
-from kdistill.objectives.terms import Term, build_term
+from kdistill.objectives.terms import TeacherLabelsTerm, Term, build_term
 from kdistill.teachers.cached import CachedTeacher
 from kdistill.trust import CodeTrust
 
@@ -135,19 +134,6 @@ def build_student(
     return loaded.model, spec
 
 
-def build_loss(kd: KDConfig) -> DistillationLoss:
-    # The trainer checks the total loss for NaN/Inf once per step, so the loss skips its own
-    # per-call value checks (each a host synchronization); shapes are still checked.
-    return DistillationLoss(
-        kd.temperature,
-        kd.alpha,
-        kd.beta,
-        scale_by_t2=kd.scale_by_t2,
-        teacher_weight=kd.teacher_weight,
-        validate=False,
-    )
-
-
 def build_objective(
     cfg: RunConfig,
     student: nn.Module,
@@ -156,9 +142,10 @@ def build_objective(
     data: DataBundle | None = None,
     device: torch.device | None = None,
 ) -> Objective:
-    """``Supervised(student)`` without kd; a ``Distiller`` for Hinton's loss alone; a
-    ``MethodDistiller`` for ``kd.methods``. The teacher's outputs come from the cache when there
-    is one, from the live teacher otherwise."""
+    """``Supervised(student)`` without kd, else the method objective with the terms of
+    ``kd.methods`` (Hinton's alone by default, plus the teacher's own labels in joint
+    training). The teacher's outputs come from the cache when there is one, from the live
+    teacher otherwise."""
     if teacher is None:
         return Supervised(student)
     kd = cfg.kd
@@ -171,25 +158,24 @@ def build_objective(
             weights=kd.ensemble_weights,
             temperature=kd.temperature,
         )
+    if data is None:
+        raise ValueError(
+            "a distillation objective needs the data (layers are probed on one sample)"
+        )
     window = cfg.kd_window
-    if kd.uses_methods:
-        if data is None:
-            raise ValueError("kd.methods needs the data (its layers are probed on one sample)")
-        terms = build_terms(kd, student, teacher, data, device or torch.device("cpu"))
-        return MethodDistiller(
-            student, source, terms, label_weight=kd.alpha,
-            kd_start_epoch=window.start, kd_end_epoch=window.end,
-        )  # fmt: skip
-    return Distiller(
-        student, source, build_loss(kd), kd_start_epoch=window.start, kd_end_epoch=window.end
-    )
+    terms = build_terms(kd, student, teacher, data, device or torch.device("cpu"))
+    return MethodDistiller(
+        student, source, terms, label_weight=kd.alpha,
+        kd_start_epoch=window.start, kd_end_epoch=window.end,
+    )  # fmt: skip
 
 
 def build_terms(
     kd: KDConfig, student: nn.Module, teacher: TeacherSetup, data: DataBundle, device: torch.device
 ) -> list[Term]:
-    """The terms of ``kd.methods`` (Hinton's term alone when only ``kd.standardize`` is set),
-    with adapters and heads sized from the layers' outputs for one training sample."""
+    """The terms of ``kd.methods`` (Hinton's term alone when it lists none), with adapters and
+    heads sized from the layers' outputs for one training sample, and the teacher's own label
+    term in joint training (``kd.teacher_weight``)."""
     methods = kd.methods or (MethodConfig("kd"),)
     pairs = {
         m.name: [(p.student, p.teacher) for p in (m.pairs or kd.features)]
@@ -206,7 +192,7 @@ def build_terms(
         [t for p in pairs.values() for _, t in p],
         sample,
     )
-    return [
+    terms = [
         build_term(
             m.name,
             m.weight if m.weight is not None else _default_weight(kd, m.name),
@@ -222,6 +208,9 @@ def build_terms(
         )
         for m in methods
     ]
+    if kd.teacher_weight > 0:  # joint training: the teacher learns its labels too
+        terms.append(TeacherLabelsTerm(kd.teacher_weight))
+    return terms
 
 
 def _default_weight(kd: KDConfig, name: str) -> float:

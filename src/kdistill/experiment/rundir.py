@@ -59,6 +59,9 @@ _ADDED_SETTINGS = {
     "data.augment.scale": [0.08, 1.0],
     "data.augment.ratio": [0.75, 4 / 3],
     "data.augment.views": 16,
+    "policies[].group_dependency": "independent",
+    "policies[].threshold_criteria": "mean_abs",
+    "policies[].keep_mask": False,
 }
 
 

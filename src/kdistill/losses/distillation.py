@@ -65,7 +65,7 @@ class DistillationLoss(nn.Module):
         teacher: Tensor | TeacherOutput,
         targets: Tensor | None,
     ) -> LossOutput:
-        return KF.weighted_distillation_loss(
+        return KF.distillation_loss(
             student_logits,
             teacher,
             targets,

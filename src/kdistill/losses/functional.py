@@ -33,7 +33,6 @@ __all__ = [
     "soft_target_kl",
     "softmax_with_temperature",
     "student_cross_entropy",
-    "weighted_distillation_loss",
 ]
 
 Reduction = Literal["mean", "sum", "none"]
@@ -281,42 +280,10 @@ def distillation_loss(
         :class:`LossOutput` with unweighted parts ``"student"`` (CE at T=1), ``"distill"``
         (KL at T, without ``T**2``) and, in joint mode, ``"teacher"``.
     """
+    # the temperature and weights are plain numbers: checking them on every call costs no
+    # device synchronization
     t = check_temperature(temperature)
     alpha, beta, teacher_weight = resolve_weights(alpha, beta, teacher_weight)
-    return weighted_distillation_loss(
-        student_logits,
-        teacher,
-        targets,
-        temperature=t,
-        alpha=alpha,
-        beta=beta,
-        scale_by_t2=scale_by_t2,
-        ignore_index=ignore_index,
-        teacher_weight=teacher_weight,
-        validate=validate,
-    )
-
-
-def weighted_distillation_loss(
-    student_logits: Tensor,
-    teacher: Tensor | TeacherOutput,
-    targets: Tensor | None,
-    *,
-    temperature: float,
-    alpha: float,
-    beta: float,
-    scale_by_t2: bool,
-    ignore_index: int,
-    teacher_weight: float,
-    validate: bool,
-) -> LossOutput:
-    """:func:`distillation_loss` with temperature and weights already validated and resolved
-    (what :class:`DistillationLoss` calls after checking them once, at construction).
-
-    Only what can change per batch is checked here: shapes and dtypes always (free), and with
-    ``validate`` the values too (NaN/Inf, label range, probability sums; each synchronizes).
-    """
-    t = temperature
     out = teacher if isinstance(teacher, TeacherOutput) else None
     if out is None:
         if not isinstance(teacher, Tensor):

@@ -80,13 +80,17 @@ def probe_layers(
 
 
 class MethodDistiller(StudentObjective):
-    """A student trained on labels and on any weighted combination of distillation methods.
+    """A student trained on labels and on any weighted combination of distillation methods:
+    kdistill's one distillation objective (:class:`~kdistill.Distiller` is Hinton's loss built
+    on it).
 
     Args:
         student: the network being trained.
         teacher: the trained teacher (frozen automatically), or a teacher object. Methods that
             read layers need a single live teacher (a network or :class:`FrozenTeacher`);
-            logit methods also work with ensembles and the teacher-output cache.
+            logit methods also work with ensembles and the teacher-output cache. With a term
+            that trains the teacher (:class:`~kdistill.objectives.terms.TeacherLabelsTerm`,
+            joint training) it must be the plain network, which then trains with the student.
         terms: the methods' terms (:func:`kdistill.objectives.terms.build_term`); each part
             name once.
         label_weight: weight of the labels' cross-entropy (the ``"student"`` part; ``kd.alpha``).
@@ -115,12 +119,24 @@ class MethodDistiller(StudentObjective):
             raise ValueError(f"give each distillation method once, got {parts or 'none'}")
         if label_weight < 0:
             raise ValueError(f"label_weight must be >= 0, got {label_weight}")
+        try:
+            self.window = EpochWindow(kd_start_epoch, kd_end_epoch)
+        except ValueError as e:
+            raise ValueError(f"kd_start_epoch / kd_end_epoch: {e}") from None
         self.student = student
-        self.teacher = as_teacher(teacher)
+        self.joint = any(t.trains_teacher for t in terms)
+        if self.joint:
+            if getattr(teacher, "is_teacher", False) or not isinstance(teacher, nn.Module):
+                raise ValueError(
+                    "joint training (a term that trains the teacher) needs the teacher network "
+                    f"itself, not a {type(teacher).__name__}"
+                )
+            self.teacher = teacher
+        else:
+            self.teacher = as_teacher(teacher)
         self.terms = nn.ModuleList(terms)
         self.label_weight = float(label_weight)
         self.ignore_index = int(ignore_index)
-        self.window = EpochWindow(kd_start_epoch, kd_end_epoch)
         self.epoch = 0
         student_layers = [s for t in terms for s, _ in t.pairs]
         teacher_layers = [tl for t in terms for _, tl in t.pairs]
@@ -146,6 +162,8 @@ class MethodDistiller(StudentObjective):
     def _teacher(
         self, inputs: Tensor, sample_ids: Tensor | None, views: Tensor | None
     ) -> tuple[TeacherOutput, dict[str, Tensor]]:
+        if self.joint:  # the plain network, with gradient, training on its own labels
+            return TeacherOutput(logits=logits_of(self.teacher(inputs))), {}
         if not self.teacher_taps.names:
             return self.teacher(inputs, sample_ids=sample_ids, views=views), {}
         with self.teacher_taps.capture(self.teacher.model) as raw:  # type: ignore[union-attr]
@@ -196,6 +214,8 @@ class MethodDistiller(StudentObjective):
         total = sum(parts[k] * w for k, w in weights.items() if w != 0.0)
         if not isinstance(total, Tensor):
             total = logits.sum() * 0.0
+        if self.joint and teacher_out is not None:  # what callers see carries no history
+            teacher_out = teacher_out.detach()
         return DistillerOutput(
             StudentOutput(logits),
             LossOutput(total=total, parts=parts, weights=weights),
@@ -211,10 +231,18 @@ class MethodDistiller(StudentObjective):
         views: Tensor | None = None,
     ) -> float | None:
         """How hard the logit methods (with the labels' term) pull on the student's logits
-        compared with plain cross-entropy, on this batch (as :meth:`Distiller.gradient_ratio`).
-        Feature methods act on inner layers and are left out; ``None`` without logit methods."""
-        logit_terms = [t for t in self.terms if not t.needs_features]  # type: ignore[attr-defined]
-        if not logit_terms:
+        compared with plain cross-entropy, on this batch: how much harder distillation pulls
+        than the labels alone (a learning rate tuned without a teacher assumes about 1).
+
+        The student runs in eval mode without gradients (nothing in it changes and no random
+        number is drawn). Feature methods act on inner layers and are left out; ``None``
+        without logit methods, in joint training, or when cross-entropy has no gradient."""
+        logit_terms = [
+            t
+            for t in self.terms
+            if not t.needs_features and not t.trains_teacher  # type: ignore[attr-defined]
+        ]
+        if not logit_terms or self.joint:
             return None
         logits = self.probe_logits(inputs)
         teacher_out = self.teacher(inputs, sample_ids=sample_ids, views=views)
@@ -229,12 +257,21 @@ class MethodDistiller(StudentObjective):
     # -- what is trained and saved ----------------------------------------------------------
 
     def trained_besides_student(self) -> dict[str, nn.Module]:
-        """The terms' adapters and embedding heads."""
-        return {"terms": self.terms}
+        """The terms' adapters and embedding heads, and the teacher in joint training."""
+        return {"terms": self.terms, **({"teacher": self.teacher} if self.joint else {})}
 
     def extra_state(self) -> dict[str, Any]:
-        """The terms' trained state (adapters, embedding heads, CRD's memory)."""
-        return {"terms": self.terms.state_dict()}
+        """The terms' trained state (adapters, embedding heads, CRD's memory) and a jointly
+        trained teacher's weights."""
+        state: dict[str, Any] = {"terms": self.terms.state_dict()}
+        if self.joint:
+            state["teacher"] = self.teacher.state_dict()
+        return state
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        self.terms.load_state_dict(state["terms"])
+        # checkpoints of Hinton's loss alone written before it became a term hold no "terms"
+        # (its term has no state)
+        if "terms" in state or any(self.terms.state_dict()):
+            self.terms.load_state_dict(state["terms"])
+        if self.joint:
+            self.teacher.load_state_dict(state["teacher"])

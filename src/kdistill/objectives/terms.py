@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from kdistill.losses import methods as M
 from kdistill.losses.crd import CRDLoss
-from kdistill.losses.functional import soft_target_kl
-from kdistill.methods import method_info
+from kdistill.losses.functional import soft_target_kl, student_cross_entropy
+from kdistill.methods import METHODS, method_info
 from kdistill.types import TeacherOutput
 from kdistill.validation import same_temperature
 
@@ -59,6 +59,7 @@ class Term(nn.Module):
 
     part: str = ""
     pairs: tuple[tuple[str, str], ...] = ()
+    trains_teacher: bool = False  # its gradient reaches a jointly trained teacher
 
     def __init__(self, weight: float) -> None:
         super().__init__()
@@ -135,6 +136,27 @@ class HintonTerm(Term):
         return soft_target_kl(
             student, **teacher_scores(teacher, self.temperature, "kd"), temperature=self.temperature
         )
+
+
+class TeacherLabelsTerm(Term):
+    """Joint teacher training (Distiller's ``--kd-tw``): the teacher's own cross-entropy on the
+    labels (the ``"teacher"`` part). The teacher then trains with the student; its soft targets
+    stay detached in every other term, so distillation never moves it."""
+
+    part = "teacher"
+    trains_teacher = True
+
+    def __init__(self, weight: float, *, ignore_index: int = -100) -> None:
+        super().__init__(weight)
+        self.ignore_index = int(ignore_index)
+
+    def forward(self, x: TermInputs) -> Tensor:
+        if x.teacher.logits is None or x.targets is None:
+            raise ValueError(
+                "joint teacher training (teacher_weight > 0) needs the teacher's logits and the "
+                "labels"
+            )
+        return student_cross_entropy(x.teacher.logits, x.targets, ignore_index=self.ignore_index)
 
 
 class DKDTerm(Term):
@@ -335,44 +357,77 @@ def build_term(
         raise ValueError(f"{name} reads logits only; it takes no layer pairs")
     if info.pairs == "one" and len(pairs) != 1:
         raise ValueError(f"{name} takes exactly one layer pair, got {len(pairs)}")
-    pairs = [tuple(p) for p in pairs]  # type: ignore[misc]
-    if name == "kd":
-        return HintonTerm(weight, kd_temperature, scale_by_t2=scale_by_t2, standardize=standardize)
-    if name == "dkd":
-        return DKDTerm(weight, **args)
-    if name == "dist":
-        return DISTTerm(weight, **args)
-    if name == "fitnet":
-        return FitNetTerm(weight, pairs, student_shapes, teacher_shapes, **args)  # type: ignore[arg-type]
-    if name == "at":
-        p, resize = float(args["p"]), bool(args["resize"])
-        return FeatureTerm(
-            "at",
-            weight,
-            pairs,
-            lambda s, t: M.attention_transfer_loss(s, t, p, resize=resize),  # type: ignore[arg-type]
-        )
-    if name == "rkd":
-        dw, aw = float(args["distance_weight"]), float(args["angle_weight"])
-        return FeatureTerm("rkd", weight, pairs, lambda s, t: M.rkd_loss(s, t, dw, aw))  # type: ignore[arg-type]
-    if name == "pkt":
-        eps = float(args["eps"])
-        return FeatureTerm("pkt", weight, pairs, lambda s, t: M.pkt_loss(s, t, eps))  # type: ignore[arg-type]
-    if name == "sp":
-        return FeatureTerm("sp", weight, pairs, M.similarity_preserving_loss)  # type: ignore[arg-type]
-    if name == "crd":
-        if train_ids is None or train_labels is None:
-            raise ValueError("crd needs the training set's sample ids and labels")
-        s, t = pairs[0]
-        crd = CRDLoss(
-            _numel(student_shapes[s]),
-            _numel(teacher_shapes[t]),
-            train_ids,
-            train_labels,
-            feat_dim=int(args["feat_dim"]),
-            nce_k=int(args["nce_k"]),
-            nce_t=float(args["nce_t"]),
-            nce_m=float(args["nce_m"]),
-        )
-        return CRDTerm(weight, (s, t), crd)  # type: ignore[arg-type]
-    raise AssertionError(f"method {name!r} is in the catalog but has no term")
+    context = TermContext(
+        weight, args, [tuple(p) for p in pairs], kd_temperature, scale_by_t2, standardize,  # type: ignore[misc]
+        student_shapes, teacher_shapes, train_ids, train_labels,
+    )  # fmt: skip
+    return TERMS[name](context)
+
+
+@dataclass(frozen=True)
+class TermContext:
+    """What building a method's term may read (see :func:`build_term`)."""
+
+    weight: float
+    args: Mapping[str, Any]
+    pairs: list[tuple[str, str]]
+    kd_temperature: float
+    scale_by_t2: bool
+    standardize: bool
+    student_shapes: Shapes
+    teacher_shapes: Shapes
+    train_ids: Tensor | None
+    train_labels: Tensor | None
+
+
+def _feature(name: str, loss: Callable[[Mapping[str, Any]], Any]) -> Callable[[TermContext], Term]:
+    """A feature method whose loss of ``(student, teacher)`` features takes its settings."""
+    return lambda c: FeatureTerm(name, c.weight, c.pairs, loss(c.args))
+
+
+def _crd(c: TermContext) -> Term:
+    if c.train_ids is None or c.train_labels is None:
+        raise ValueError("crd needs the training set's sample ids and labels")
+    s, t = c.pairs[0]
+    crd = CRDLoss(
+        _numel(c.student_shapes[s]),
+        _numel(c.teacher_shapes[t]),
+        c.train_ids,
+        c.train_labels,
+        feat_dim=int(c.args["feat_dim"]),
+        nce_k=int(c.args["nce_k"]),
+        nce_t=float(c.args["nce_t"]),
+        nce_m=float(c.args["nce_m"]),
+    )
+    return CRDTerm(c.weight, (s, t), crd)
+
+
+TERMS: dict[str, Callable[[TermContext], Term]] = {
+    "kd": lambda c: HintonTerm(
+        c.weight, c.kd_temperature, scale_by_t2=c.scale_by_t2, standardize=c.standardize
+    ),
+    "dkd": lambda c: DKDTerm(c.weight, **c.args),
+    "dist": lambda c: DISTTerm(c.weight, **c.args),
+    "fitnet": lambda c: FitNetTerm(c.weight, c.pairs, c.student_shapes, c.teacher_shapes, **c.args),
+    "at": _feature(
+        "at",
+        lambda a: (
+            lambda s, t: M.attention_transfer_loss(s, t, float(a["p"]), resize=bool(a["resize"]))
+        ),
+    ),
+    "rkd": _feature(
+        "rkd",
+        lambda a: (
+            lambda s, t: M.rkd_loss(s, t, float(a["distance_weight"]), float(a["angle_weight"]))
+        ),
+    ),
+    "pkt": _feature("pkt", lambda a: lambda s, t: M.pkt_loss(s, t, float(a["eps"]))),
+    "sp": _feature("sp", lambda a: M.similarity_preserving_loss),
+    "crd": _crd,
+}
+"""Each distillation method of the catalog (:data:`kdistill.methods.METHODS`) and how its term
+is made; checked against the catalog when this module is imported."""
+
+assert set(TERMS) == set(METHODS), (
+    f"the catalog and the terms disagree: {sorted(set(TERMS) ^ set(METHODS))}"
+)
