@@ -1,6 +1,7 @@
 """The run assembly: from a ``RunConfig`` to a finished run.
 
-:mod:`.assembly` builds the parts of a run (``build_run``), :mod:`.runner` trains it (``run``),
+:mod:`.assembly` builds the parts of a run (``build_run``: the machine, ``assemble``,
+``preflight``), :mod:`.runner` trains it (``run``, with :class:`RunOptions`),
 :mod:`.rundir` decides where it lives and who may write it, :mod:`.finish` writes what it
 leaves, :mod:`.teachers` and :mod:`.teacher_cache` provide its teacher, :mod:`.loading` turns
 model files back into networks, and :mod:`.sweep` runs many settings of one config.
@@ -8,6 +9,7 @@ model files back into networks, and :mod:`.sweep` runs many settings of one conf
 
 from kdistill.experiment.assembly import (
     RunParts,
+    assemble,
     build_eval_loaders,
     build_objective,
     build_optimizer,
@@ -16,9 +18,11 @@ from kdistill.experiment.assembly import (
     build_train_loader,
     code_trust,
     configure_torch,
+    preflight,
     resolve_device,
 )
 from kdistill.experiment.loading import LoadedModel, build_from_spec, load_model
+from kdistill.experiment.options import RunOptions
 from kdistill.experiment.rundir import (
     RunDirError,
     group_dir,
@@ -42,10 +46,12 @@ from kdistill.experiment.teachers import (
 __all__ = [
     "LoadedModel",
     "RunDirError",
+    "RunOptions",
     "RunParts",
     "RunResult",
     "TeacherCheckError",
     "TeacherSetup",
+    "assemble",
     "build_eval_loaders",
     "build_from_spec",
     "build_objective",
@@ -64,6 +70,7 @@ __all__ = [
     "link_latest",
     "load_model",
     "model_spec",
+    "preflight",
     "prepare_teacher_cache",
     "resolve_device",
     "run",

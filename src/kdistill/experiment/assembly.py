@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from kdistill.engine.schedule import build_lr_factor
 from kdistill.engine.trainer import Callback, Loop
 from kdistill.experiment.health import gradient_check, scratch_baselines, teacher_versus_scratch
 from kdistill.experiment.loading import check_model_fits_data, load_model
+from kdistill.experiment.options import RunOptions
 from kdistill.experiment.teacher_cache import prepare_teacher_cache
 from kdistill.experiment.teachers import (
     TeacherCheck,
@@ -138,26 +139,18 @@ def build_objective(
     cfg: RunConfig,
     student: nn.Module,
     teacher: TeacherSetup | None,
-    cache: TeacherCache | None,
     data: DataBundle | None = None,
     device: torch.device | None = None,
 ) -> Objective:
     """``Supervised(student)`` without kd, else the method objective with the terms of
     ``kd.methods`` (Hinton's alone by default, plus the teacher's own labels in joint
-    training). The teacher's outputs come from the cache when there is one, from the live
-    teacher otherwise."""
+    training). It reads the live teacher; :func:`preflight` points it at the teacher-output
+    cache when the run has one."""
     if teacher is None:
         return Supervised(student)
     kd = cfg.kd
     assert kd is not None
     source = teacher.live
-    if cache is not None:
-        source = CachedTeacher(
-            cache,
-            reduce=kd.ensemble_reduce,
-            weights=kd.ensemble_weights,
-            temperature=kd.temperature,
-        )
     if data is None:
         raise ValueError(
             "a distillation objective needs the data (layers are probed on one sample)"
@@ -283,9 +276,11 @@ def build_eval_loaders(
     return evals
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class RunParts:
-    """Everything a run is made of, assembled and checked (see :func:`build_run`).
+    """Everything a run is made of (see :func:`build_run`): made by :func:`assemble`, completed
+    by :func:`preflight` (the teacher's check, the cache, the health findings); frozen, so a
+    step that changes a part returns new parts (``dataclasses.replace``).
 
     Attributes:
         cfg: the config.
@@ -318,7 +313,7 @@ class RunParts:
     loop: Loop
     compression: list[Callback]
     kd_gradient_ratio: float | None = None
-    warnings: list[str] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
     threads: ThreadChoice | None = None
 
     def optimizer_factory(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -332,39 +327,72 @@ class RunParts:
 
 def build_run(
     cfg: RunConfig,
+    options: RunOptions | None = None,
     *,
-    trust_code: bool = False,
     dist_ctx: DistContext | None = None,
-    log: Log = print,
-    progress: bool = True,
     resume_from: Path | None = None,
     wait_for_cache_builder: bool = True,
     rebuild_cache: bool = False,
-    threads: int | ThreadChoice | None = None,
     teacher_precision: str | None = None,
+    **settings: Any,
 ) -> RunParts:
-    """Assemble the parts of a run of ``cfg``.
+    """Assemble the parts of a run of ``cfg``, in three steps that read as a recipe: this
+    process's threads and seed (:func:`configure_torch`), the parts (:func:`assemble`: nothing
+    is evaluated or written), and the checks and preparations before training
+    (:func:`preflight`: the teacher's check, its output cache, the gradient check).
 
     Args:
         cfg: the config.
-        trust_code: model files may name import paths the config does not write.
+        options: trust_code, log, progress, threads (:class:`RunOptions`); ``settings`` may
+            give them as keywords instead.
         dist_ctx: this process's place in a data-parallel run, or ``None``.
-        log, progress: messages and progress bars.
         resume_from: a checkpoint's model file: the student is rebuilt from it (with the
-            structure compression had given it) instead of from the config.
+            structure compression had given it) instead of from the config, and the health
+            checks are not made again.
         wait_for_cache_builder: wait for another process building the same teacher cache
             (runs) instead of failing (``kdistill cache build``).
         rebuild_cache: compute the teacher's outputs again even if the cache exists.
-        threads: CPU threads (or a choice made for this process); ``None`` = ``train.threads``,
-            else chosen from the machine (:func:`configure_torch`).
         teacher_precision: the teacher precision a resumed run began with (its checkpoint
             records it), kept rather than chosen again for ``kd.teacher_precision: auto``.
 
     Raises:
         TeacherCheckError: the teacher cannot teach; nothing was spent on it.
     """
-    thread_choice = configure_torch(cfg, dist_ctx, threads)
-    log(thread_choice.describe())
+    options = RunOptions.of(options, **settings)
+    machine = configure_torch(cfg, dist_ctx, options.threads)
+    options.log(machine.describe())
+    parts = assemble(
+        cfg,
+        trust_code=options.trust_code,
+        log=options.log,
+        dist_ctx=dist_ctx,
+        resume_from=resume_from,
+        teacher_precision=teacher_precision,
+    )
+    return preflight(
+        replace(parts, threads=machine),
+        log=options.log,
+        progress=options.progress,
+        dist_ctx=dist_ctx,
+        resumed=resume_from is not None,
+        wait_for_cache_builder=wait_for_cache_builder,
+        rebuild_cache=rebuild_cache,
+    )
+
+
+def assemble(
+    cfg: RunConfig,
+    *,
+    trust_code: bool = False,
+    log: Log = print,
+    dist_ctx: DistContext | None = None,
+    resume_from: Path | None = None,
+    teacher_precision: str | None = None,
+) -> RunParts:
+    """The parts of a run of ``cfg``, built from its files: data, student, teacher(s) loaded,
+    the objective (reading the live teacher), loaders, the loop and the compression callbacks.
+    Nothing is evaluated, written or cached, and no process-wide setting changes (those are
+    :func:`configure_torch`'s and :func:`preflight`'s)."""
     device = resolve_device(cfg.train.device, dist_ctx)
     rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
     trust = code_trust(cfg, trust_code)
@@ -374,37 +402,15 @@ def build_run(
     for note in getattr(student, "kdistill_adapted", ()):
         log(f"student {spec.arch}: {note}")
     eval_loaders = build_eval_loaders(cfg, data, device, rank=rank, world_size=world)
-    teacher = check = cache = None
+    teacher = None
     if cfg.kd is not None:
         teacher = build_teacher(
             cfg, data, log, trust, device=device, recorded_precision=teacher_precision
         )
         teacher.live.to(device)
-        check = check_teacher(cfg.kd, teacher, eval_loaders["test"], data, log)
-        cache = prepare_teacher_cache(
-            cfg,
-            data,
-            teacher,
-            device,
-            progress=progress,
-            log=log,
-            dist_ctx=dist_ctx,
-            wait_for_builder=wait_for_cache_builder,
-            force_build=rebuild_cache,
-        )
-    objective = build_objective(cfg, student, teacher, cache, data, device)
+    objective = build_objective(cfg, student, teacher, data, device)
     objective.to(device)
-    train_loader = build_train_loader(cfg, data, device, cache=cache, rank=rank, world_size=world)
-    # Before training only: on a resume the first run's result is kept (the check's eval-mode
-    # forward would also change a fake-quantized student, breaking an exact resume).
-    ratio, warnings = (
-        gradient_check(cfg, objective, train_loader, log) if resume_from is None else (None, [])
-    )
-    if check is not None and resume_from is None:
-        baselines = scratch_baselines(
-            cfg, data.name, spec.arch, count_params(student), len(data.test)
-        )
-        warnings += teacher_versus_scratch(check.test_top1, baselines, len(data.test), log)
+    train_loader = build_train_loader(cfg, data, device, rank=rank, world_size=world)
     steps_per_epoch = -(-len(train_loader) // cfg.train.grad_accumulation)
     loop = Loop(
         epochs=cfg.train.epochs,
@@ -428,6 +434,85 @@ def build_run(
             f"global batch {cfg.data.batch_size}"
         )
     return RunParts(
-        cfg, device, data, spec, objective, teacher, check, cache, train_loader, eval_loaders,
-        loop, compression, ratio, warnings, thread_choice,
+        cfg=cfg, device=device, data=data, spec=spec, objective=objective, teacher=teacher,
+        teacher_check=None, cache=None, train_loader=train_loader, eval_loaders=eval_loaders,
+        loop=loop, compression=compression,
     )  # fmt: skip
+
+
+def preflight(
+    parts: RunParts,
+    *,
+    log: Log = print,
+    progress: bool = True,
+    dist_ctx: DistContext | None = None,
+    resumed: bool = False,
+    wait_for_cache_builder: bool = True,
+    rebuild_cache: bool = False,
+) -> RunParts:
+    """What is done once before training: the frozen teacher's check on the test split, the
+    teacher-output cache (built, or found; the objective and the training batches then read
+    it), the gradient check of the loss and the comparison with scratch baselines (not again
+    when a run resumes: its first session's findings are restored from the checkpoint)."""
+    cfg, data = parts.cfg, parts.data
+    if parts.teacher is not None:
+        parts = _prepare_teacher(
+            parts, log, progress, dist_ctx, wait_for_cache_builder, rebuild_cache
+        )
+    if resumed:
+        return parts
+    # Before training only: on a resume the first run's result is kept (the check's eval-mode
+    # forward would also change a fake-quantized student, breaking an exact resume).
+    ratio, warnings = gradient_check(cfg, parts.objective, parts.train_loader, log)
+    if parts.teacher_check is not None:
+        baselines = scratch_baselines(
+            cfg, data.name, parts.spec.arch, count_params(parts.objective.student), len(data.test)
+        )
+        warnings += teacher_versus_scratch(
+            parts.teacher_check.test_top1, baselines, len(data.test), log
+        )
+    return replace(parts, kd_gradient_ratio=ratio, warnings=tuple(warnings))
+
+
+def _prepare_teacher(
+    parts: RunParts,
+    log: Log,
+    progress: bool,
+    dist_ctx: DistContext | None,
+    wait_for_cache_builder: bool,
+    rebuild_cache: bool,
+) -> RunParts:
+    """The frozen teacher's check, then its output cache, which the objective and the training
+    batches read from then on."""
+    cfg, data, device = parts.cfg, parts.data, parts.device
+    assert cfg.kd is not None and parts.teacher is not None
+    check = check_teacher(cfg.kd, parts.teacher, parts.eval_loaders["test"], data, log)
+    cache = prepare_teacher_cache(
+        cfg,
+        data,
+        parts.teacher,
+        device,
+        progress=progress,
+        log=log,
+        dist_ctx=dist_ctx,
+        wait_for_builder=wait_for_cache_builder,
+        force_build=rebuild_cache,
+    )
+    parts = replace(parts, teacher_check=check, cache=cache)
+    if cache is not None:
+        rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
+        parts.objective.read_teacher_from(  # type: ignore[attr-defined]
+            CachedTeacher(
+                cache,
+                reduce=cfg.kd.ensemble_reduce,
+                weights=cfg.kd.ensemble_weights,
+                temperature=cfg.kd.temperature,
+            )
+        )
+        parts = replace(
+            parts,
+            train_loader=build_train_loader(
+                cfg, data, device, cache=cache, rank=rank, world_size=world
+            ),
+        )
+    return parts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import subprocess
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from kdistill.files import (
     atomic_copy,
     sha256_file,
 )
-from kdistill.models import count_macs, count_params, cpu_latency_ms, save_model_file
+from kdistill.models import ModelSpec, count_macs, count_params, cpu_latency_ms, save_model_file
 from kdistill.record import RunRecord
 from kdistill.trust import CodeTrust
 
@@ -50,13 +50,36 @@ def finish_run(
     warnings: list[str],
     log: Any,
 ) -> RunRecord:
-    """Write the final model, the best model, a jointly trained teacher, the export (int8 ONNX
-    of a QAT run) and finally the run record, which lists their checksums.
+    """What a finished run leaves, in three steps: its final files (:func:`save_final_files`:
+    the final and best models, a jointly trained teacher), the export of a compressed student
+    (:func:`export_compressed`: the int8 ONNX model of a QAT run, and the compression report),
+    and last the run record (:func:`write_record`), which lists the checksums of them all.
 
     ``total_time_s`` counts this process's setup, every epoch (of every session of a resumed
     run) and this finishing step."""
     started = time.perf_counter()
-    cfg, student, state = parts.cfg, trainer.student, trainer.state
+    saved = save_final_files(parts, trainer.student, run_dir, best)
+    compression = export_compressed(parts, trainer.student, run_dir, saved, log)
+    return write_record(
+        parts, trainer, run_dir, saved, compression,
+        setup_s=setup_s, finish_started=started, warnings=warnings,
+    )  # fmt: skip
+
+
+@dataclass
+class FinalFiles:
+    """The files a finished run wrote so far (names in the run directory), the final model's
+    size and the spec it records."""
+
+    files: list[str]
+    size: int
+    spec: ModelSpec
+
+
+def save_final_files(
+    parts: RunParts, student: nn.Module, run_dir: Path, best: Checkpoint | None
+) -> FinalFiles:
+    """The final model, the best epoch's model and a jointly trained teacher."""
     spec = parts.student_spec(student)
     size = save_model_file(run_dir / MODEL, student.state_dict(), spec)
     files = [CONFIG, METRICS, MODEL]
@@ -67,6 +90,15 @@ def finish_run(
         first = parts.teacher.loaded[0]
         save_model_file(run_dir / TEACHER, parts.teacher.network.state_dict(), first.spec)
         files.append(TEACHER)
+    return FinalFiles(files, size, spec)
+
+
+def export_compressed(
+    parts: RunParts, student: nn.Module, run_dir: Path, saved: FinalFiles, log: Any
+) -> dict[str, Any]:
+    """What the compression policies did (the record's ``compression``), with the int8 ONNX
+    model of a quantization-aware run converted, checked and added to ``saved.files``."""
+    cfg, spec = parts.cfg, saved.spec
     compression = compression_report(parts.compression, student)
     policy = quantization_policy(parts.compression)
     if policy is not None and policy.convert:
@@ -99,12 +131,30 @@ def finish_run(
             f"int8 model: {q['onnx_path']} (test top-1 {q['int8_test_top1']:.2%} after conversion "
             f"vs {q['fake_quant_test_top1']:.2%} fake-quantized)"
         )
-        files.append(INT8_ONNX)
+        saved.files.append(INT8_ONNX)
     if compression:
         compression["description"] = ", ".join(
             p.kind for p in cfg.policies if p.kind != "distillation"
         )
         compression["size_gzip_bytes"] = len(gzip.compress((run_dir / MODEL).read_bytes(), 9))
+    return compression
+
+
+def write_record(
+    parts: RunParts,
+    trainer: Trainer,
+    run_dir: Path,
+    saved: FinalFiles,
+    compression: dict[str, Any],
+    *,
+    setup_s: float,
+    finish_started: float,
+    warnings: list[str],
+) -> RunRecord:
+    """The run record, written last: what the run was, what it reached, and the checksums of
+    every file it left (``total_time_s``: ``setup_s``, the epochs' wall time, and the time
+    since finishing began at ``finish_started``, a ``time.perf_counter()``)."""
+    cfg, student, state, spec = parts.cfg, trainer.student, trainer.state, saved.spec
     # Size and compute of the architecture itself (an exported QAT graph runs no hooks).
     structure = build_from_spec(spec, trust=CodeTrust(frozenset({spec.arch})), quantized=False).to(
         "cpu"
@@ -138,9 +188,9 @@ def finish_run(
         best_epoch=state.best_epoch,
         params=count_params(structure),
         macs=count_macs(structure, parts.data.input_shape),
-        size_bytes=size,
+        size_bytes=saved.size,
         epoch_times_s=tuple(state.epoch_times),
-        total_time_s=setup_s + state.wall_time_s + time.perf_counter() - started,
+        total_time_s=setup_s + state.wall_time_s + time.perf_counter() - finish_started,
         kdistill_version=__version__,
         torch_version=torch.__version__,
         git_sha=git_sha(),
@@ -162,7 +212,7 @@ def finish_run(
         if cfg.train.measure_latency
         else None,
         compression=compression or None,
-        files={name: sha256_file(run_dir / name) for name in files},
+        files={name: sha256_file(run_dir / name) for name in saved.files},
     )
     record.write(run_dir)
     return record

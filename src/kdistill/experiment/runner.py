@@ -7,7 +7,7 @@ import importlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from kdistill.engine.trainer import (
 from kdistill.experiment.assembly import RunParts, build_run
 from kdistill.experiment.finish import finish_run
 from kdistill.experiment.health import collapse_advice
+from kdistill.experiment.options import RunOptions
 from kdistill.experiment.rundir import (
     RunDirError,
     claim_run_dir,
@@ -51,7 +52,6 @@ from kdistill.files import (
     atomic_write_text,
     sha256_file,
 )
-from kdistill.hardware import ThreadChoice
 from kdistill.models import resolve_model
 from kdistill.record import RunRecord
 
@@ -72,42 +72,22 @@ class RunResult:
         return self.record.to_dict() if self.record is not None else {}
 
 
-def run(
-    cfg: RunConfig,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    progress: bool = True,
-    log: Log = print,
-    callbacks: Sequence[Callback] = (),
-    trust_code: bool = False,
-    link: bool = True,
-    threads: int | ThreadChoice | None = None,
-) -> RunResult:
+def run(cfg: RunConfig, options: RunOptions | None = None, **settings: Any) -> RunResult:
     """Train one run of ``cfg`` (one seed) and write its directory. See ``docs/cli.md``.
 
     Args:
         cfg: the config.
-        resume: continue from the newest checkpoint (or start, saying so, when there is none).
-        force: move an existing run of this config aside and start over.
-        progress, log: progress bars and messages.
-        callbacks: extra trainer callbacks.
-        trust_code: model files (teachers, ``model.checkpoint``) may name import-path
-            architectures that ``cfg`` does not write itself (see :mod:`kdistill.trust`).
-        link: point ``<out_dir>/<name>`` at this run when it finishes (the CLI does so only
-            for a recipe run as written).
-        threads: CPU threads (``--threads``), not part of the config: they change how fast a
-            run goes, not what it computes. ``None`` = ``train.threads``, else chosen from the
-            machine's cores and load (the choice is logged and kept in the run record).
+        options: how the run is carried out (:class:`RunOptions`: resume, force, progress,
+            log, callbacks, trust_code, link, threads); ``settings`` may give them as keywords
+            instead (``run(cfg, resume=True, log=print)``).
 
     Launched by ``torchrun`` with several processes, the student trains data-parallel (DDP) and
     only the first process writes files and logs.
     """
+    options = RunOptions.of(options, **settings)
     dist_ctx = init_from_env(cfg.train.device, cfg.train.dist_timeout_s)
     try:
-        return _run(
-            cfg, dist_ctx, resume, force, progress, log, callbacks, trust_code, link, threads
-        )
+        return _run(cfg, options, dist_ctx)
     except RuntimeError as exc:
         if dist_ctx is not None and is_peer_failure(exc):
             raise PeerFailureError(dist_ctx.rank, exc) from exc
@@ -121,75 +101,38 @@ def _quiet(_message: str) -> None:
     return None
 
 
-def _run(
-    cfg: RunConfig,
-    dist_ctx: DistContext | None,
-    resume: bool,
-    force: bool,
-    progress: bool,
-    log: Log,
-    callbacks: Sequence[Callback],
-    trust_code: bool,
-    link: bool,
-    threads: int | ThreadChoice | None = None,
-) -> RunResult:
+def _run(cfg: RunConfig, options: RunOptions, dist_ctx: DistContext | None) -> RunResult:
+    """The run, as a recipe: claim the directory, build the parts, restore a checkpoint, train,
+    finish (files, export, record)."""
     started = time.perf_counter()
     main = dist_ctx is None or dist_ctx.is_main
     if not main:
-        log, progress = _quiet, False
+        options = replace(options, log=_quiet, progress=False)
+    log = options.log
     run_dir = run_dir_for(cfg)
-    if resume and not force and (run_dir / RECORD).is_file():
-        return _already_finished(cfg, run_dir, main=main, link=link, log=log)
-    claim = claim_run_dir(cfg, resume=resume, force=force, log=log) if main else None
+    if options.resume and not options.force and (run_dir / RECORD).is_file():
+        return _already_finished(cfg, run_dir, main=main, link=options.link, log=log)
+    claim = (
+        claim_run_dir(cfg, resume=options.resume, force=options.force, log=log) if main else None
+    )
     with claim or contextlib.nullcontext(None) as checkpoint:
         barrier()  # the others wait until the directory is claimed (and moved aside by --force)
-        if not main and resume:
+        if not main and options.resume:
             checkpoint = Checkpointer.latest(run_dir)
         parts = build_run(
             cfg,
-            trust_code=trust_code,
+            options,
             dist_ctx=dist_ctx,
-            log=log,
-            progress=progress,
             resume_from=checkpoint.model_file if checkpoint is not None else None,
-            threads=threads,
             teacher_precision=checkpoint.info.get("teacher_precision") if checkpoint else None,
         )
-        info = run_info(cfg, parts, checkpoint, run_dir)
+        info = run_info(cfg, parts)
+        if checkpoint is not None:
+            parts = restore_run_info(checkpoint, info, parts, run_dir)
         if main:
             atomic_write_text(run_dir / CONFIG, dump_yaml(cfg))
             (run_dir / STOPPED).unlink(missing_ok=True)  # a resumed run is no longer stopped
-        guard = CollapseGuard(cfg.train.on_collapse, log, collapse_advice(cfg))
-        keep = cfg.train.keep_checkpoints
-        checkpoints = Checkpointer(
-            run_dir, keep=keep, describe=parts.student_spec, info=info, enabled=main
-        )
-        trainer = Trainer(
-            parts.objective,
-            parts.optimizer_factory,
-            parts.train_loader,
-            parts.eval_loaders,
-            parts.loop,
-            callbacks=[
-                *parts.compression,
-                *load_callbacks(cfg.train.callbacks),
-                *callbacks,
-                *teacher_agreement(parts),
-                # the epoch a health check stops at is recorded and shown, not checkpointed
-                MetricsLog(
-                    run_dir,
-                    tensorboard_dir=tensorboard_dir(run_dir)
-                    if tensorboard(cfg, log, main)
-                    else None,
-                    hparams=hparams(cfg),
-                    config_text=dump_yaml(cfg),
-                    enabled=main,
-                ),
-                Console(log, progress=progress),
-                guard,
-                checkpoints,
-            ],
-        )
+        trainer, guard = _trainer(cfg, parts, options, run_dir, info, main)
         if checkpoint is not None:
             trainer.load_state_dict(checkpoint.training_state())
             for reason in checkpoint.skipped:
@@ -205,16 +148,67 @@ def _run(
         if not main:
             barrier()  # until the first process has written the results
             return RunResult(run_dir, None)
-        warnings = [*parts.warnings, *guard.warnings]
-        best = Checkpointer.latest(run_dir)
         record = finish_run(
-            parts, trainer, run_dir, best, setup_s=setup_s, warnings=warnings, log=log
+            parts,
+            trainer,
+            run_dir,
+            Checkpointer.latest(run_dir),
+            setup_s=setup_s,
+            warnings=[*parts.warnings, *guard.warnings],
+            log=log,
         )
-        if link:
+        if options.link:
             link_latest(cfg, run_dir)
     if dist_ctx is not None:
         barrier()
     return RunResult(run_dir, record)
+
+
+def _trainer(
+    cfg: RunConfig,
+    parts: RunParts,
+    options: RunOptions,
+    run_dir: Path,
+    info: Mapping[str, Any],
+    main: bool,
+) -> tuple[Trainer, CollapseGuard]:
+    """The trainer of the run with its callbacks, in the order they act: compression, the
+    config's and the caller's, agreement with the teacher, the metrics log, the console, the
+    collapse guard, and last the checkpoints (the epoch a health check stops at is recorded and
+    shown, not checkpointed)."""
+    guard = CollapseGuard(cfg.train.on_collapse, options.log, collapse_advice(cfg))
+    checkpoints = Checkpointer(
+        run_dir,
+        keep=cfg.train.keep_checkpoints,
+        describe=parts.student_spec,
+        info=info,
+        enabled=main,
+    )
+    metrics = MetricsLog(
+        run_dir,
+        tensorboard_dir=tensorboard_dir(run_dir) if tensorboard(cfg, options.log, main) else None,
+        hparams=hparams(cfg),
+        config_text=dump_yaml(cfg),
+        enabled=main,
+    )
+    trainer = Trainer(
+        parts.objective,
+        parts.optimizer_factory,
+        parts.train_loader,
+        parts.eval_loaders,
+        parts.loop,
+        callbacks=[
+            *parts.compression,
+            *load_callbacks(cfg.train.callbacks),
+            *options.callbacks,
+            *teacher_agreement(parts),
+            metrics,
+            Console(options.log, progress=options.progress),
+            guard,
+            checkpoints,
+        ],
+    )
+    return trainer, guard
 
 
 def write_stopped(run_dir: Path, trainer: Trainer, error: TrainingError) -> None:
@@ -257,31 +251,37 @@ def teacher_agreement(parts: RunParts) -> list[Callback]:
     return [Agreement(reference={"test": parts.teacher_check.test.predictions})]
 
 
-def run_info(
-    cfg: RunConfig, parts: RunParts, checkpoint: Checkpoint | None, run_dir: Path
-) -> dict[str, Any]:
+def run_info(cfg: RunConfig, parts: RunParts) -> dict[str, Any]:
     """What identifies a run beyond its directory, kept in its checkpoints: the config's
-    identity, which teacher weights it learns from, and what the health check before the first
-    epoch found. Resuming, the checkpoint's must match (and its health findings carry over)."""
+    identity, which teacher weights it learns from, what the health check before the first
+    epoch found, and the teacher precision it began with."""
     teachers = parts.teacher.identities if parts.teacher is not None else ()
-    info = {
+    return {
         "config_hash": run_identity(cfg),
         "teachers": [
             {"reference": t.reference, "file": t.file, "sha256": t.sha256} for t in teachers
         ],
-        "health": {"kd_gradient_ratio": parts.kd_gradient_ratio, "warnings": parts.warnings},
+        "health": {"kd_gradient_ratio": parts.kd_gradient_ratio, "warnings": list(parts.warnings)},
         # kd.teacher_precision: auto is chosen once, when the run begins; a resume keeps it
         "teacher_precision": parts.teacher.precision.precision
         if parts.teacher is not None and parts.teacher.precision is not None
         else None,
     }
-    if checkpoint is not None:
-        check_same_run(checkpoint, info, run_dir)
-        # the health check ran before the first epoch, in the first session
-        info["health"] = dict(checkpoint.info.get("health", {}))
-        parts.kd_gradient_ratio = info["health"].get("kd_gradient_ratio")
-        parts.warnings = list(info["health"].get("warnings", []))
-    return info
+
+
+def restore_run_info(
+    checkpoint: Checkpoint, info: dict[str, Any], parts: RunParts, run_dir: Path
+) -> RunParts:
+    """Resuming: the checkpoint must be of the same run (config, teacher weights); the health
+    findings of its first session carry over (into ``info`` and the returned parts)."""
+    check_same_run(checkpoint, info, run_dir)
+    health = dict(checkpoint.info.get("health", {}))
+    info["health"] = health
+    return replace(
+        parts,
+        kd_gradient_ratio=health.get("kd_gradient_ratio"),
+        warnings=tuple(health.get("warnings", [])),
+    )
 
 
 def check_same_run(checkpoint: Checkpoint, info: Mapping[str, Any], run_dir: Path) -> None:
@@ -324,28 +324,19 @@ def check_same_teachers(cfg: RunConfig, record: RunRecord) -> None:
 
 
 def train_or_reuse(
-    cfg: RunConfig,
-    *,
-    resume: bool = True,
-    force: bool = False,
-    progress: bool = True,
-    log: Log = print,
-    trust_code: bool = False,
-    link: bool = True,
-    threads: int | ThreadChoice | None = None,
+    cfg: RunConfig, options: RunOptions | None = None, **settings: Any
 ) -> tuple[RunResult, bool]:
     """A finished run of ``cfg`` (checked, and taught by the same teacher weights), or a new
-    one (``resume``: continued from its checkpoint if it has one); returns the result and
-    whether it was reused. ``force`` trains it again (the old run is moved aside)."""
+    one (``resume``, the default here: continued from its checkpoint if it has one); returns
+    the result and whether it was reused. ``force`` trains it again (the old run is moved
+    aside). ``options`` / ``settings`` as for :func:`run`."""
+    options = RunOptions.of(options or RunOptions(resume=True), **settings)
     run_dir = run_dir_for(cfg)
-    if not force and (run_dir / RECORD).is_file():
+    if not options.force and (run_dir / RECORD).is_file():
         record = RunRecord.read(run_dir)
         check_same_teachers(cfg, record)
         return RunResult(run_dir, record), True
-    result = run(
-        cfg, resume=resume and not force, force=force, progress=progress, log=log,
-        trust_code=trust_code, link=link, threads=threads,
-    )  # fmt: skip
+    result = run(cfg, replace(options, resume=options.resume and not options.force))
     return result, False
 
 

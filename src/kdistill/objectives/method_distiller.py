@@ -149,6 +149,17 @@ class MethodDistiller(StudentObjective):
         self.student_taps = FeatureTaps(student_layers, "student", clone=True)
         self.teacher_taps = FeatureTaps(teacher_layers, "teacher", clone=False)
 
+    def read_teacher_from(self, source: nn.Module) -> None:
+        """Take the teacher's outputs from ``source`` from now on (the teacher-output cache in
+        place of the live teacher, once the run has prepared it). Methods that read the
+        teacher's layers need the live teacher."""
+        if self.teacher_taps.names or self.joint:
+            raise ValueError(
+                "methods that read the teacher's layers, and joint training, need the live "
+                f"teacher, not a {type(source).__name__}"
+            )
+        self.teacher = as_teacher(source)
+
     # -- the schedule -----------------------------------------------------------------------
 
     def _active_terms(self) -> list[Term]:
