@@ -368,3 +368,11 @@ def test_a_resume_points_at_a_run_begun_before_auto_precision(tmp_path, teacher_
     assert run_dir_for(before) != run_dir_for(now)
     assert "begun before kd.teacher_precision defaulted to auto" in note
     assert "kd.teacher_precision=fp32" in note
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_the_machine_lacks_stops_before_the_run_directory_is_made(tmp_path):
+    cfg = digits_config(tmp_path / "out", "train.device=cuda")
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        run(cfg, **QUIET)
+    assert not (tmp_path / "out").exists()

@@ -32,7 +32,7 @@ from kdistill.engine.trainer import (
     Trainer,
     TrainingError,
 )
-from kdistill.experiment.assembly import RunParts, build_run
+from kdistill.experiment.assembly import RunParts, build_run, resolve_device
 from kdistill.experiment.finish import finish_run
 from kdistill.experiment.health import collapse_advice
 from kdistill.experiment.options import RunOptions
@@ -110,6 +110,7 @@ def _run(cfg: RunConfig, options: RunOptions, dist_ctx: DistContext | None) -> R
         options = replace(options, log=_quiet, progress=False)
     log = options.log
     run_dir = run_dir_for(cfg)
+    resolve_device(cfg.train.device, dist_ctx)  # a device this machine lacks: stop before mkdir
     if options.resume and not options.force and (run_dir / RECORD).is_file():
         return _already_finished(cfg, run_dir, main=main, link=options.link, log=log)
     claim = (
