@@ -127,7 +127,28 @@ def build_vgg_cifar(
 # ----------------------------------------------------------------------------- pre-activation
 
 
-class PreactBasicBlock(nn.Module):
+class _PreactBlock(nn.Module):
+    """A pre-activation block: ``pre_bn`` and ``pre_relu`` (absent in a stage's first block,
+    whose input the stem has normalized) before the body, whose output is added to the input or
+    to the ``downsample`` projection of the pre-activated input."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, preactivate: bool) -> None:
+        super().__init__()
+        self.pre_bn = nn.BatchNorm2d(inplanes) if preactivate else None
+        self.pre_relu = nn.ReLU(inplace=True) if preactivate else None
+
+    def body(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = x if self.pre_bn is None else self.pre_relu(self.pre_bn(x))  # type: ignore[misc]
+        downsample: nn.Module | None = self.downsample  # type: ignore[assignment]
+        return self.body(pre) + (x if downsample is None else downsample(pre))
+
+
+class PreactBasicBlock(_PreactBlock):
     expansion = 1
 
     def __init__(
@@ -138,22 +159,18 @@ class PreactBasicBlock(nn.Module):
         downsample: nn.Module | None = None,
         preactivate: bool = True,
     ) -> None:
-        super().__init__()
-        self.pre_bn = nn.BatchNorm2d(inplanes) if preactivate else None
-        self.pre_relu = nn.ReLU(inplace=True) if preactivate else None
+        super().__init__(inplanes, preactivate)
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1_2 = nn.BatchNorm2d(planes)
         self.relu1_2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.downsample = downsample
 
-    def forward(self, x: Tensor) -> Tensor:
-        pre = x if self.pre_bn is None else self.pre_relu(self.pre_bn(x))  # type: ignore[misc]
-        out = self.conv2(self.relu1_2(self.bn1_2(self.conv1(pre))))
-        return out + (x if self.downsample is None else self.downsample(pre))
+    def body(self, x: Tensor) -> Tensor:
+        return self.conv2(self.relu1_2(self.bn1_2(self.conv1(x))))
 
 
-class PreactBottleneck(nn.Module):
+class PreactBottleneck(_PreactBlock):
     expansion = 4
 
     def __init__(
@@ -164,9 +181,7 @@ class PreactBottleneck(nn.Module):
         downsample: nn.Module | None = None,
         preactivate: bool = True,
     ) -> None:
-        super().__init__()
-        self.pre_bn = nn.BatchNorm2d(inplanes) if preactivate else None
-        self.pre_relu = nn.ReLU(inplace=True) if preactivate else None
+        super().__init__(inplanes, preactivate)
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1_2 = nn.BatchNorm2d(planes)
         self.relu1_2 = nn.ReLU(inplace=True)
@@ -176,11 +191,9 @@ class PreactBottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.downsample = downsample
 
-    def forward(self, x: Tensor) -> Tensor:
-        pre = x if self.pre_bn is None else self.pre_relu(self.pre_bn(x))  # type: ignore[misc]
-        out = self.relu1_2(self.bn1_2(self.conv1(pre)))
-        out = self.conv3(self.relu2_3(self.bn2_3(self.conv2(out))))
-        return out + (x if self.downsample is None else self.downsample(pre))
+    def body(self, x: Tensor) -> Tensor:
+        out = self.relu1_2(self.bn1_2(self.conv1(x)))
+        return self.conv3(self.relu2_3(self.bn2_3(self.conv2(out))))
 
 
 PREACT_LAYOUTS = {
