@@ -417,7 +417,8 @@ def test_unfinished_runs(tmp_path, capsys, finished):
     check(["train", *argv[1:]], capsys, "holds an unfinished run .*pass --resume")
     pointer = run_dir / "checkpoints" / "latest.json"
     latest = json.loads(pointer.read_text())
-    _flip(run_dir / "checkpoints" / latest["dir"] / "state.pt")
+    for kept in latest["files"]:  # every checkpoint a resume could fall back to
+        _flip(run_dir / "checkpoints" / kept / "state.pt")
     check(
         ["train", *argv[1:], "--resume"], capsys, "state.pt is corrupted or was changed .*--force"
     )

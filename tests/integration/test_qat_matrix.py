@@ -36,7 +36,14 @@ CLASSES = 10
 # every image architecture of the registry (the MLP takes vectors: test_quantization.py), then
 # torchvision's MobileNetV3 (depthwise convolutions, squeeze-excitation, hard-swish) and timm's
 # ResNet; the registry's own resnet18/mobilenet_v2 are torchvision's modules
-ARCHS = [a for a in MODELS if a != "mlp"] + ["torchvision:mobilenet_v3_small", "timm:resnet18"]
+# Distiller's models: one of each kind of block (VGG, plain, pre-activation basic and
+# bottleneck, depthwise-separable); alexnet_bn needs ImageNet-sized inputs
+SAME_BLOCKS = {"vgg13_cifar", "vgg16_cifar", "vgg19_cifar", "preact_resnet34",
+               "preact_resnet101", "preact_resnet152", "mobilenet", "mobilenet_050",
+               "mobilenet_075", "alexnet_bn"}  # fmt: skip
+ARCHS = [a for a in MODELS if a != "mlp" and a not in SAME_BLOCKS] + [
+    "torchvision:mobilenet_v3_small", "timm:resnet18"
+]  # fmt: skip
 # timm's ResNets start with the last BatchNorm of each block at 0, which QAT cannot fold
 # (test_quantization.py checks the refusal): as a user would, turn that off
 ARGS = {"timm:resnet18": {"zero_init_last": False}}
