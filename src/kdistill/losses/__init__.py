@@ -1,8 +1,22 @@
 """Distillation losses: pure functions in :mod:`.functional`, the module in :mod:`.distillation`,
-and the one ensemble merge in :mod:`.ensemble`."""
+the one ensemble merge in :mod:`.ensemble`, and language models' token-level divergences in
+:mod:`.tokens`."""
 
 from kdistill.losses import functional
 from kdistill.losses.distillation import DistillationLoss
 from kdistill.losses.ensemble import merge_members, merged_probabilities
+from kdistill.losses.tokens import (
+    fused_token_divergence,
+    sparse_token_divergence,
+    token_divergence,
+)
 
-__all__ = ["DistillationLoss", "functional", "merge_members", "merged_probabilities"]
+__all__ = [
+    "DistillationLoss",
+    "functional",
+    "fused_token_divergence",
+    "merge_members",
+    "merged_probabilities",
+    "sparse_token_divergence",
+    "token_divergence",
+]

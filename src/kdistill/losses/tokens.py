@@ -1,0 +1,334 @@
+"""Token-level distillation of language models: divergences between a teacher's and a
+student's next-token distributions, averaged over the kept tokens of the whole batch.
+
+Conventions (one for every function here):
+
+* logits have shape ``(batch, seq, vocab)`` and are aligned with ``labels`` ``(batch, seq)``:
+  position ``t`` predicts ``labels[:, t]`` (no shift inside);
+* a position whose label is ``ignore_index`` is left out (padding, prompt tokens);
+* both distributions are ``softmax(z / T)``; the per-token divergence is summed over the
+  vocabulary, **averaged over the kept tokens of the whole batch** (not per sequence), and
+  multiplied by ``T**2`` (its gradients then keep their scale as T changes, as Hinton's);
+* everything is computed in float32 or wider (bf16 / fp16 inputs are upcast); a batch with no
+  kept token is an error, not a NaN.
+
+Kinds (``p_t``, ``p_s``: teacher and student): ``forward_kl`` KL(p_t || p_s); ``reverse_kl``
+KL(p_s || p_t); ``jsd`` GKD's generalized Jensen-Shannon divergence with ``M = beta p_t + (1 -
+beta) p_s``: ``beta KL(p_t || M) + (1 - beta) KL(p_s || M)``; ``skew_forward_kl`` KL(p_t || a p_t
++ (1 - a) p_s) and ``skew_reverse_kl`` KL(p_s || a p_s + (1 - a) p_t) (DistiLLM, ``a = skew``);
+``tvd`` the total variation distance ``0.5 sum |p_t - p_s|``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdistill.validation import check_temperature
+
+DivergenceKind = Literal[
+    "forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"
+]
+DIVERGENCES: tuple[str, ...] = get_args(DivergenceKind)
+
+
+def _check_options(kind: str, temperature: float, beta: float, skew: float) -> float:
+    if kind not in DIVERGENCES:
+        raise ValueError(f"kind must be one of {', '.join(DIVERGENCES)}, got {kind!r}")
+    t = check_temperature(temperature)
+    if kind == "jsd" and not (isinstance(beta, (int, float)) and 0.0 < beta < 1.0):
+        raise ValueError(
+            f"jsd needs 0 < beta < 1 (the mixture's teacher weight), got {beta!r}; its ends are "
+            "forward_kl and reverse_kl"
+        )
+    if kind.startswith("skew") and not (isinstance(skew, (int, float)) and 0.0 <= skew < 1.0):
+        raise ValueError(f"{kind} needs 0 <= skew < 1, got {skew!r}")
+    return t
+
+
+def _check_shapes(student_logits: Tensor, labels: Tensor, what: str = "student_logits") -> None:
+    if student_logits.dim() != 3:
+        raise ValueError(
+            f"{what} must be (batch, seq, vocab), got shape {tuple(student_logits.shape)}"
+        )
+    if labels.shape != student_logits.shape[:2]:
+        raise ValueError(
+            f"labels must be (batch, seq) = {tuple(student_logits.shape[:2])}, aligned with the "
+            f"logits (position t predicts labels[:, t]); got {tuple(labels.shape)}"
+        )
+
+
+def _kept(labels: Tensor, ignore_index: int) -> Tensor:
+    """The kept positions, flat; a batch with none is an error (its mean would be 0/0)."""
+    mask = (labels != ignore_index).reshape(-1)
+    if not bool(mask.any()):
+        raise ValueError(
+            f"every label of the batch is ignore_index ({ignore_index}): no token to distill on "
+            "(all padding or prompt); drop such batches"
+        )
+    return mask
+
+
+def _wide(x: Tensor) -> Tensor:
+    """At least float32 (bf16 / fp16 upcast; float64 stays)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _log_mix(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
+    """``log(w a + (1 - w) b)`` from log-probabilities, stably (w may be 0)."""
+    if weight_a == 0.0:
+        return log_b
+    return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a))
+
+
+def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """``sum_v p (log p - log q)`` per row; terms with ``p = 0`` count 0 (``xlogy``)."""
+    p = log_p.exp()
+    return (torch.special.xlogy(p, p) - p * log_q).sum(-1)
+
+
+def divergence_per_token(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    kind: str,
+    temperature: float,
+    beta: float = 0.5,
+    skew: float = 0.1,
+) -> Tensor:
+    """The divergence of each row of ``(tokens, vocab)`` logits, summed over the vocabulary
+    (no ``T**2``, no averaging): the building block of :func:`token_divergence` and of the
+    chunked :func:`fused_token_divergence`."""
+    log_s = F.log_softmax(_wide(student_logits) / temperature, dim=-1)
+    log_t = F.log_softmax(_wide(teacher_logits) / temperature, dim=-1)
+    if kind == "forward_kl":
+        return _kl(log_t, log_s)
+    if kind == "reverse_kl":
+        return _kl(log_s, log_t)
+    if kind == "jsd":
+        log_m = _log_mix(log_t, log_s, beta)
+        return beta * _kl(log_t, log_m) + (1.0 - beta) * _kl(log_s, log_m)
+    if kind == "skew_forward_kl":
+        return _kl(log_t, _log_mix(log_t, log_s, skew))
+    if kind == "skew_reverse_kl":
+        return _kl(log_s, _log_mix(log_s, log_t, skew))
+    if kind == "tvd":
+        return 0.5 * (log_t.exp() - log_s.exp()).abs().sum(-1)
+    raise ValueError(f"kind must be one of {', '.join(DIVERGENCES)}, got {kind!r}")
+
+
+def token_divergence(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    *,
+    kind: DivergenceKind = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew: float = 0.1,
+    ignore_index: int = -100,
+) -> Tensor:
+    """The ``kind`` divergence between the teacher's and the student's next-token distributions
+    at ``temperature``, averaged over the kept tokens of the batch, times ``T**2`` (see the
+    module's conventions). ``beta``: jsd's teacher weight in the mixture; ``skew``: the skewed
+    KLs' mixing weight."""
+    t = _check_options(kind, temperature, beta, skew)
+    _check_shapes(student_logits, labels)
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(
+            f"teacher_logits {tuple(teacher_logits.shape)} and student_logits "
+            f"{tuple(student_logits.shape)} differ; align vocabularies of different sizes on "
+            "their shared ids first"
+        )
+    keep = _kept(labels, ignore_index)
+    vocab = student_logits.shape[-1]
+    s = student_logits.reshape(-1, vocab)[keep]
+    te = teacher_logits.reshape(-1, vocab)[keep].detach()
+    per_token = divergence_per_token(s, te, kind=kind, temperature=t, beta=beta, skew=skew)
+    return per_token.mean() * (t * t)
+
+
+def sparse_token_divergence(
+    student_logits: Tensor,
+    teacher_topk_ids: Tensor,
+    teacher_topk_logprobs: Tensor,
+    labels: Tensor,
+    *,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+) -> Tensor:
+    """Forward KL against a teacher given as its top-k tokens (a teacher cache): the teacher's
+    distribution over k + 1 buckets is its k probabilities (``teacher_topk_logprobs``, already
+    at ``temperature``) and the tail ``1 - sum``; the student's ``softmax(z / T)`` is folded onto
+    the same buckets (its probabilities of the k ids, and the rest). Masked, averaged over the
+    kept tokens and multiplied by ``T**2`` as :func:`token_divergence`."""
+    t = check_temperature(temperature)
+    _check_shapes(student_logits, labels)
+    expected = (*student_logits.shape[:2],)
+    if (
+        teacher_topk_ids.shape[:2] != expected
+        or teacher_topk_logprobs.shape != teacher_topk_ids.shape
+    ):
+        raise ValueError(
+            f"teacher_topk_ids {tuple(teacher_topk_ids.shape)} and teacher_topk_logprobs "
+            f"{tuple(teacher_topk_logprobs.shape)} must both be (batch, seq, k) with (batch, seq) "
+            f"= {expected}"
+        )
+    keep = _kept(labels, ignore_index)
+    vocab, k = student_logits.shape[-1], teacher_topk_ids.shape[-1]
+    ids = teacher_topk_ids.reshape(-1, k)[keep].long()
+    if bool((ids < 0).any()) or bool((ids >= vocab).any()):
+        raise ValueError(f"teacher_topk_ids must be token ids in [0, {vocab}), got others")
+    log_s = F.log_softmax(_wide(student_logits.reshape(-1, vocab)[keep]) / t, dim=-1)
+    log_pt = _wide(teacher_topk_logprobs.reshape(-1, k)[keep].detach())
+    log_ps = log_s.gather(-1, ids)
+    per_token = _bucket_kl(log_pt, log_ps)
+    return per_token.mean() * (t * t)
+
+
+def _tail(log_p: Tensor) -> Tensor:
+    """``log(1 - sum exp(log_p))`` per row, clamped at a tiny mass (a float16 teacher's top-k
+    may sum to a hair over 1)."""
+    mass = log_p.exp().sum(-1).clamp(max=1.0)
+    return torch.log1p(-mass).clamp(min=math.log(torch.finfo(log_p.dtype).tiny))
+
+
+def _bucket_kl(log_pt: Tensor, log_ps: Tensor) -> Tensor:
+    """KL over the k + 1 buckets (the k tokens, then the tail) of teacher and student."""
+    t_buckets = torch.cat([log_pt, _tail(log_pt).unsqueeze(-1)], dim=-1)
+    s_buckets = torch.cat([log_ps, _tail(log_ps).unsqueeze(-1)], dim=-1)
+    return _kl(t_buckets, s_buckets)
+
+
+class _FusedDivergence(torch.autograd.Function):
+    """Logits, divergence and gradients chunk by chunk along the tokens: the forward pass
+    computes each chunk's loss and its gradients with respect to the hidden states and the head
+    weight at once and keeps only those (no chunk's logits outlive it); the backward pass
+    scales them by the incoming gradient."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        hidden: Tensor,
+        weight: Tensor,
+        teacher_hidden: Tensor | None,
+        teacher_weight: Tensor | None,
+        teacher_logits: Tensor | None,
+        options: tuple[str, float, float, float, int, float],
+    ) -> Tensor:
+        kind, t, beta, skew, chunk, scale = options
+        needs_grad = hidden.requires_grad or weight.requires_grad
+        wide = torch.promote_types(weight.dtype, torch.float32)
+        grad_hidden = torch.zeros_like(hidden) if needs_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=wide) if needs_grad else None
+        total = torch.zeros((), dtype=wide, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            end = min(start + chunk, hidden.shape[0])
+            with torch.no_grad():
+                if teacher_logits is not None:
+                    t_logits = teacher_logits[start:end]
+                else:
+                    t_logits = teacher_hidden[start:end] @ teacher_weight.T  # type: ignore[index,union-attr]
+            with torch.enable_grad():
+                h = hidden[start:end].detach().requires_grad_(needs_grad)
+                w = weight.detach().requires_grad_(needs_grad)
+                loss = divergence_per_token(
+                    h @ w.T, t_logits, kind=kind, temperature=t, beta=beta, skew=skew
+                ).sum()
+                if needs_grad:
+                    gh, gw = torch.autograd.grad(loss, (h, w))
+                    grad_hidden[start:end] = gh  # type: ignore[index]
+                    grad_weight += gw.to(wide)  # type: ignore[operator]
+            total += loss.detach().to(wide)
+        if needs_grad:
+            ctx.save_for_backward(grad_hidden * scale, (grad_weight * scale).to(weight.dtype))  # type: ignore[operator]
+        return total * scale
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_output: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        grad_hidden, grad_weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None
+
+
+def fused_token_divergence(
+    student_hidden: Tensor,
+    student_head_weight: Tensor,
+    teacher: Tensor | Sequence[Tensor],
+    labels: Tensor,
+    *,
+    kind: DivergenceKind = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew: float = 0.1,
+    ignore_index: int = -100,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """:func:`token_divergence` of ``student_hidden @ student_head_weight.T`` without ever
+    holding either model's full ``(tokens, vocab)`` logits: logits, loss and gradients are
+    computed ``chunk_size`` kept tokens at a time.
+
+    Args:
+        student_hidden: the student's last hidden states ``(batch, seq, hidden)``.
+        student_head_weight: its output head ``(vocab, hidden)`` (no bias).
+        teacher: the teacher's logits ``(batch, seq, vocab)``, or the pair ``(teacher_hidden
+            (batch, seq, hidden_t), teacher_head_weight (vocab, hidden_t))``.
+        labels: ``(batch, seq)``, aligned with the positions (no shift inside).
+        kind, temperature, beta, skew, ignore_index: as :func:`token_divergence`.
+        chunk_size: kept tokens per chunk (peak extra memory ~ ``chunk_size * vocab`` floats).
+
+    Gradients flow to ``student_hidden`` and ``student_head_weight``; the teacher is detached.
+    """
+    t = _check_options(kind, temperature, beta, skew)
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    if student_hidden.dim() != 3 or student_head_weight.dim() != 2:
+        raise ValueError(
+            f"student_hidden must be (batch, seq, hidden) and student_head_weight (vocab, "
+            f"hidden); got {tuple(student_hidden.shape)} and {tuple(student_head_weight.shape)}"
+        )
+    if student_head_weight.shape[1] != student_hidden.shape[-1]:
+        raise ValueError(
+            f"the head weight {tuple(student_head_weight.shape)} does not take hidden states of "
+            f"size {student_hidden.shape[-1]}"
+        )
+    vocab = student_head_weight.shape[0]
+    if labels.shape != student_hidden.shape[:2]:
+        raise ValueError(
+            f"labels must be (batch, seq) = {tuple(student_hidden.shape[:2])}, got "
+            f"{tuple(labels.shape)}"
+        )
+    keep = _kept(labels, ignore_index)
+    hidden = student_hidden.reshape(-1, student_hidden.shape[-1])[keep]
+    teacher_logits = teacher_hidden = teacher_weight = None
+    if isinstance(teacher, Tensor):
+        if teacher.shape != (*student_hidden.shape[:2], vocab):
+            raise ValueError(
+                f"teacher logits must be (batch, seq, vocab) = "
+                f"{(*student_hidden.shape[:2], vocab)}, got {tuple(teacher.shape)}"
+            )
+        teacher_logits = teacher.reshape(-1, vocab)[keep].detach()
+    else:
+        teacher_hidden_3d, teacher_weight = teacher
+        if (
+            teacher_weight.shape[0] != vocab
+            or teacher_hidden_3d.shape[:2] != student_hidden.shape[:2]
+        ):
+            raise ValueError(
+                f"the teacher's hidden states {tuple(teacher_hidden_3d.shape)} and head "
+                f"{tuple(teacher_weight.shape)} must cover the same (batch, seq) and vocabulary "
+                f"({vocab}) as the student's"
+            )
+        teacher_hidden = teacher_hidden_3d.reshape(-1, teacher_hidden_3d.shape[-1])[keep].detach()
+        teacher_weight = teacher_weight.detach()
+    scale = (t * t) / hidden.shape[0]
+    return _FusedDivergence.apply(
+        hidden, student_head_weight, teacher_hidden, teacher_weight, teacher_logits,
+        (kind, t, float(beta), float(skew), chunk_size, scale),
+    )  # fmt: skip
