@@ -127,13 +127,16 @@ def test_a_dead_process_stops_the_run_and_it_resumes(tmp_path):
     ]  # fmt: skip
     crashed = train(tmp_path, "k", *args, nproc=2, env=env, timeout=600)
     assert crashed.returncode != 0
-    # the survivor stopped because its peer was gone (the connection closed under a collective,
-    # or torchrun stopped it), not by a timeout
+    # the survivor stopped because its peer was gone, by whichever comes first: the connection
+    # closing under a collective, or torchrun's SIGTERM (which kdistill's handler reports, or
+    # which ends the process before it can); never by the collective timeout
+    err = crashed.stderr
     assert (
-        "process 0 lost contact with another process" in crashed.stderr
-        or "Signal 15 (SIGTERM) received" in crashed.stderr
-    ), crashed.stderr[-3000:]
-    assert "timeout" not in crashed.stderr.lower().replace("dist_timeout", "")
+        "process 0 lost contact with another process" in err
+        or "another process of this distributed run failed" in err
+        or "Signal 15 (SIGTERM) received" in err
+    ), err[-3000:]
+    assert "timeout" not in err.lower().replace("dist_timeout", "")
     assert "the distributed run failed" in crashed.stderr
     assert "continue with --resume" in crashed.stderr
     assert "Traceback" not in crashed.stderr, crashed.stderr[-3000:]  # torchrun's own dropped
