@@ -36,11 +36,12 @@ CLASSES = 10
 # every image architecture of the registry (the MLP takes vectors: test_quantization.py), then
 # torchvision's MobileNetV3 (depthwise convolutions, squeeze-excitation, hard-swish) and timm's
 # ResNet; the registry's own resnet18/mobilenet_v2 are torchvision's modules
-# Distiller's models: one of each kind of block (VGG, plain, pre-activation basic and
-# bottleneck, depthwise-separable); alexnet_bn needs ImageNet-sized inputs
-SAME_BLOCKS = {"vgg13_cifar", "vgg16_cifar", "vgg19_cifar", "preact_resnet34",
-               "preact_resnet101", "preact_resnet152", "mobilenet", "mobilenet_050",
-               "mobilenet_075", "alexnet_bn"}  # fmt: skip
+# Distiller's models whose blocks the matrix already has (conv-BN-ReLU chains, bottlenecks,
+# depthwise-separable convolutions): one pre-activation ImageNet ResNet (its shortcut reads the
+# pre-activated input) and one MobileNet v1 stay; alexnet_bn needs ImageNet-sized inputs
+SAME_BLOCKS = {"plain20_cifar", "vgg11_cifar", "vgg13_cifar", "vgg16_cifar", "vgg19_cifar",
+               "preact_resnet34", "preact_resnet50", "preact_resnet101", "preact_resnet152",
+               "mobilenet", "mobilenet_050", "mobilenet_075", "alexnet_bn"}  # fmt: skip
 ARCHS = [a for a in MODELS if a != "mlp" and a not in SAME_BLOCKS] + [
     "torchvision:mobilenet_v3_small", "timm:resnet18"
 ]  # fmt: skip
