@@ -99,7 +99,10 @@ def main() -> None:
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     summary = {}
     for vocab in VOCABS:
-        of = {m: [r for r in rows if r["vocab"] == vocab and r["mode"] == m] for m in ("plain", "fused")}
+        of = {
+            m: [r for r in rows if r["vocab"] == vocab and r["mode"] == m]
+            for m in ("plain", "fused")
+        }
         plain_mem = statistics.median(r["extra_peak_mib"] for r in of["plain"])
         fused_mem = statistics.median(r["extra_peak_mib"] for r in of["fused"])
         plain_s = statistics.median(r["median_s"] for r in of["plain"])
@@ -111,8 +114,12 @@ def main() -> None:
             "plain_s": plain_s,
             "fused_s": fused_s,
             "time_fused_over_plain": fused_s / plain_s,
-            "same_loss": max(abs(a["loss"] - b["loss"]) / abs(a["loss"])
-                             for a in of["plain"] for b in of["fused"]) < 1e-5,  # fmt: skip
+            "same_loss": max(
+                abs(a["loss"] - b["loss"]) / abs(a["loss"])
+                for a in of["plain"]
+                for b in of["fused"]
+            )
+            < 1e-5,
         }
     publish(
         {**provenance("fused_token_loss.py"), "tokens": TOKENS, "hidden": HIDDEN,

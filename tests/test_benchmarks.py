@@ -23,6 +23,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "streaming.py",
         "precision_auto.py",
         "distiller_examples.py",
+        "fused_token_loss.py",
     ],
 )
 def test_each_script_starts(script):

@@ -268,7 +268,7 @@ def fused_token_divergence(
     beta: float = 0.5,
     skew: float = 0.1,
     ignore_index: int = -100,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> Tensor:
     """:func:`token_divergence` of ``student_hidden @ student_head_weight.T`` without ever
     holding either model's full ``(tokens, vocab)`` logits: logits, loss and gradients are
