@@ -427,6 +427,9 @@ class Regularization(Callback):
     @torch.no_grad()
     def on_step_end(self, trainer: Trainer, step: int) -> None:
         p = self.policy
+        thresholding = self.active and p.threshold is not None and self.layers is not None
+        if not (self.kept or thresholding):
+            return  # a penalty alone: nothing to do after the step
         params = dict(trainer.student.named_parameters())
         if self.kept:
             for name, mask in list(self.kept.items()):
@@ -436,17 +439,18 @@ class Regularization(Callback):
                 if mask.shape != weight.shape:  # thinned since: its zeros are the mask
                     mask = self.kept[name] = (weight.detach() != 0).cpu()
                 weight.mul_(mask.to(weight.device, weight.dtype))
-        if not self.active or p.threshold is None or self.layers is None:
+        if not thresholding:
             return
-        for weight in self._thresholded(params):
-            mask = regularization.threshold_mask(
-                weight, self.groups, p.threshold_criteria, p.threshold
-            )
-            weight.mul_(mask.to(weight.device, weight.dtype))
-
-    def _thresholded(self, params: Mapping[str, nn.Parameter]) -> list[nn.Parameter]:
-        assert self.layers is not None
-        return [params[f"{n}.weight"] for n in self.layers if f"{n}.weight" in params]
+        for name in self.layers or ():
+            weight = params.get(f"{name}.weight")
+            if weight is not None:
+                mask = regularization.threshold_mask(
+                    weight,
+                    self.groups,
+                    p.threshold_criteria,
+                    p.threshold,  # type: ignore[arg-type]
+                )
+                weight.mul_(mask.to(weight.device, weight.dtype))
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
         p = self.policy

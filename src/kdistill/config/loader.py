@@ -30,13 +30,9 @@ T = TypeVar("T")
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """``value`` checked (and built, for nested sections) by the one field checker."""
-    try:
-        return coerce(value, tp, path, from_dict)
-    except ConfigError:
-        raise
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    """``value`` checked (and built, for nested sections) by the one field checker, which
+    raises :class:`ConfigError`."""
+    return coerce(value, tp, path, from_dict)
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:

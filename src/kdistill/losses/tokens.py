@@ -219,10 +219,10 @@ class _FusedDivergence(torch.autograd.Function):
         teacher_hidden: Tensor | None,
         teacher_weight: Tensor | None,
         teacher_logits: Tensor | None,
-        options: tuple[str, float, float, float, int, float],
+        options: tuple[str, float, float, float, int, float, bool],
     ) -> Tensor:
-        kind, t, beta, skew, chunk, scale = options
-        needs_grad = hidden.requires_grad or weight.requires_grad
+        # needs_grad is decided by the caller: grad mode is always off in here
+        kind, t, beta, skew, chunk, scale, needs_grad = options
         wide = torch.promote_types(weight.dtype, torch.float32)
         grad_hidden = torch.zeros_like(hidden) if needs_grad else None
         grad_weight = torch.zeros_like(weight, dtype=wide) if needs_grad else None
@@ -328,7 +328,11 @@ def fused_token_divergence(
         teacher_hidden = teacher_hidden_3d.reshape(-1, teacher_hidden_3d.shape[-1])[keep].detach()
         teacher_weight = teacher_weight.detach()
     scale = (t * t) / hidden.shape[0]
+    # evaluation (no_grad) computes the loss alone, no gradients
+    needs_grad = torch.is_grad_enabled() and (
+        hidden.requires_grad or student_head_weight.requires_grad
+    )
     return _FusedDivergence.apply(
         hidden, student_head_weight, teacher_hidden, teacher_weight, teacher_logits,
-        (kind, t, float(beta), float(skew), chunk_size, scale),
+        (kind, t, float(beta), float(skew), chunk_size, scale, needs_grad),
     )  # fmt: skip
