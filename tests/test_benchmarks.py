@@ -24,6 +24,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "precision_auto.py",
         "distiller_examples.py",
         "fused_token_loss.py",
+        "cached_startup.py",
     ],
 )
 def test_each_script_starts(script):

@@ -58,6 +58,11 @@ def cache_array(name: str) -> str:
     return f"{name}.npy"
 
 
+def teacher_check_file(key: str) -> str:
+    """In a teacher cache: the frozen teacher's remembered test check under ``key``."""
+    return f"teacher-check-{key[:16]}.json"
+
+
 def export_file(precision: str, fmt: str) -> str:
     """An export folder's model file: ``model.onnx``, ``model.int8.pt2`` ..."""
     return f"{EXPORT_STEMS[precision]}.{fmt}"

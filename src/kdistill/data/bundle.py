@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import get_args
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -122,20 +123,30 @@ def first_input(split: Split) -> Tensor:
 
 def channel_stats(images: Tensor | ImageFiles) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel (images) or per-feature (vectors) mean and std, in [0, 1] units; of a
-    seeded sample of the files when the images are streamed (:data:`~kdistill.data.image_files.STATS_SAMPLES`)."""
+    seeded sample of the files when the images are streamed (:data:`~kdistill.data.image_files.STATS_SAMPLES`).
+
+    The same on every machine and with any number of threads: they key teacher caches, and
+    torch's multi-threaded float sums change in the last digit with the thread count (a busy
+    machine, where kdistill takes fewer threads, rebuilt a cache for it). 8-bit images are
+    summed exactly in integers; float data in float64 by numpy, whose pairwise sums do not
+    depend on threads."""
     if isinstance(images, ImageFiles):
         images = images.stats_sample()
     dims = (0, 2, 3) if images.dim() == 4 else (0,)
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
-    total_sq = torch.zeros_like(total)
+    exact = images.dtype == torch.uint8
+    total = np.zeros(images.shape[1], dtype=np.int64 if exact else np.float64)
+    total_sq = np.zeros_like(total)
     count = 0
-    for chunk in images.split(4096):  # bounded memory for big uint8 sets
-        x = to_unit_float(chunk).double()
-        total += x.sum(dims)
-        total_sq += (x * x).sum(dims)
-        count += x.numel() // x.shape[1]
-    mean = total / count
-    std = (total_sq / count - mean * mean).clamp(min=0).sqrt().clamp(min=1e-6)
+    rows = max(1, 2**22 // max(1, images[0].numel()))  # 32 MiB of int64 / float64 at a time
+    for chunk in images.split(rows):
+        x = chunk.numpy().astype(np.int64) if exact else chunk.double().numpy()
+        total += x.sum(axis=dims)
+        total_sq += (x * x).sum(axis=dims)
+        count += x.size // x.shape[1]
+    scale = 255.0 if exact else 1.0
+    mean = total / (count * scale)
+    var = total_sq / (count * scale * scale) - mean * mean
+    std = np.maximum(np.sqrt(np.maximum(var, 0.0)), 1e-6)
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 

@@ -34,10 +34,17 @@ from kdistill.engine.trainer import Callback, Loop
 from kdistill.experiment.health import gradient_check, scratch_baselines, teacher_versus_scratch
 from kdistill.experiment.loading import check_model_fits_data, load_model
 from kdistill.experiment.options import RunOptions
-from kdistill.experiment.teacher_cache import prepare_teacher_cache
+from kdistill.experiment.teacher_cache import (
+    CachePlan,
+    plan_teacher_cache,
+    prepare_teacher_cache,
+    reads_teacher_cache,
+)
+from kdistill.experiment.teacher_memo import CheckMemo, check_memo, recall_check, remember_check
 from kdistill.experiment.teachers import (
     TeacherCheck,
     TeacherSetup,
+    accept_teacher,
     build_teacher,
     check_teacher,
     model_spec,
@@ -405,7 +412,13 @@ def assemble(
     teacher = None
     if cfg.kd is not None:
         teacher = build_teacher(
-            cfg, data, log, trust, device=device, recorded_precision=teacher_precision
+            cfg,
+            data,
+            log,
+            trust,
+            device=device,
+            recorded_precision=teacher_precision,
+            defer_probe=reads_teacher_cache(cfg),  # the cache may know the precision
         )
         teacher.live.to(device)
     objective = build_objective(cfg, student, teacher, data, device)
@@ -483,21 +496,31 @@ def _prepare_teacher(
     rebuild_cache: bool,
 ) -> RunParts:
     """The frozen teacher's check, then its output cache, which the objective and the training
-    batches read from then on."""
-    cfg, data, device = parts.cfg, parts.data, parts.device
-    assert cfg.kd is not None and parts.teacher is not None
-    check = check_teacher(cfg.kd, parts.teacher, parts.eval_loaders["test"], data, log)
+    batches read from then on. The cache is planned first: ``auto``'s teacher precision follows
+    a finished cache, and a run reading one recalls the teacher's check from it instead of
+    evaluating the teacher again (:mod:`kdistill.experiment.teacher_memo`); a cache is built
+    only after the teacher passed its check."""
+    cfg, data, device, teacher = parts.cfg, parts.data, parts.device, parts.teacher
+    assert cfg.kd is not None and teacher is not None
+    plan = plan_teacher_cache(cfg, data, teacher, log=log, force_build=rebuild_cache)
+    teacher.settle_precision(log)  # no cache to follow: auto's probe decides
+    check, memo = _teacher_check(parts, plan, dist_ctx, log)
     cache = prepare_teacher_cache(
         cfg,
         data,
-        parts.teacher,
+        teacher,
         device,
         progress=progress,
         log=log,
         dist_ctx=dist_ctx,
         wait_for_builder=wait_for_cache_builder,
         force_build=rebuild_cache,
+        plan=plan,
     )
+    if memo is not None and check is not None:
+        problem = remember_check(memo, check)
+        if problem is not None:
+            log(f"the teacher's check is not kept for later runs: {problem}")
     parts = replace(parts, teacher_check=check, cache=cache)
     if cache is not None:
         rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
@@ -516,3 +539,25 @@ def _prepare_teacher(
             ),
         )
     return parts
+
+
+def _teacher_check(
+    parts: RunParts, plan: CachePlan | None, dist_ctx: DistContext | None, log: Log
+) -> tuple[TeacherCheck | None, CheckMemo | None]:
+    """The teacher's check, recalled from a finished cache when it holds one of exactly this
+    teacher on this test split, else measured now; and the memo to keep a measured check in
+    (``None`` when there is nothing to keep, or no cache to keep it in)."""
+    cfg, data, teacher = parts.cfg, parts.data, parts.teacher
+    assert cfg.kd is not None and teacher is not None
+    if plan is None or teacher.joint or dist_ctx is not None:
+        return check_teacher(cfg.kd, teacher, parts.eval_loaders["test"], data, log), None
+    memo = check_memo(cfg, plan, data, parts.device)
+    recalled, problem = recall_check(memo, len(data.test))
+    if problem is not None:
+        log(f"the remembered teacher check is not used ({problem}); evaluating the teacher")
+    if recalled is not None:
+        accept_teacher(
+            cfg.kd, teacher, recalled, data, log, source=f" (checked before: {memo.path.name})"
+        )
+        return recalled, None
+    return check_teacher(cfg.kd, teacher, parts.eval_loaders["test"], data, log), memo

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,32 +119,51 @@ def describe_cache(
 
 
 def _follow_cached_precision(
-    cfg: RunConfig, teacher: TeacherSetup, description: dict[str, Any], log: Log
+    cfg: RunConfig,
+    teacher: TeacherSetup,
+    description: dict[str, Any],
+    log: Log,
+    *,
+    force_build: bool,
 ) -> dict[str, Any]:
-    """With ``kd.teacher_precision: auto``, a finished cache of the teacher in the other
-    precision is read rather than computed again (one built before ``auto``, in fp32, on a
-    machine where ``auto`` now picks bf16, or one built on another machine): the teacher then
-    runs in that precision for the rest of the run too, and the record says why. Returns the
-    description of the outputs the run uses."""
+    """With ``kd.teacher_precision: auto``, the precision of a finished cache of the teacher's
+    outputs is taken rather than computing them again, and rather than timing the teacher (a
+    pending probe, :attr:`TeacherSetup.probe`): the teacher never runs in a cached run's
+    training, so its speed in either precision does not matter. That covers a cache built
+    before ``auto``, in fp32, on a machine where ``auto`` picks bf16, and one built on another
+    machine. The teacher then runs in that precision for the rest of the run too (its check on
+    the test split), and the record says why. A pending choice with no single finished cache to
+    follow (none, both, or ``--rebuild``) is made by the probe. Returns the description of the
+    outputs the run uses."""
     chosen = teacher.precision
-    if chosen is None or not chosen.automatic or _finished(cfg, description) is not None:
+    if teacher.probe is None and (chosen is None or not chosen.automatic):
         return description
-    other = "fp32" if chosen.precision == "bf16" else "bf16"
-    dtype = TEACHER_DTYPES[other]
-    alternative = {
-        **description,
-        "teachers": [{**t, "dtype": str(dtype)} for t in description["teachers"]],
+    candidates = {
+        precision: {
+            **description,
+            "teachers": [
+                {**t, "dtype": str(TEACHER_DTYPES[precision])} for t in description["teachers"]
+            ],
+        }
+        for precision in ("bf16", "fp32")
     }
-    found = _finished(cfg, alternative)
-    if found is None:
-        return description
-    for member in teacher.members:
-        member.dtype = dtype
-    teacher.precision = PrecisionChoice(
-        other, f"auto: the teacher cache {found} holds its outputs in {other}"
-    )
-    log(f"teacher precision: {teacher.precision.describe()}")
-    return alternative
+    finished = {} if force_build else {p: _finished(cfg, d) for p, d in candidates.items()}
+    found = [(p, path) for p, path in finished.items() if path is not None]
+    if teacher.probe is not None:
+        if len(found) == 1:
+            precision, path = found[0]
+            why = f"auto: the teacher cache {path} holds its outputs in {precision}"
+            teacher.set_precision(PrecisionChoice(precision, why, automatic=True), log)
+        else:
+            teacher.settle_precision(log)
+    else:  # chosen by the probe already: follow a cache that holds only the other precision
+        assert chosen is not None
+        if len(found) == 1 and found[0][0] != chosen.precision:
+            precision, path = found[0]
+            why = f"auto: the teacher cache {path} holds its outputs in {precision}"
+            teacher.set_precision(PrecisionChoice(precision, why), log)
+    assert teacher.precision is not None
+    return candidates[teacher.precision.precision]
 
 
 def _finished(cfg: RunConfig, description: dict[str, Any]) -> Path | None:
@@ -166,6 +186,85 @@ def cache_path(cfg: RunConfig, fp: str) -> Path:
     return Path(cfg.out_dir) / TEACHER_CACHES / fp[:16]
 
 
+@dataclass(frozen=True)
+class CachePlan:
+    """Which teacher outputs a run reads and where: decided before anything is computed.
+
+    Attributes:
+        description: what determines the outputs (the fingerprint's input).
+        fingerprint: the cache's identity.
+        path: its directory.
+        augment: the training augmentation whose views are stored.
+        views: ``(N, K)`` the views stored for each sample.
+        finished: whether a finished cache of exactly these outputs is there (its manifest
+            only was read; the arrays are verified when it is opened).
+    """
+
+    description: dict[str, Any]
+    fingerprint: str
+    path: Path
+    augment: Augment | None
+    views: np.ndarray
+    finished: bool
+
+
+def cache_skipped(cfg: RunConfig) -> str | None:
+    """Why a run of ``cfg`` with a teacher cache enabled still runs its teacher online, or
+    ``None`` when it reads the cache."""
+    kd = cfg.kd
+    assert kd is not None
+    if kd.bn_policy == "batch_stats":
+        return (
+            "kd.bn_policy=batch_stats makes each teacher output depend on the rest of its batch, "
+            "which cannot be replayed; the teacher runs online"
+        )
+    return None
+
+
+def reads_teacher_cache(cfg: RunConfig) -> bool:
+    """Whether a run of ``cfg`` reads its frozen teacher's outputs from a cache."""
+    kd = cfg.kd
+    return (
+        kd is not None
+        and kd.teacher_cache.enabled
+        and kd.teacher_weight == 0
+        and cache_skipped(cfg) is None
+    )
+
+
+def plan_teacher_cache(
+    cfg: RunConfig,
+    data: DataBundle,
+    teacher: TeacherSetup | None,
+    *,
+    log: Log = print,
+    force_build: bool = False,
+) -> CachePlan | None:
+    """The cache a run of ``cfg`` reads, or ``None`` when it uses none (or cannot: then the
+    online teacher is used and the log says why). Settles ``auto``'s teacher precision: from a
+    finished cache when there is one to follow, else by the timed probe."""
+    kd = cfg.kd
+    if kd is None or teacher is None or not kd.teacher_cache.enabled:
+        return None
+    skipped = cache_skipped(cfg)
+    if skipped is not None:
+        log(f"teacher cache NOT used: {skipped}")
+        return None
+    topk = kd.teacher_cache.topk
+    if topk is not None and topk > data.num_classes:
+        raise ValueError(
+            f"kd.teacher_cache.topk={topk} is more than the {data.num_classes} classes of "
+            f"{data.name}: use at most {data.num_classes}, or null to store all logits"
+        )
+    augment = build_augment(cfg.data.augment)
+    views = select_views(len(data.train), augment, kd.teacher_cache.views)
+    description = describe_cache(cfg, data, teacher, augment, views)
+    description = _follow_cached_precision(cfg, teacher, description, log, force_build=force_build)
+    fp = fingerprint(description)
+    finished = not force_build and _finished(cfg, description) is not None
+    return CachePlan(description, fp, cache_path(cfg, fp), augment, views, finished)
+
+
 def prepare_teacher_cache(
     cfg: RunConfig,
     data: DataBundle,
@@ -177,35 +276,21 @@ def prepare_teacher_cache(
     force_build: bool = False,
     dist_ctx: DistContext | None = None,
     wait_for_builder: bool = True,
+    plan: CachePlan | None = None,
 ) -> TeacherCache | None:
     """The open cache this run reads its teacher outputs from, built if needed; ``None`` when
-    the run uses no cache (or cannot: then the online teacher is used and the log says why).
+    the run uses no cache (``plan``: :func:`plan_teacher_cache`'s, made here without it).
 
     One process builds a cache at a time (an exclusive lock beside it): a run that needs a cache
     someone else is building waits for it and then reads it (``wait_for_builder``); otherwise
     (``kdistill cache build``) the second builder stops with an error naming the first."""
+    if plan is None:
+        plan = plan_teacher_cache(cfg, data, teacher, log=log, force_build=force_build)
+    if plan is None:
+        return None
     kd = cfg.kd
-    if kd is None or teacher is None or not kd.teacher_cache.enabled:
-        return None
-    if kd.bn_policy == "batch_stats":
-        log(
-            "teacher cache NOT used: kd.bn_policy=batch_stats makes each teacher output depend on "
-            "the rest of its batch, which cannot be replayed; the teacher runs online"
-        )
-        return None
-    topk = kd.teacher_cache.topk
-    if topk is not None and topk > data.num_classes:
-        raise ValueError(
-            f"kd.teacher_cache.topk={topk} is more than the {data.num_classes} classes of "
-            f"{data.name}: use at most {data.num_classes}, or null to store all logits"
-        )
-    augment = build_augment(cfg.data.augment)
-    views = select_views(len(data.train), augment, kd.teacher_cache.views)
-    description = describe_cache(cfg, data, teacher, augment, views)
-    if not force_build:
-        description = _follow_cached_precision(cfg, teacher, description, log)
-    fp = fingerprint(description)
-    path = cache_path(cfg, fp)
+    assert kd is not None and teacher is not None
+    path, fp = plan.path, plan.fingerprint
     # One builder at a time per cache directory: runs of a sweep that start together wait for
     # the first to finish building, then read what it built. The processes of one
     # data-parallel run build together instead, coordinated by barriers.
@@ -229,7 +314,7 @@ def prepare_teacher_cache(
                     log(f"{e}; rebuilding it")
                 cache = None
             if cache is not None:
-                log(f"teacher cache: reading {path} ({views.shape[1]} view(s) per sample)")
+                log(f"teacher cache: reading {path} ({plan.views.shape[1]} view(s) per sample)")
                 return cache
         if dist_ctx is not None:
             barrier()  # every process has looked before process 0 may clear a stale cache
@@ -237,9 +322,9 @@ def prepare_teacher_cache(
             cfg,
             data,
             teacher,
-            augment,
-            views,
-            description,
+            plan.augment,
+            plan.views,
+            plan.description,
             fp,
             path,
             device,

@@ -18,7 +18,12 @@ from kdistill.engine.distributed import from_first_process
 from kdistill.engine.evaluation import Evaluation, evaluate
 from kdistill.engine.trainer import TrainingError
 from kdistill.experiment.loading import check_model_fits_data, load_model
-from kdistill.experiment.precision import PrecisionChoice, choose_teacher_precision, forward_probe
+from kdistill.experiment.precision import (
+    PrecisionChoice,
+    Probe,
+    choose_teacher_precision,
+    forward_probe,
+)
 from kdistill.extras import require
 from kdistill.files import sha256_file
 from kdistill.models import ModelFileError, ModelSpec, build_model
@@ -267,13 +272,32 @@ class TeacherSetup:
         live: what runs the teacher: a ``FrozenTeacher``, an ``EnsembleTeacher``, or in joint
             training the trainable network (behind its input adapter, if any).
         members: the frozen members (one for a single teacher); empty in joint training.
-        precision: the frozen members' precision and why (``None`` in joint training).
+        precision: the frozen members' precision and why (``None`` in joint training, and
+            while ``probe`` is pending).
+        probe: ``kd.teacher_precision: auto``'s timed choice, not made yet: a run that reads a
+            finished teacher cache takes the cache's precision instead (the teacher never runs
+            in training); :meth:`settle_precision` makes it otherwise.
     """
 
     loaded: list[LoadedTeacher]
     live: nn.Module
     members: list[FrozenTeacher]
     precision: PrecisionChoice | None = None
+    probe: Callable[[], PrecisionChoice] | None = None
+
+    def set_precision(self, choice: PrecisionChoice, log: Log) -> None:
+        """Run the frozen members in ``choice`` (the first process's choice in every process of
+        a data-parallel run: one run never mixes precisions, nor keys its cache two ways)."""
+        choice = from_first_process(choice)
+        self.precision, self.probe = choice, None
+        for member in self.members:
+            member.dtype = choice.dtype
+        log(f"teacher precision: {choice.describe()}")
+
+    def settle_precision(self, log: Log) -> None:
+        """Make ``auto``'s timed choice now if it is still pending."""
+        if self.probe is not None:
+            self.set_precision(self.probe(), log)
 
     @property
     def joint(self) -> bool:
@@ -309,12 +333,15 @@ def build_teacher(
     *,
     device: torch.device | None = None,
     recorded_precision: str | None = None,
+    defer_probe: bool = False,
 ) -> TeacherSetup:
     """Load ``kd.teachers`` and wrap them: frozen (and ensembled), or trainable in joint mode.
 
     The frozen members run in ``kd.teacher_precision``; ``auto`` is chosen on ``device`` (the
     CPU by default; see :mod:`kdistill.experiment.precision`), or is ``recorded_precision``,
-    the precision an interrupted run began with."""
+    the precision an interrupted run began with. With ``defer_probe`` (a run that will read a
+    teacher cache), a choice that needs the timed probe is left pending
+    (:attr:`TeacherSetup.probe`): the cache may already say which precision its outputs are in."""
     kd = cfg.kd
     assert kd is not None
     loaded = load_teachers(kd, data, cfg.data, log, trust)
@@ -335,28 +362,39 @@ def build_teacher(
     device = torch.device("cpu") if device is None else device
     for member in members:
         member.to(device)
-    # The processes of a data-parallel run take the first one's choice: probes time
-    # differently, and one run must not mix precisions (nor key its cache two ways).
-    precision = from_first_process(
-        choose_teacher_precision(
-            kd.teacher_precision,
-            device,
-            forward_probe(members, data.input_shape, device),
-            recorded=recorded_precision,
-        )
-    )
-    log(f"teacher precision: {precision.describe()}")
-    for member in members:
-        member.dtype = precision.dtype
     if len(members) == 1:
-        return TeacherSetup(loaded, members[0], members, precision)
-    ensemble = EnsembleTeacher(
-        members,
-        weights=kd.ensemble_weights,
-        reduce=kd.ensemble_reduce,
-        temperature=kd.temperature if kd.ensemble_reduce == "probs" else None,
-    )
-    return TeacherSetup(loaded, ensemble, members, precision)
+        setup = TeacherSetup(loaded, members[0], members)
+    else:
+        ensemble = EnsembleTeacher(
+            members,
+            weights=kd.ensemble_weights,
+            reduce=kd.ensemble_reduce,
+            temperature=kd.temperature if kd.ensemble_reduce == "probs" else None,
+        )
+        setup = TeacherSetup(loaded, ensemble, members)
+
+    def choose(probe: Probe) -> PrecisionChoice:
+        return choose_teacher_precision(
+            kd.teacher_precision, device, probe, recorded=recorded_precision
+        )
+
+    timed = forward_probe(members, data.input_shape, device)
+    if not defer_probe:
+        setup.set_precision(choose(timed), log)
+        return setup
+    try:
+        setup.set_precision(choose(_no_probe_yet), log)
+    except _ProbeNeeded:  # only auto's timed choice is left for later
+        setup.probe = lambda: choose(timed)
+    return setup
+
+
+def _no_probe_yet() -> tuple[float, float]:
+    raise _ProbeNeeded
+
+
+class _ProbeNeeded(Exception):
+    """Raised by a stand-in probe: the precision choice needs timing."""
 
 
 def _scores(output: TeacherOutput) -> Tensor:
@@ -392,9 +430,28 @@ def check_teacher(
             evaluate(lambda x, m=m: _scores(m(x)), test_loader, data.num_classes).metrics["top1"]  # type: ignore[arg-type]
             for m in teacher.members
         ]
-    for i, (t, top1) in enumerate(zip(teacher.loaded, members, strict=True)):
-        log(f"teacher {i}: {t.spec.arch} from {t.reference}: test top-1 {top1:.2%}")
-    top1 = test.metrics["top1"]
+    check = TeacherCheck(test.metrics["top1"], tuple(members), test)
+    accept_teacher(kd, teacher, check, data, log)
+    return check
+
+
+def accept_teacher(
+    kd: KDConfig,
+    teacher: TeacherSetup,
+    check: TeacherCheck,
+    data: DataBundle,
+    log: Log,
+    source: str = "",
+) -> None:
+    """Log each member's test top-1 (``source``: where the figures come from, if they were
+    not measured just now) and refuse a teacher below ``kd.min_teacher_top1``.
+
+    Raises:
+        TeacherCheckError: test top-1 below ``kd.min_teacher_top1`` (default twice chance).
+    """
+    for i, (t, top1) in enumerate(zip(teacher.loaded, check.member_top1, strict=True)):
+        log(f"teacher {i}: {t.spec.arch} from {t.reference}: test top-1 {top1:.2%}{source}")
+    top1 = check.test_top1
     minimum = kd.min_teacher_top1 if kd.min_teacher_top1 is not None else 2.0 / data.num_classes
     if top1 < minimum:
         raise TeacherCheckError(
@@ -402,4 +459,3 @@ def check_teacher(
             f"{1 / data.num_classes:.1%}; required: {minimum:.1%}, kd.min_teacher_top1). It cannot "
             "teach: check kd.teachers[].checkpoint points at a trained model for this dataset."
         )
-    return TeacherCheck(top1, tuple(members), test)
