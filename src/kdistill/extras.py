@@ -23,6 +23,10 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tensorboard": ("TensorBoard event files", ("tensorboard",)),
     "timm": ("timm models (timm:<name>)", ("timm",)),
     "hf": ("Hugging Face image classifiers (hf:<directory>)", ("transformers",)),
+    "lm": (
+        "language models: Hugging Face causal LMs and tokenizers, GGUF files (SmolLM2)",
+        ("transformers", "gguf", "accelerate"),
+    ),
 }
 
 

@@ -11,6 +11,9 @@ Layout of a finished cache directory::
     topk_indices.npy     (N, K, k) int32 their classes
     crops.npy            (N, K, 5) int32 (top, left, height, width, flip) of each view's crop of
                          the full-resolution file (caches of random-resized crops)
+    token_ids.npy        (N, K, L, k) uint16/uint32 a language model's k most likely tokens at
+                         each of a block's L positions (token caches; N blocks, K = 1)
+    token_logprobs.npy   (N, K, L, k) float16/32 their log-probabilities at the temperature
 
 A build writes into ``<dir>.partial/`` and records finished chunks in ``progress.json`` after
 flushing them, so an interrupted build continues where it stopped. Only when every chunk is
@@ -94,16 +97,32 @@ class CacheLayout:
     # Views that are crops of the image files: the crop box of every stored view is recorded,
     # so the student replays exactly what the teacher saw.
     crops: bool = False
+    # Token caches: a language model's top-k tokens and log-probabilities at every one of the
+    # ``block`` positions of each sample (a block of text); ``num_classes`` is the vocabulary.
+    block: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.block is not None and self.topk is None:
+            raise ValueError("a token cache (block) stores the top-k tokens: give topk")
 
     @property
     def kind(self) -> str:
+        if self.block is not None:
+            return "token_topk"
         return "logits" if self.topk is None else "topk_probs"
 
     @property
     def arrays(self) -> tuple[str, ...]:
         """The arrays computed by the build (besides sample ids and views)."""
+        if self.block is not None:
+            return ("token_ids", "token_logprobs")
         outputs = ("logits",) if self.topk is None else ("topk_values", "topk_indices")
         return (*outputs, "crops") if self.crops else outputs
+
+    @property
+    def id_dtype(self) -> np.dtype:
+        """Token ids in the smallest unsigned type that holds the vocabulary."""
+        return np.dtype(np.uint16 if self.num_classes <= 2**16 else np.uint32)
 
 
 def _load_array(path: Path, remedy: str, *, mmap: bool = False) -> np.ndarray:
@@ -174,7 +193,10 @@ class TeacherCache:
                 raise CacheError(str(e)) from None
         self.sample_ids = _load_array(self.path / cache_array("sample_ids"), remedy)
         self.views = _load_array(self.path / cache_array("views"), remedy, mmap=True)
-        if self.layout.topk is None:
+        if self.layout.block is not None:
+            for name in self.layout.arrays:
+                setattr(self, name, _load_array(self.path / cache_array(name), remedy, mmap=True))
+        elif self.layout.topk is None:
             self.logits = _load_array(self.path / cache_array("logits"), remedy, mmap=True)
         else:
             self.topk_values = _load_array(
@@ -199,6 +221,8 @@ class TeacherCache:
             "topk_values": ((n, k, width), ("float16", "float32")),
             "topk_indices": ((n, k, width), ("int32",)),
             "crops": ((n, k, 5), ("int32",)),
+            "token_ids": ((n, k, lay.block, width), (str(lay.id_dtype),)),
+            "token_logprobs": ((n, k, lay.block, width), ("float16", "float32")),
         }
         for name in ("sample_ids", "views", *lay.arrays):
             array = getattr(self, name)
@@ -241,10 +265,20 @@ class TeacherCache:
         return match.argmax(axis=1)
 
     def lookup(self, sample_ids: Tensor, views: Tensor | None) -> dict[str, Tensor]:
-        """Stored outputs for each ``(sample id, view)``: ``{"logits": (B, M, C)}`` or
-        ``{"topk_values": (B, k), "topk_indices": (B, k)}`` (float32 / int64 tensors)."""
+        """Stored outputs for each ``(sample id, view)``: ``{"logits": (B, M, C)}``,
+        ``{"topk_values": (B, k), "topk_indices": (B, k)}``, or for a token cache
+        ``{"token_ids": (B, L, k), "token_logprobs": (B, L, k)}`` (float32 / int64 tensors)."""
         rows = self.rows(sample_ids)
         slots = self.slots(rows, views)
+        if self.layout.block is not None:
+            return {
+                "token_ids": torch.from_numpy(
+                    np.asarray(self.token_ids[rows, slots], dtype=np.int64)
+                ),
+                "token_logprobs": torch.from_numpy(
+                    np.asarray(self.token_logprobs[rows, slots], dtype=np.float32)
+                ),
+            }
         if self.layout.topk is None:
             return {
                 "logits": torch.from_numpy(np.asarray(self.logits[rows, slots], dtype=np.float32))
@@ -323,7 +357,8 @@ def build_cache(
         views: ``(N, K)`` the views to store for each sample.
         compute: ``(positions, view ids) -> (B, M, C)`` teacher logits for the samples at
             ``positions`` (row indices) seen as those views; for a layout with ``crops``, a
-            pair ``(logits, (B, 5) crop boxes used)``.
+            pair ``(logits, (B, 5) crop boxes used)``; for a token cache, the pair ``(ids,
+            log-probabilities)`` of the top-k tokens at every position, each ``(B, L, k)``.
         compute_batches: instead of ``compute``, the results of a whole chunk's batches
             ``[(positions, view ids), ...]``, yielded in order (so that the caller can decode
             ahead, in worker processes, while the teacher computes).
@@ -436,14 +471,20 @@ def _allocate(
 ) -> dict[str, np.memmap]:
     n, k = views.shape
     dtype = np.float16 if layout.dtype == "float16" else np.float32
-    shapes: dict[str, tuple[tuple[int, ...], Any]] = (
-        {"logits": ((n, k, layout.members, layout.num_classes), dtype)}
-        if layout.topk is None
-        else {
+    shapes: dict[str, tuple[tuple[int, ...], Any]]
+    if layout.block is not None:
+        per_sample = (n, k, layout.block, layout.topk or 0)
+        shapes = {
+            "token_ids": (per_sample, layout.id_dtype),
+            "token_logprobs": (per_sample, dtype),
+        }
+    elif layout.topk is None:
+        shapes = {"logits": ((n, k, layout.members, layout.num_classes), dtype)}
+    else:
+        shapes = {
             "topk_values": ((n, k, layout.topk), dtype),
             "topk_indices": ((n, k, layout.topk), np.int32),
         }
-    )
     if layout.crops:
         shapes["crops"] = ((n, k, 5), np.int32)
     if fresh:
@@ -477,6 +518,12 @@ def _fill_chunk(
     ]
     results = compute_batches([(r, views[r, s]) for r, s in cut])
     for (r, s), logits in zip(cut, results, strict=True):
+        if layout.block is not None:  # (ids, log-probabilities), each (B, L, k)
+            ids, logprobs = logits
+            arrays["token_ids"][r, s] = ids.cpu().numpy().astype(layout.id_dtype)
+            arrays["token_logprobs"][r, s] = logprobs.float().cpu().numpy()
+            bar.update(len(r))
+            continue
         if layout.crops:
             logits, boxes = logits
             arrays["crops"][r, s] = np.asarray(boxes, dtype=np.int32)

@@ -8,6 +8,7 @@ from kdistill.losses.ensemble import merge_members, merged_probabilities
 from kdistill.losses.tokens import (
     fused_token_divergence,
     sparse_token_divergence,
+    teacher_topk,
     token_divergence,
 )
 
@@ -18,5 +19,6 @@ __all__ = [
     "merge_members",
     "merged_probabilities",
     "sparse_token_divergence",
+    "teacher_topk",
     "token_divergence",
 ]

@@ -191,6 +191,22 @@ def sparse_token_divergence(
     return per_token.mean() * (t * t)
 
 
+def teacher_topk(
+    teacher_logits: Tensor, k: int, *, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """A teacher's ``k`` most likely tokens at each position and their log-probabilities at
+    ``temperature`` (``log_softmax(z / T)``, computed in float32): ``(ids, logprobs)``, each
+    ``(..., k)``, most likely first. What a token cache stores and
+    :func:`sparse_token_divergence` reads."""
+    t = check_temperature(temperature)
+    vocab = teacher_logits.shape[-1]
+    if not 1 <= k <= vocab:
+        raise ValueError(f"k must be in [1, {vocab}] (the vocabulary), got {k}")
+    logprobs = F.log_softmax(_wide(teacher_logits.detach()) / t, dim=-1)
+    values, ids = logprobs.topk(k, dim=-1)
+    return ids, values
+
+
 def _tail(log_p: Tensor) -> Tensor:
     """``log(1 - sum exp(log_p))`` per row, clamped at a tiny mass (a float16 teacher's top-k
     may sum to a hair over 1)."""

