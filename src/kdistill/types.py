@@ -12,6 +12,9 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+IGNORE_INDEX = -100
+"""A label that takes no loss (padding, a prompt's tokens): PyTorch's cross-entropy default."""
+
 
 @dataclass(frozen=True)
 class StudentOutput:
@@ -30,14 +33,19 @@ class StudentOutput:
 class TeacherOutput:
     """What a teacher (single, ensemble or cached) produced for one batch.
 
-    Exactly one of ``logits`` and ``probs`` is set. Probabilities are only meaningful together
-    with the temperature they were computed at, so ``temperature`` is required with ``probs``;
-    the loss refuses probabilities made at a temperature other than its own instead of guessing.
+    Exactly one form is set: ``logits``, ``probs``, or (a language model's cached teacher) its
+    top-k tokens ``topk_ids`` with their log-probabilities ``topk_logprobs``. Probabilities are
+    only meaningful together with the temperature they were computed at, so ``temperature`` is
+    required with ``probs`` and with the top-k; the loss refuses probabilities made at a
+    temperature other than its own instead of guessing.
 
     Attributes:
-        logits: ``(N, C)`` raw class scores, or ``None``.
+        logits: ``(N, C)`` raw class scores (a language model's ``(N, T, V)``), or ``None``.
         probs: ``(N, C)`` class probabilities (rows sum to 1), or ``None``.
-        temperature: the temperature ``probs`` were computed at; ``None`` with logits.
+        topk_ids: ``(N, T, k)`` a language model's most likely tokens, most likely first.
+        topk_logprobs: ``(N, T, k)`` their log-probabilities at ``temperature``.
+        temperature: the temperature ``probs`` or ``topk_logprobs`` were computed at; ``None``
+            with logits.
         features: optional intermediate activations by module path.
     """
 
@@ -45,18 +53,24 @@ class TeacherOutput:
     probs: Tensor | None = None
     temperature: float | None = None
     features: Mapping[str, Tensor] = field(default_factory=dict)
+    topk_ids: Tensor | None = None
+    topk_logprobs: Tensor | None = None
 
     def __post_init__(self) -> None:
-        if (self.logits is None) == (self.probs is None):
+        if (self.topk_ids is None) != (self.topk_logprobs is None):
+            raise ValueError("TeacherOutput needs topk_ids= and topk_logprobs= together")
+        forms = [self.logits is not None, self.probs is not None, self.topk_ids is not None]
+        if sum(forms) != 1:
             raise ValueError(
-                "TeacherOutput needs exactly one of logits= or probs=, got "
-                f"logits={'set' if self.logits is not None else 'None'}, "
-                f"probs={'set' if self.probs is not None else 'None'}"
+                "TeacherOutput needs exactly one of logits=, probs= or topk_ids= with "
+                f"topk_logprobs=, got logits={'set' if forms[0] else 'None'}, "
+                f"probs={'set' if forms[1] else 'None'}, topk={'set' if forms[2] else 'None'}"
             )
-        if self.probs is not None and self.temperature is None:
+        if (self.probs is not None or self.topk_ids is not None) and self.temperature is None:
             raise ValueError(
-                "TeacherOutput(probs=...) needs temperature= (the temperature the probabilities "
-                "were computed at), so that the loss can check it matches its own"
+                "TeacherOutput(probs=...) and TeacherOutput(topk_ids=...) need temperature= (the "
+                "temperature the probabilities were computed at), so that the loss can check it "
+                "matches its own"
             )
         if self.logits is not None and self.temperature is not None:
             raise ValueError(
@@ -67,19 +81,30 @@ class TeacherOutput:
     @property
     def scores(self) -> Tensor:
         """Whichever of logits/probs is set; its argmax is the teacher's prediction."""
+        if self.topk_ids is not None:
+            raise ValueError("a top-k teacher output has no full scores; use predictions()")
         return self.logits if self.logits is not None else self.probs  # type: ignore[return-value]
 
     def predictions(self) -> Tensor:
-        """``(N,)`` predicted class per sample (the same for logits and for probabilities)."""
-        return self.scores.argmax(dim=1)
+        """``(N,)`` predicted class per sample (the same for logits and for probabilities);
+        a language model's ``(N, T)`` predicted token per position."""
+        if self.topk_ids is not None:
+            return self.topk_ids[..., 0]
+        return self.scores.argmax(dim=-1)
 
     def detach(self) -> TeacherOutput:
         """A copy whose tensors carry no autograd history."""
+
+        def off(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach()
+
         return TeacherOutput(
-            logits=None if self.logits is None else self.logits.detach(),
-            probs=None if self.probs is None else self.probs.detach(),
+            logits=off(self.logits),
+            probs=off(self.probs),
             temperature=self.temperature,
             features={k: v.detach() for k, v in self.features.items()},
+            topk_ids=off(self.topk_ids),
+            topk_logprobs=off(self.topk_logprobs),
         )
 
 
@@ -94,11 +119,17 @@ class LossOutput:
             different weights or temperatures stay comparable in logs.
         weights: the multiplier applied to each part to form ``total`` (``"distill"``'s includes
             ``T**2`` when the loss scales by it). Parts without a weight are logged only.
+        count: what ``total`` is a mean over when that varies from batch to batch (the kept
+            tokens of a language model's batch), as a 0-d tensor; ``None`` for a mean over the
+            batch's samples. With a count, the trainer weighs each micro-batch of an optimizer
+            step (accumulated, or on other processes) by it, so that a step follows the mean
+            over every kept token of the global batch, however it is split.
     """
 
     total: Tensor
     parts: Mapping[str, Tensor]
     weights: Mapping[str, float] = field(default_factory=dict)
+    count: Tensor | None = None
 
     def weighted_parts(self) -> dict[str, Tensor]:
         """Each weighted part as it enters ``total``."""

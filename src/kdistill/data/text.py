@@ -27,8 +27,8 @@ import numpy as np
 from kdistill.data.errors import DataError
 from kdistill.data.tokenizers import Tokenizer
 from kdistill.files import atomic_path, atomic_write_text, canonical_json, read_json, sha256_bytes
+from kdistill.types import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 SPLITS = ("train", "val", "test")
 TOKENS_FORMAT = 1
 

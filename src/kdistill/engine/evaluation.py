@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.engine.metrics import ClassificationMeter
-from kdistill.types import Batch, logits_of
+from kdistill.types import IGNORE_INDEX, Batch, logits_of
 
 Predictor = Callable[[Tensor], Any]
 """``inputs -> model output`` (logits, or anything :func:`kdistill.types.logits_of` reads)."""
@@ -37,7 +37,10 @@ def evaluate(
     across_processes: bool = True,
     autocast: contextlib.AbstractContextManager[Any] | None = None,
 ) -> Evaluation:
-    """Top-1/top-5/loss/ECE of a predictor on a split, without changing it.
+    """Top-1/top-5/loss/ECE of a predictor on a split, without changing it. For a language
+    model (logits ``(B, T, V)``, labels ``(B, T)``) the samples are the tokens that take a loss:
+    ``loss`` is the mean negative log-likelihood per token (its exponential the perplexity),
+    ``top1`` the share of tokens predicted right, and the predictions are those tokens'.
 
     Args:
         predictor: a network (put in eval mode for the loop and restored after), or any
@@ -56,10 +59,12 @@ def evaluate(
         with torch.inference_mode(), autocast or contextlib.nullcontext():
             for batch in loader:
                 logits = logits_of(predictor(batch.inputs)).float()
-                loss_sum = torch.nn.functional.cross_entropy(
-                    logits, batch.targets.to(logits.device), reduction="sum"
-                )
-                meter.update(logits, batch.targets.to(logits.device), float(loss_sum))
+                targets = batch.targets.to(logits.device)
+                if logits.dim() == 3:  # a language model: each kept token is a sample
+                    kept = targets != IGNORE_INDEX
+                    logits, targets = logits[kept], targets[kept]
+                loss_sum = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+                meter.update(logits, targets, float(loss_sum))
     finally:
         if module is not None:
             module.train(was_training)

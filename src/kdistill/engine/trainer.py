@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from kdistill.engine.evaluation import Evaluation, evaluate
 from kdistill.objectives.protocol import Objective
-from kdistill.types import Batch, DistillerOutput
+from kdistill.types import IGNORE_INDEX, Batch, DistillerOutput
 
 
 class TrainingError(RuntimeError):
@@ -175,15 +175,22 @@ class _EpochSums:
         self.sums: Tensor | None = None
 
     def add(self, out: DistillerOutput, targets: Tensor, extra: Mapping[str, Tensor]) -> None:
-        n = int(targets.shape[0])
+        pred = out.student.logits.detach().argmax(dim=-1)
+        if out.loss.count is None:  # one prediction per sample
+            n = int(targets.shape[0])
+            kept: Tensor | None = None
+        else:  # a language model's tokens: the positions that take a loss
+            kept = targets != IGNORE_INDEX
+            n = int(out.loss.count)
         self.samples += n
-        pred = out.student.logits.detach().argmax(dim=1)
         values = {"loss": out.loss.total.detach()}
         values.update({f"loss_{k}": v.detach() for k, v in out.loss.parts.items()})
         values.update({f"loss_{k}": v.detach() for k, v in extra.items()})
-        values["top1"] = (pred == targets).sum().double() / n
+        right = pred == targets
+        values["top1"] = (right if kept is None else right & kept).sum().double() / max(n, 1)
         if out.teacher is not None:
-            values["agreement"] = (pred == out.teacher.predictions()).sum().double() / n
+            same = pred == out.teacher.predictions()
+            values["agreement"] = (same if kept is None else same & kept).sum().double() / max(n, 1)
         self.weights.update({f"loss_{k}": w for k, w in out.loss.weights.items()})
         keys = list(values)
         step = torch.stack([v.to(torch.float64) for v in values.values()]) * n
@@ -311,6 +318,7 @@ class Trainer:
         self.epoch_sums = _EpochSums(self.loop.device)
         n_batches = len(self.train_loader)
         self.optimizer.zero_grad(set_to_none=True)
+        counted: Tensor | None = None  # the items of this step's counted micro-batches
         for i, batch in enumerate(self.train_loader):
             self._set_lr()
             with self.autocast():
@@ -331,12 +339,36 @@ class Trainer:
                     "good checkpoint is intact. Usual fixes: a lower optim.lr, "
                     "optim.grad_clip: 1.0, or a lower kd.temperature."
                 )
-            (total / self.loop.grad_accumulation).backward()
+            if out.loss.count is None:  # a mean over samples: micro-batches weigh alike
+                (total / self.loop.grad_accumulation).backward()
+            else:  # a mean over a varying count: summed here, divided by the step's total
+                (total * out.loss.count).backward()
+                count = out.loss.count.detach().double()
+                counted = count if counted is None else counted + count
             if (i + 1) % self.loop.grad_accumulation == 0 or i + 1 == n_batches:
+                if counted is not None:
+                    self._divide_gradients(counted)
+                    counted = None
                 self._optimizer_step()
             self.epoch_sums.add(out, batch.targets, extra)
             self._call("on_step_end", self.state.step)
         return self.epoch_sums.means(across_processes=True)
+
+    def _divide_gradients(self, counted: Tensor) -> None:
+        """Gradients of the sums of counted micro-batches, divided by the step's count over
+        every process (DistributedDataParallel has averaged them over processes already, hence
+        the world size): the gradient of the mean over the global batch's kept items."""
+        scale = 1.0
+        total = counted
+        if self.loop.data_parallel:
+            total = counted.clone().to(self.loop.device)
+            torch.distributed.all_reduce(total)
+            scale = float(torch.distributed.get_world_size())
+        factor = scale / max(float(total), 1.0)
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(factor)
 
     def _average_objective_gradients(self) -> None:
         """DistributedDataParallel averages the student's gradients across processes; the

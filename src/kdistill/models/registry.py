@@ -17,6 +17,7 @@ from kdistill.interop.distiller import KDISTILL_ARCHS
 from kdistill.models.cifar_resnet import build_cifar_resnet
 from kdistill.models.distiller_models import DISTILLER_MODELS
 from kdistill.models.ecosystem import hf_builder, timm_builder
+from kdistill.models.gpt import LANGUAGE_MODELS, build_language_model
 from kdistill.models.lenet import build_lenet5
 from kdistill.models.mlp import build_mlp
 from kdistill.models.torchvision_models import build_mobilenet_v2, build_torchvision_resnet
@@ -116,6 +117,15 @@ def build_model(
     Raises:
         ValueError: unknown architecture, unknown argument, or unsuitable input shape.
     """
+    if (
+        arch in LANGUAGE_MODELS
+    ):  # token ids in: the input shape is (context,), classes the vocabulary
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"model {arch!r} is a language model: its input is token sequences, shape "
+                f"(context,), not {input_shape}"
+            )
+        return build_language_model(arch, num_classes, input_shape[0], args)
     builder = resolve_builder(arch)
     args = dict(args or {})
     allowed = builder_args(builder)

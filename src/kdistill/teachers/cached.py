@@ -76,6 +76,12 @@ class CachedTeacher(nn.Module):
             )
         found = self.cache.lookup(sample_ids, views)
         device = inputs.device
+        if "token_ids" in found:  # a language model's top-k tokens at every position
+            return TeacherOutput(
+                topk_ids=found["token_ids"].to(device),
+                topk_logprobs=found["token_logprobs"].to(device),
+                temperature=self.cache.layout.temperature,
+            )
         if "topk_values" in found:
             probs = topk_to_distribution(
                 found["topk_values"], found["topk_indices"], self.cache.layout.num_classes

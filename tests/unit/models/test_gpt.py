@@ -54,3 +54,13 @@ def test_bad_arguments_are_named():
         GPT(10, 8, dim=30, layers=1, heads=4)
     with pytest.raises(ValueError, match="longer than this model's context of 8"):
         GPT(10, 8, dim=8, layers=1, heads=2)(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_the_registry_builds_language_models_for_token_sequences():
+    from kdistill.models import build_model
+
+    model = build_model("gpt_nano", 300, (32,), {"layers": 1})
+    assert isinstance(model, GPT) and model.vocab_size == 300 and model.context == 32
+    assert len(model.blocks) == 1
+    with pytest.raises(ValueError, match="language model: its input is token sequences"):
+        build_model("gpt_nano", 300, (1, 28, 28))
