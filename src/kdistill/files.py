@@ -44,6 +44,7 @@ SWEEP = "sweep.json"  # in a sweep directory: the sweep and its base config (its
 SWEEP_TABLE = "summary.csv"
 SWEEP_STUDY = "optuna.db"
 TEACHER_CACHES = "teacher-cache"  # in an output directory: the caches runs share
+TOKEN_CACHE_DIR = "token-cache"  # in an output directory: tokenized text, shared by runs
 TENSORBOARD = "tensorboard"  # <out_dir>/tensorboard/<run>/seed-N: a log tree without links
 CACHE_MANIFEST = "manifest.json"  # in a teacher cache: its layout, fingerprint and checksums
 CACHE_PROGRESS = "progress.json"  # in a cache being built: one per process, progress.json.<rank>

@@ -21,6 +21,10 @@ EnsembleReduce = Literal["probs", "logits"]
 ENSEMBLE_REDUCES: tuple[str, ...] = get_args(EnsembleReduce)
 
 BatchNormPolicy = Literal["frozen", "batch_stats"]
+# a language model's token-level divergences (kdistill.losses.tokens)
+DivergenceKind = Literal[
+    "forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"
+]
 """A frozen teacher's BatchNorm: its running statistics, or each batch's (never updated)."""
 BN_POLICIES: tuple[str, ...] = get_args(BatchNormPolicy)
 

@@ -27,6 +27,14 @@ def test_recipes_are_found_and_the_repo_link_points_at_them():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(recipes_root())))
 def test_recipe_loads_and_its_models_build(path):
     cfg = load_config(path)
+    if cfg.data.is_text:  # a language model: token ids in, the tokenizer's vocabulary out
+        vocab = 257 if cfg.data.tokenizer == "bytes" else 49_152
+        model = build_model(cfg.model.arch, vocab, (cfg.data.block,), cfg.model.args)
+        with torch.no_grad():
+            ids = torch.zeros(2, cfg.data.block, dtype=torch.long)
+            assert model.eval()(ids).shape == (2, cfg.data.block, vocab)
+        assert path.read_text().startswith("#"), "each recipe starts with a comment"
+        return
     shape, classes = SHAPES[cfg.data.name]
     model = build_model(cfg.model.arch, classes, shape, cfg.model.args)
     with torch.no_grad():

@@ -23,6 +23,7 @@ from kdistill.policies import (
 from kdistill.validation import (
     BatchNormPolicy,
     ConfigError,
+    DivergenceKind,
     EnsembleReduce,
     EpochWindow,
     check_fields,
@@ -34,8 +35,11 @@ from kdistill.validation import (
 )
 
 DatasetName = Literal[
-    "digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "npz"
-]
+    "digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder", "npz",
+    "pydocs", "text",
+]  # fmt: skip
+# Text for language models: CPython's own language reference, or the user's files.
+TEXT_DATASETS = ("pydocs", "text")
 OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["cosine", "multistep", "exponential", "onecycle", "constant"]
 Precision = Literal["fp32", "bf16"]
@@ -155,9 +159,39 @@ class DataConfig:
         "processes, so that every process gets an equal share)",
         False,
     )
+    files: tuple[str, ...] = doc(
+        "text: the .txt files (one document each) and .jsonl files (a 'text' field, or 'prompt' "
+        "and 'completion' fields, the prompt taking no loss) or directories of them",
+        (),
+    )
+    block: int = doc(
+        "language models: tokens per training sequence (documents are packed into blocks)", 128
+    )
+    tokenizer: str | None = doc(
+        "language models: 'bytes' (UTF-8 bytes and an end-of-text token), a Hugging Face model "
+        "directory or .gguf file, or 'smollm2'; null = the pretrained teacher's own, else bytes",
+        None,
+    )
+
+    @property
+    def is_text(self) -> bool:
+        return self.name in TEXT_DATASETS
 
     def __post_init__(self) -> None:
         check_fields(self, "data")
+        _require(self.block >= 2, f"data.block must be >= 2 tokens, got {self.block}")
+        _require(
+            self.name == "text" or not self.files,
+            f"data.files is for the text dataset, not {self.name}",
+        )
+        _require(
+            self.name != "text" or bool(self.files),
+            "data.name=text needs data.files: .txt / .jsonl files or directories of them",
+        )
+        _require(
+            not self.is_text or self.augment == AugmentConfig(),
+            f"data.augment is for images; {self.name} is text",
+        )
         _require(self.batch_size >= 1, f"data.batch_size must be >= 1, got {self.batch_size}")
         _require(
             self.eval_batch_size >= 1,
@@ -424,6 +458,17 @@ class KDConfig:
         "null = twice chance level (catches an untrained or wrong teacher)",
         None,
     )
+    token_loss: DivergenceKind = doc(
+        "language models: the token-level divergence between the teacher's and the student's "
+        "next-token distributions at T (forward_kl, reverse_kl, jsd, skew_forward_kl, "
+        "skew_reverse_kl, tvd); a top-k teacher cache gives forward_kl only",
+        "forward_kl",
+    )
+    jsd_beta: float = doc(
+        "language models, token_loss=jsd: the mixture weight of GKD's generalized JSD, in (0, 1)",
+        0.5,
+    )
+    skew: float = doc("language models, skewed KLs: DistiLLM's skew a in [0, 1)", 0.1)
 
     def __post_init__(self) -> None:
         check_fields(self, "kd")
@@ -456,6 +501,8 @@ class KDConfig:
                     "or set kd.teacher_weight > 0 to train it jointly",
                 )
         self._check_methods()
+        _require(0.0 < self.jsd_beta < 1.0, f"kd.jsd_beta must be in (0, 1), got {self.jsd_beta}")
+        _require(0.0 <= self.skew < 1.0, f"kd.skew must be in [0, 1), got {self.skew}")
         if self.min_teacher_top1 is not None:
             _require(
                 0.0 <= self.min_teacher_top1 <= 1.0,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdistill.config.schema import DataConfig, DatasetName
+from kdistill.config.schema import TEXT_DATASETS, DataConfig, DatasetName
 from kdistill.data.image_files import ImageFiles
 from kdistill.data.sources import (
     DataError,
@@ -38,7 +38,10 @@ READERS: dict[str, Callable[[DataConfig], RawData]] = {
     "imagefolder": lambda cfg: _read_folder(cfg),
     "npz": lambda cfg: read_npz(cfg.root),
 }
-assert set(READERS) == set(get_args(DatasetName)), "READERS and config.schema.DatasetName disagree"
+# every image dataset has a reader; text (TEXT_DATASETS) is read by kdistill.data.text
+assert set(READERS) == set(get_args(DatasetName)) - set(TEXT_DATASETS), (
+    "READERS and config.schema.DatasetName disagree"
+)
 
 
 def _read_folder(cfg: DataConfig) -> RawData:

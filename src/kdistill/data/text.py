@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from kdistill.data.errors import DataError
 from kdistill.data.tokenizers import Tokenizer
 from kdistill.files import atomic_path, atomic_write_text, canonical_json, read_json, sha256_bytes
-from kdistill.types import IGNORE_INDEX
+from kdistill.types import IGNORE_INDEX, Batch
 
 SPLITS = ("train", "val", "test")
 TOKENS_FORMAT = 1
@@ -286,7 +288,149 @@ class PackedBlocks:
         labels[np.asarray(loss[offsets + 1]) == 0] = IGNORE_INDEX
         return inputs, labels
 
+    def label_bytes(self, bytes_per_token: np.ndarray) -> int:
+        """UTF-8 bytes of the labels that take a loss (``bytes_per_token``:
+        :func:`token_bytes`): what bits per byte divide by."""
+        end = len(self) * self.block + 1
+        labels = np.asarray(self.stream.tokens[1:end]).astype(np.int64)
+        kept = np.asarray(self.stream.loss[1:end]) == 1
+        return int(bytes_per_token[labels[kept]].sum())
+
     def tokens_with_loss(self) -> int:
         """Labels that take a loss in all blocks (the tokens a perplexity averages over)."""
         end = len(self) * self.block + 1
         return int(np.asarray(self.stream.loss[1:end]).sum())
+
+
+def token_bytes(tokenizer: Tokenizer) -> np.ndarray:
+    """``(vocab,)`` the UTF-8 bytes each token stands for (0 for special tokens): what bits per
+    byte divide by, so that models with different tokenizers compare."""
+    special = {tokenizer.eos_id}
+    return np.array(
+        [0 if i in special else len(tokenizer.decode([i]).encode("utf-8"))
+         for i in range(tokenizer.vocab_size)],
+        dtype=np.int64,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TextData:
+    """A language-model run's data: the tokenizer and the three splits as packed blocks.
+
+    Shaped like the image :class:`~kdistill.data.DataBundle` where a run reads it: ``name``,
+    ``num_classes`` (the vocabulary), ``input_shape`` (``(block,)``), the splits' lengths
+    (blocks), ``pipeline``."""
+
+    name: str
+    source: str
+    tokenizer: Tokenizer
+    block: int
+    train: PackedBlocks
+    val: PackedBlocks
+    test: PackedBlocks
+    pipeline: str = "memory"
+    pipeline_reason: str = "token arrays, memory-mapped"
+    class_names: tuple[str, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.block,)
+
+    def describe_pipeline(self) -> str:
+        splits = ", ".join(
+            f"{name} {len(blocks):,} blocks ({blocks.tokens_with_loss():,} tokens)"
+            for name, blocks in (("train", self.train), ("val", self.val), ("test", self.test))
+        )
+        return (
+            f"text: {self.source}, tokenizer {self.tokenizer.identity} ({self.num_classes:,} "
+            f"tokens), blocks of {self.block}: {splits}"
+        )
+
+
+def build_text_data(
+    name: str,
+    files: Sequence[str],
+    tokenizer: Tokenizer,
+    block: int,
+    cache_dir: str | Path,
+) -> TextData:
+    """The documents of ``name`` (``pydocs``, or ``text`` from ``files``), split, tokenized
+    (cached in ``cache_dir``) and packed into blocks of ``block`` tokens."""
+    documents = pydoc_documents() if name == "pydocs" else read_documents(files)
+    source = (
+        "pydoc_data.topics (the Python language reference)"
+        if name == "pydocs"
+        else ", ".join(files)
+    )
+    splits = split_documents(documents)
+    blocks = {}
+    for split, docs in splits.items():
+        stream = cached_tokens(docs, tokenizer, cache_dir)
+        try:
+            blocks[split] = PackedBlocks(stream, block)
+        except DataError as e:
+            raise DataError(f"the {split} split of {source}: {e}") from None
+    return TextData(name, source, tokenizer, block, blocks["train"], blocks["val"], blocks["test"])
+
+
+class TokenLoader:
+    """Batches of blocks (token ids and labels) for one process: shuffled per epoch from the
+    seed when training (the same order on every process, each taking its share), in order when
+    evaluating. ``batch_size`` is global: each of ``world_size`` processes takes its part."""
+
+    def __init__(
+        self,
+        blocks: PackedBlocks,
+        batch_size: int,
+        *,
+        device: Any,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size % world_size:
+            raise DataError(
+                f"data.batch_size={batch_size} must be a multiple of the {world_size} processes"
+            )
+        self.blocks, self.batch = blocks, batch_size // world_size
+        self.device, self.shuffle, self.seed = device, shuffle, seed
+        self.drop_last, self.rank, self.world = drop_last, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _mine(self) -> np.ndarray:
+        n = len(self.blocks)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g).numpy()
+        else:
+            order = np.arange(n)
+        if self.world > 1 and self.shuffle:  # equal shares: every process takes as many steps
+            order = order[: n - n % self.world]
+        return order[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        mine = len(self._mine())
+        return mine // self.batch if self.drop_last else -(-mine // self.batch)
+
+    def __iter__(self) -> Iterator[Batch]:
+        mine = self._mine()
+        for b in range(len(self)):
+            rows = mine[b * self.batch : (b + 1) * self.batch]
+            inputs, labels = self.blocks.batch(rows)
+            yield Batch(
+                inputs=torch.from_numpy(inputs).to(self.device),
+                targets=torch.from_numpy(labels).to(self.device),
+                sample_ids=torch.from_numpy(rows.astype(np.int64)),
+                views=None,
+            )

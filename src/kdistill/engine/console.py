@@ -101,7 +101,10 @@ class Console(Callback):
         parts.append(f"train {train['top1']:.2%}")
         for name in trainer.eval_loaders:
             metrics = record[name]
-            parts.append(f"{name} {metrics['top1']:.2%}")
+            if "perplexity" in metrics:  # a language model
+                parts.append(f"{name} ppl {metrics['perplexity']:.2f} ({metrics['top1']:.1%})")
+            else:
+                parts.append(f"{name} {metrics['top1']:.2%}")
             if "agreement" in metrics:
                 parts.append(f"agree {metrics['agreement']:.1%}")
         samples = trainer.epoch_sums.samples

@@ -7,6 +7,7 @@ Used for the student after every epoch, for a teacher before it may teach, for a
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +40,8 @@ def evaluate(
 ) -> Evaluation:
     """Top-1/top-5/loss/ECE of a predictor on a split, without changing it. For a language
     model (logits ``(B, T, V)``, labels ``(B, T)``) the samples are the tokens that take a loss:
-    ``loss`` is the mean negative log-likelihood per token (its exponential the perplexity),
-    ``top1`` the share of tokens predicted right, and the predictions are those tokens'.
+    ``loss`` is the mean negative log-likelihood per token, ``perplexity`` its exponential, ``top1`` the share of tokens predicted right, and the
+    predictions are those tokens'.
 
     Args:
         predictor: a network (put in eval mode for the loop and restored after), or any
@@ -55,12 +56,14 @@ def evaluate(
     if module is not None:
         module.eval()
     meter = ClassificationMeter(num_classes)
+    tokens = False
     try:
         with torch.inference_mode(), autocast or contextlib.nullcontext():
             for batch in loader:
                 logits = logits_of(predictor(batch.inputs)).float()
                 targets = batch.targets.to(logits.device)
                 if logits.dim() == 3:  # a language model: each kept token is a sample
+                    tokens = True
                     kept = targets != IGNORE_INDEX
                     logits, targets = logits[kept], targets[kept]
                 loss_sum = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
@@ -68,4 +71,7 @@ def evaluate(
     finally:
         if module is not None:
             module.train(was_training)
-    return Evaluation(meter.result(across_processes=across_processes), meter.all_predictions())
+    metrics = meter.result(across_processes=across_processes)
+    if tokens:  # exp of the mean negative log-likelihood per token (capped: no overflow)
+        metrics["perplexity"] = math.exp(min(metrics["loss"], 700.0))
+    return Evaluation(metrics, meter.all_predictions())

@@ -32,6 +32,7 @@ from kdistill.engine.distributed import DistContext
 from kdistill.engine.schedule import build_lr_factor
 from kdistill.engine.trainer import Callback, Loop
 from kdistill.experiment.health import gradient_check, scratch_baselines, teacher_versus_scratch
+from kdistill.experiment.lm import assemble_lm, prepare_token_cache
 from kdistill.experiment.loading import check_model_fits_data, load_model
 from kdistill.experiment.options import RunOptions
 from kdistill.experiment.teacher_cache import (
@@ -403,6 +404,14 @@ def assemble(
     device = resolve_device(cfg.train.device, dist_ctx)
     rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
     trust = code_trust(cfg, trust_code)
+    if cfg.data.is_text:  # a language model: its own data, models and objective
+        lm = assemble_lm(
+            cfg, trust=trust, log=log, device=device, dist_ctx=dist_ctx,
+            resume_from=resume_from, teacher_precision=teacher_precision,
+        )  # fmt: skip
+        return RunParts(
+            cfg=cfg, device=device, teacher_check=None, cache=None, compression=[], **lm
+        )
     data = build_data(cfg.data)
     log(data.describe_pipeline())
     student, spec = build_student(cfg, data, trust, resume_from)
@@ -502,6 +511,8 @@ def _prepare_teacher(
     only after the teacher passed its check."""
     cfg, data, device, teacher = parts.cfg, parts.data, parts.device, parts.teacher
     assert cfg.kd is not None and teacher is not None
+    if cfg.data.is_text:
+        return _prepare_lm_teacher(parts, log, progress, rebuild_cache)
     plan = plan_teacher_cache(cfg, data, teacher, log=log, force_build=rebuild_cache)
     teacher.settle_precision(log)  # no cache to follow: auto's probe decides
     check, memo = _teacher_check(parts, plan, dist_ctx, log)
@@ -539,6 +550,26 @@ def _prepare_teacher(
             ),
         )
     return parts
+
+
+def _prepare_lm_teacher(parts: RunParts, log: Log, progress: bool, rebuild: bool) -> RunParts:
+    """A teacher language model's check on the test split, then its token cache, when the
+    config asks for one (the objective then reads the teacher's top-k tokens from it)."""
+    cfg, teacher = parts.cfg, parts.teacher
+    assert cfg.kd is not None and teacher is not None
+    check = check_teacher(cfg.kd, teacher, parts.eval_loaders["test"], parts.data, log)
+    if not cfg.kd.teacher_cache.enabled:
+        return replace(parts, teacher_check=check)
+    cache = prepare_token_cache(
+        cfg,
+        parts.data,
+        teacher,
+        log=log,
+        progress=progress,
+        force_build=rebuild,  # type: ignore[arg-type]
+    )
+    parts.objective.teacher = CachedTeacher(cache, temperature=cfg.kd.temperature)  # type: ignore[attr-defined]
+    return replace(parts, teacher_check=check, cache=cache)
 
 
 def _teacher_check(

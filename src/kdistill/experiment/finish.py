@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import subprocess
 import time
 from dataclasses import dataclass, replace
@@ -17,6 +18,7 @@ from kdistill.compression.callbacks import compression_report, quantization_poli
 from kdistill.compression.deploy import metadata
 from kdistill.compression.export import export_int8
 from kdistill.config.schema import RunConfig
+from kdistill.data.text import TextData, token_bytes
 from kdistill.engine.checkpoint import Checkpoint
 from kdistill.engine.evaluation import evaluate
 from kdistill.engine.trainer import Trainer
@@ -212,10 +214,34 @@ def write_record(
         if cfg.train.measure_latency
         else None,
         compression=compression or None,
+        **language_model_metrics(parts, last, state.epoch_times),
         files={name: sha256_file(run_dir / name) for name in saved.files},
     )
     record.write(run_dir)
     return record
+
+
+def language_model_metrics(
+    parts: RunParts, last: dict[str, Any], epoch_times: list[float]
+) -> dict[str, Any]:
+    """A language model's record fields: test perplexity, bits per byte (the test labels'
+    negative log-likelihood in bits over the UTF-8 bytes they stand for, comparable across
+    tokenizers), the tokens they average over, the teacher's perplexity, tokens per second."""
+    data = parts.data
+    if not isinstance(data, TextData):
+        return {}
+    test = data.test
+    tokens = test.tokens_with_loss()
+    text_bytes = test.label_bytes(token_bytes(data.tokenizer))
+    check = parts.teacher_check
+    trained = data.train.tokens_with_loss() * len(epoch_times)
+    return {
+        "test_perplexity": last["test"]["perplexity"],
+        "test_bits_per_byte": last["test"]["loss"] * tokens / (math.log(2) * max(1, text_bytes)),
+        "test_tokens": tokens,
+        "teacher_test_perplexity": check.test.metrics.get("perplexity") if check else None,
+        "tokens_per_s": trained / max(1e-9, sum(epoch_times)),
+    }
 
 
 def git_sha() -> str | None:
@@ -236,6 +262,15 @@ def git_sha() -> str | None:
 
 def describe_record(record: RunRecord) -> str:
     """One line for the console."""
+    if record.test_perplexity is not None:  # a language model
+        line = (
+            f"{record.run_dir}: test perplexity {record.test_perplexity:.2f}, "
+            f"{record.test_bits_per_byte:.3f} bits per byte ({record.test_tokens:,} tokens), "
+            f"{record.params:,} params, {record.total_time_s:.1f}s"
+        )
+        if record.teacher_test_perplexity is not None:
+            line += f"; teacher {record.teacher_test_perplexity:.2f}"
+        return line
     line = (
         f"{record.run_dir}: test top-1 {record.test_top1:.2%} (best {record.best_test_top1:.2%}), "
         f"{record.params:,} params, {record.total_time_s:.1f}s"

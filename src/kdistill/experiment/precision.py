@@ -72,13 +72,22 @@ def probe_batch(input_shape: Sequence[int]) -> int:
 
 
 def forward_probe(
-    members: Sequence[FrozenTeacher], input_shape: Sequence[int], device: torch.device
+    members: Sequence[FrozenTeacher],
+    input_shape: Sequence[int],
+    device: torch.device,
+    *,
+    inputs: torch.Tensor | None = None,
 ) -> Probe:
     """A probe that times the frozen ``members`` (each with its input adapter) on a random
-    batch of the data's shape: a warm-up pass in each precision, then :data:`PROBE_REPEATS`
-    rounds that alternate them (so that the machine's drift hits both alike); the medians."""
-    x = torch.randn(
-        probe_batch(input_shape), *input_shape, generator=torch.Generator().manual_seed(0)
+    batch of the data's shape (or on ``inputs``: a language model's token ids): a warm-up pass
+    in each precision, then :data:`PROBE_REPEATS` rounds that alternate them (so that the
+    machine's drift hits both alike); the medians."""
+    x = (
+        inputs
+        if inputs is not None
+        else torch.randn(
+            probe_batch(input_shape), *input_shape, generator=torch.Generator().manual_seed(0)
+        )
     ).to(device)
 
     def one_pass(dtype: torch.dtype | None) -> float:

@@ -62,6 +62,12 @@ _ADDED_SETTINGS = {
     "policies[].group_dependency": "independent",
     "policies[].threshold_criteria": "mean_abs",
     "policies[].keep_mask": False,
+    "data.files": [],
+    "data.block": 128,
+    "data.tokenizer": None,
+    "kd.token_loss": "forward_kl",
+    "kd.jsd_beta": 0.5,
+    "kd.skew": 0.1,
 }
 
 

@@ -449,8 +449,14 @@ def accept_teacher(
     Raises:
         TeacherCheckError: test top-1 below ``kd.min_teacher_top1`` (default twice chance).
     """
+    perplexity = check.test.metrics.get("perplexity")  # a language model (one teacher)
     for i, (t, top1) in enumerate(zip(teacher.loaded, check.member_top1, strict=True)):
-        log(f"teacher {i}: {t.spec.arch} from {t.reference}: test top-1 {top1:.2%}{source}")
+        measured = (
+            f"test perplexity {perplexity:.2f} (top-1 {top1:.1%})"
+            if perplexity is not None
+            else f"test top-1 {top1:.2%}"
+        )
+        log(f"teacher {i}: {t.spec.arch} from {t.reference}: {measured}{source}")
     top1 = check.test_top1
     minimum = kd.min_teacher_top1 if kd.min_teacher_top1 is not None else 2.0 / data.num_classes
     if top1 < minimum:

@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdistill.validation import check_temperature
+from kdistill.validation import DivergenceKind, check_temperature
 
-DivergenceKind = Literal[
-    "forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"
-]
 DIVERGENCES: tuple[str, ...] = get_args(DivergenceKind)
 
 
@@ -187,7 +184,10 @@ def sparse_token_divergence(
     log_s = F.log_softmax(_wide(student_logits.reshape(-1, vocab)[keep]) / t, dim=-1)
     log_pt = _wide(teacher_topk_logprobs.reshape(-1, k)[keep].detach())
     log_ps = log_s.gather(-1, ids)
-    per_token = _bucket_kl(log_pt, log_ps)
+    # The student's tail from the tokens outside the k, not as 1 - sum: when the k cover nearly
+    # all of its mass, 1 - sum is rounding noise, and the gradient of its log divides by it.
+    log_ps_tail = torch.logsumexp(log_s.scatter(-1, ids, float("-inf")), dim=-1)
+    per_token = _bucket_kl(log_pt, log_ps, log_ps_tail)
     return per_token.mean() * (t * t)
 
 
@@ -214,10 +214,12 @@ def _tail(log_p: Tensor) -> Tensor:
     return torch.log1p(-mass).clamp(min=math.log(torch.finfo(log_p.dtype).tiny))
 
 
-def _bucket_kl(log_pt: Tensor, log_ps: Tensor) -> Tensor:
-    """KL over the k + 1 buckets (the k tokens, then the tail) of teacher and student."""
+def _bucket_kl(log_pt: Tensor, log_ps: Tensor, log_ps_tail: Tensor) -> Tensor:
+    """KL over the k + 1 buckets (the k tokens, then the tail) of teacher and student. An empty
+    tail (k = the vocabulary) is the smallest mass on both sides, where it adds nothing."""
+    floor = math.log(torch.finfo(log_ps.dtype).tiny)
     t_buckets = torch.cat([log_pt, _tail(log_pt).unsqueeze(-1)], dim=-1)
-    s_buckets = torch.cat([log_ps, _tail(log_ps).unsqueeze(-1)], dim=-1)
+    s_buckets = torch.cat([log_ps, log_ps_tail.clamp(min=floor).unsqueeze(-1)], dim=-1)
     return _kl(t_buckets, s_buckets)
 
 

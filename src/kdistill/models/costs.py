@@ -17,6 +17,19 @@ def count_params(model: nn.Module) -> int:
     return total
 
 
+def sample_input(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch: int = 1,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """A batch the model takes: zeros of ``input_shape``, or token id 0 at every position of
+    a language model's ``(context,)`` sequences."""
+    if getattr(model, "vocab_size", None) is not None and len(input_shape) == 1:
+        return torch.zeros(batch, *input_shape, dtype=torch.long, device=device)
+    return torch.zeros(batch, *input_shape, device=device)
+
+
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass on one sample, counting Conv and Linear layers
     (the rest is negligible for the networks here)."""
@@ -42,7 +55,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     try:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with torch.inference_mode():
-            model(torch.zeros(1, *input_shape, device=device))
+            model(sample_input(model, input_shape, 1, device))
     finally:
         for h in handles:
             h.remove()
@@ -75,7 +88,11 @@ def cpu_latency_ms(
     import time
 
     cpu_model = copy.deepcopy(model).to("cpu").eval()
-    x = torch.randn(batch_size, *input_shape)
+    x = (
+        torch.randn(batch_size, *input_shape)
+        if getattr(model, "vocab_size", None) is None
+        else sample_input(model, input_shape, batch_size)
+    )
     times: list[float] = []
     with torch.inference_mode():
         for _ in range(3):

@@ -7,11 +7,12 @@ from kdistill.objectives.method_distiller import MethodDistiller
 from kdistill.objectives.protocol import Objective
 from kdistill.objectives.supervised import Supervised
 from kdistill.objectives.terms import Term, TermInputs, build_term
-from kdistill.objectives.tokens import TokenDistiller
+from kdistill.objectives.tokens import NextTokenLoss, TokenDistiller
 
 __all__ = [
     "Distiller",
     "MethodDistiller",
+    "NextTokenLoss",
     "Objective",
     "Supervised",
     "Term",

@@ -184,3 +184,43 @@ def align_vocabulary(teacher_logits: Tensor, vocab: int) -> Tensor:
 
 
 PADDED_LOGIT = -1e4
+
+
+class NextTokenLoss(nn.Module):
+    """A language model learning its labels alone (the scratch baseline, and a teacher being
+    trained): cross-entropy averaged over the kept tokens, with their count (as
+    :class:`TokenDistiller`)."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def set_epoch(self, epoch: int) -> None:
+        """No schedule of its own."""
+
+    def forward(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        *,
+        sample_ids: Tensor | None = None,
+        views: Tensor | None = None,
+    ) -> DistillerOutput:
+        logits = logits_of(self.student(inputs))
+        ce = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
+        count = (targets != IGNORE_INDEX).sum()
+        loss = LossOutput(total=ce, parts={"student": ce}, weights={"student": 1.0}, count=count)
+        return DistillerOutput(StudentOutput(logits), loss, None)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        return None
+
+    def gradient_ratio(self, inputs: Tensor, targets: Tensor, **_: Any) -> float | None:
+        return None

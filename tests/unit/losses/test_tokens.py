@@ -197,3 +197,24 @@ def test_teacher_topk_is_the_top_of_the_tempered_log_softmax():
     assert (reference.max(-1).values - logprobs[..., 0].double()).abs().max() < 1e-6
     with pytest.raises(ValueError, match=r"k must be in \[1, 11\]"):
         teacher_topk(logits, 12)
+
+
+@pytest.mark.parametrize("k", [11, 10])
+def test_a_sparse_teacher_covering_nearly_everything_has_the_full_gradient(k):
+    """A confident student whose top-k hold all but rounding noise of its mass: the tail must
+    not come from 1 - sum (its log's gradient divides by that noise)."""
+    from kdistill.losses import sparse_token_divergence, teacher_topk
+
+    torch.manual_seed(0)
+    s = (torch.randn(3, 4, 11) * 12).requires_grad_()
+    t = torch.randn(3, 4, 11) * 12
+    labels = torch.randint(0, 11, (3, 4))
+    ids, lp = teacher_topk(t, k)
+    sparse = sparse_token_divergence(s, ids, lp, labels)
+    (g_sparse,) = torch.autograd.grad(sparse, s)
+    if k == 11:  # the whole vocabulary: the full forward KL, value and gradient
+        full = token_divergence(s, t, labels, kind="forward_kl")
+        (g_full,) = torch.autograd.grad(full, s)
+        torch.testing.assert_close(sparse, full, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(g_sparse, g_full, rtol=1e-4, atol=1e-6)
+    assert torch.isfinite(g_sparse).all() and g_sparse.abs().max() < 10

