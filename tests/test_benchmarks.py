@@ -25,6 +25,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "distiller_examples.py",
         "fused_token_loss.py",
         "cached_startup.py",
+        "lm_distill.py",
     ],
 )
 def test_each_script_starts(script):

@@ -144,6 +144,11 @@ class CollapseGuard(Callback):
         split = next((name for name in trainer.eval_loaders if name in record), None)
         if split is None:
             return
+        if "perplexity" in record[split]:
+            # A language model predicting its most frequent token everywhere after a short
+            # epoch is at the unigram stage of learning, not collapsed; a non-finite loss still
+            # stops the run (the trainer's check).
+            return
         final = epoch + 1 == trainer.loop.epochs
         reason = collapse_reason(record[split], trainer.loop.num_classes)
         slow = final and not_learned(record[split], trainer.loop.num_classes)

@@ -301,6 +301,11 @@ def assemble_lm(
         grad_accumulation=cfg.train.grad_accumulation,
         data_parallel=world > 1,
     )
+    if world > 1 and dist_ctx is not None:
+        log(
+            f"data-parallel training on {world} processes ({dist_ctx.backend}); "
+            f"global batch {cfg.data.batch_size} blocks"
+        )
     return {
         "data": data, "spec": spec, "objective": objective, "teacher": teacher,
         "train_loader": train_loader, "eval_loaders": eval_loaders, "loop": loop,

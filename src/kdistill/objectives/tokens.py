@@ -107,15 +107,11 @@ class TokenDistiller(nn.Module):
                 f"shape, got inputs {tuple(inputs.shape)} and labels {tuple(targets.shape)}"
             )
         logits = logits_of(self.student(inputs))
-        kept = targets != IGNORE_INDEX
-        count = kept.sum()
-        ce = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-        )
+        ce, count = next_token_loss(logits, targets)
         t2 = self.temperature**2
-        distilling = self._epoch >= self.kd_start_epoch and self.beta > 0
+        # a batch whose tokens are all prompt (possible for one process or micro-batch) adds
+        # nothing: its count is 0, and so is its loss
+        distilling = self._epoch >= self.kd_start_epoch and self.beta > 0 and bool(count > 0)
         teacher = self.teacher(inputs, sample_ids=sample_ids, views=views)
         divergence = (
             self._divergence(logits, teacher, targets)
@@ -170,6 +166,19 @@ class TokenDistiller(nn.Module):
         return None
 
 
+def next_token_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The labels' cross-entropy averaged over the kept tokens (0 when there are none, where a
+    plain mean would be NaN), and their count."""
+    count = (labels != IGNORE_INDEX).sum()
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return total / count.clamp(min=1), count
+
+
 def align_vocabulary(teacher_logits: Tensor, vocab: int) -> Tensor:
     """Teacher logits over ``vocab`` ids: one tokenizer's vocabulary padded to another size
     (models round their embedding up to a multiple of 64 or 128). Ids beyond the teacher's
@@ -207,12 +216,7 @@ class NextTokenLoss(nn.Module):
         views: Tensor | None = None,
     ) -> DistillerOutput:
         logits = logits_of(self.student(inputs))
-        ce = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-        )
-        count = (targets != IGNORE_INDEX).sum()
+        ce, count = next_token_loss(logits, targets)
         loss = LossOutput(total=ce, parts={"student": ce}, weights={"student": 1.0}, count=count)
         return DistillerOutput(StudentOutput(logits), loss, None)
 
