@@ -85,6 +85,18 @@ def test_a_scratch_language_model_run_and_its_record(tmp_path, corpus):
     assert model.vocab_size == 257 and model.context == 16
 
 
+def test_eval_of_a_language_model_run(tmp_path, corpus, capsys):
+    record = run(lm_config(tmp_path, corpus, "train.epochs=1"), **QUIET).record
+    capsys.readouterr()
+    assert main(["eval", record.run_dir, "--json", "--generate", "5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["perplexity"] == pytest.approx(record.test_perplexity, rel=1e-6)
+    assert out["bits_per_byte"] == pytest.approx(record.test_bits_per_byte, rel=1e-6)
+    assert out["tokens"] == record.test_tokens
+    assert len(out["continuations"]) == 3
+    assert all(isinstance(text, str) for text in out["continuations"].values())
+
+
 def test_distillation_from_a_language_model_teacher_online_and_cached(tmp_path, corpus, lm_teacher):
     teacher = f"kd.teachers=[{{checkpoint: {lm_teacher.run_dir}}}]"
     base = ["kd.temperature=1.0", "kd.alpha=0.5", "kd.beta=0.5", "kd.teacher_precision=fp32"]

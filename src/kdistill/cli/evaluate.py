@@ -31,6 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument(
+        "--generate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="language models: also print the model's greedy continuation (N tokens) of a few "
+        "fixed prompts",
+    )
+    p.add_argument(
         "--arch",
         help="the architecture you expect the file to hold; an import path given here may be "
         "imported (it is yours), one named only by the file is refused",
@@ -60,6 +68,8 @@ def handle(args: argparse.Namespace) -> int:
             f"{args.checkpoint} -> {loaded.source.file}{unchecked}",
             file=sys.stderr if args.json else sys.stdout,
         )
+    if "tokenizer" in spec.extra:  # a language model
+        return _evaluate_language_model(args, model, spec)
     data = data_of_model(spec, dataset=args.dataset, data_root=args.data_root)
     split = {"test": data.test, "val": data.val, "train": data.train}[args.split]
     if split is None:
@@ -89,6 +99,63 @@ def handle(args: argparse.Namespace) -> int:
             f"{spec.arch} on {data.name} {args.split} ({len(split)} samples): top-1 {metrics['top1']:.2%}  "
             f"top-5 {metrics['top5']:.2%}  loss {metrics['loss']:.4f}  ECE {metrics['ece']:.3f}"
         )
+    return 0
+
+
+def _evaluate_language_model(args: argparse.Namespace, model, spec) -> int:
+    """Perplexity, bits per byte and top-1 of a language model on a split of the text it was
+    trained on (rebuilt with the tokenizer its file records), and greedy continuations."""
+    import math
+    import tempfile
+
+    from kdistill.data.text import TokenLoader, build_text_data, token_bytes
+    from kdistill.data.tokenizers import tokenizer_from
+    from kdistill.engine.evaluation import evaluate
+    from kdistill.experiment import resolve_device
+    from kdistill.experiment.lm import PROMPTS, greedy_continuation
+
+    recorded = spec.extra.get("data", {})
+    tokenizer = tokenizer_from(
+        spec.extra.get("tokenizer_source", "bytes"), spec.extra.get("tokenizer")
+    )
+    name = args.dataset or recorded.get("name", "pydocs")
+    files = [args.data_root] if args.data_root else list(recorded.get("files", []))
+    with tempfile.TemporaryDirectory() as cache:
+        data = build_text_data(name, files, tokenizer, int(recorded.get("block", 128)), cache)
+    blocks = {"test": data.test, "val": data.val, "train": data.train}[args.split]
+    device = resolve_device(args.device)
+    model = model.to(device)
+    metrics = evaluate(
+        model, TokenLoader(blocks, args.batch_size, device=device), data.num_classes
+    ).metrics
+    tokens = blocks.tokens_with_loss()
+    nats = metrics["loss"] * tokens
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "arch": spec.arch,
+        "dataset": data.name,
+        "split": args.split,
+        "tokens": tokens,
+        "perplexity": metrics["perplexity"],
+        "bits_per_byte": nats / (math.log(2) * max(1, blocks.label_bytes(token_bytes(tokenizer)))),
+        "top1": metrics["top1"],
+        "loss": metrics["loss"],
+    }
+    if args.generate:
+        result["continuations"] = {
+            prompt: greedy_continuation(model, tokenizer, prompt, args.generate)
+            for prompt in PROMPTS
+        }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"{spec.arch} on {data.name} {args.split} ({tokens:,} tokens): perplexity "
+        f"{result['perplexity']:.2f}  bits per byte {result['bits_per_byte']:.3f}  "
+        f"top-1 {metrics['top1']:.2%}"
+    )
+    for prompt, text in result.get("continuations", {}).items():
+        print(f"  {prompt!r} -> {text!r}")
     return 0
 
 

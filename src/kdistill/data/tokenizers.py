@@ -30,6 +30,11 @@ class Tokenizer(Protocol):
     def identity(self) -> str: ...
 
     @property
+    def source(self) -> str:
+        """How to make it again: ``bytes``, or the directory or GGUF file it was read from."""
+        ...
+
+    @property
     def vocab_size(self) -> int:
         """Ids are in ``[0, vocab_size)``."""
         ...
@@ -50,6 +55,7 @@ class ByteTokenizer:
     """UTF-8 bytes (ids 0-255) and an end-of-text token (256)."""
 
     identity = "bytes-utf8+eos"
+    source = "bytes"
     vocab_size = 257
     eos_id = 256
 
@@ -99,6 +105,18 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(ids)))
+
+
+def tokenizer_from(source: str, identity: str | None = None) -> Tokenizer:
+    """The tokenizer a model file records (its ``source``), checked against the ``identity``
+    recorded with it when given."""
+    tokenizer: Tokenizer = ByteTokenizer() if source == "bytes" else HFTokenizer(source)
+    if identity is not None and tokenizer.identity != identity:
+        raise DataError(
+            f"the tokenizer at {source} is now {tokenizer.identity}, but the model was trained "
+            f"with {identity}: it changed since"
+        )
+    return tokenizer
 
 
 def same_tokenizer(teacher: Tokenizer, student: Tokenizer, what: str = "") -> None:

@@ -99,6 +99,7 @@ def lm_spec(m: ModelConfig, data: TextData, cfg: RunConfig) -> ModelSpec:
         extra={
             "data": {"name": cfg.data.name, "files": list(cfg.data.files), "block": data.block},
             "tokenizer": data.tokenizer.identity,
+            "tokenizer_source": data.tokenizer.source,
         },
     )
 
@@ -397,3 +398,30 @@ def token_cache_description(
         },
         "storage": {"topk": topk, "dtype": kd.teacher_cache.dtype, "temperature": kd.temperature},
     }
+
+
+def greedy_continuation(model: nn.Module, tokenizer: Tokenizer, prompt: str, tokens: int) -> str:
+    """The model's most likely next token, ``tokens`` times, after ``prompt`` (its context's
+    last positions when the text grows longer); stops at the end-of-text token."""
+    context = getattr(model, "context", None) or 512
+    ids = tokenizer.encode(prompt)
+    out: list[int] = []
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(iter(model.parameters())).device
+            for _ in range(tokens):
+                window = (ids + out)[-context:]
+                logits = model(torch.tensor([window], device=device))
+                next_id = int(logits[0, -1].argmax())
+                if next_id == tokenizer.eos_id:
+                    break
+                out.append(next_id)
+    finally:
+        model.train(was)
+    return tokenizer.decode(out)
+
+
+# Prompts of `kdistill eval --generate`: openings of the Python reference's own prose.
+PROMPTS = ("The for statement is used to", "A class definition", "Exceptions are")
