@@ -52,26 +52,48 @@ def pydoc_documents() -> list[Document]:
     return [Document(f"pydoc:{name}", topics[name]) for name in sorted(topics)]
 
 
-def split_of(name: str) -> str:
-    """The split of a document, by a fixed rule on its name: about one in ten to test, one in
-    ten to validation, the rest to training."""
-    bucket = hashlib.sha256(name.encode("utf-8")).digest()[0] % 10
-    return "test" if bucket == 0 else "val" if bucket == 1 else "train"
+HELD_OUT_SHARE = 0.1  # of the text's characters, for validation and for test each
+
+
+def _hash_order(doc: Document) -> bytes:
+    return hashlib.sha256(doc.name.encode("utf-8")).digest()
 
 
 def split_documents(documents: Sequence[Document]) -> dict[str, list[Document]]:
-    """``{"train": [...], "val": [...], "test": [...]}`` by :func:`split_of`; every split must
-    hold a document (else a :class:`DataError` saying how many there are)."""
+    """``{"train": [...], "val": [...], "test": [...]}`` by a fixed rule: the documents in the
+    order of the sha256 of their names (a shuffle no one chose) go to test until it holds a
+    tenth of the characters, then to validation until it holds another tenth, and the rest to
+    training. Whole documents (a topic never spans two splits), and by size, not by count:
+    topics of the Python reference range from a few hundred characters to tens of thousands,
+    and a split of one in ten documents left the validation split 0.4% of the text.
+
+    Raises:
+        DataError: too few documents to give every split one.
+    """
+    if len(documents) < 3:
+        raise DataError(
+            f"{len(documents)} document(s) cannot fill the train, val and test splits (whole "
+            "documents go to each): give at least 3, better dozens (more .txt files or .jsonl "
+            "lines)"
+        )
+    total = sum(len(doc.prompt) + len(doc.text) for doc in documents)
     out: dict[str, list[Document]] = {s: [] for s in SPLITS}
-    for doc in documents:
-        out[split_of(doc.name)].append(doc)
+    held = {"test": 0, "val": 0}
+    for doc in sorted(documents, key=_hash_order):
+        split = next((s for s in ("test", "val") if held[s] < HELD_OUT_SHARE * total), "train")
+        out[split].append(doc)
+        if split in held:
+            held[split] += len(doc.prompt) + len(doc.text)
     empty = [s for s, docs in out.items() if not docs]
     if empty:
         raise DataError(
             f"{len(documents)} document(s) leave the {' and '.join(empty)} split(s) empty "
-            "(documents are assigned to splits by their names, about 1 in 10 each to val and "
-            "test): give more documents (more .txt files or .jsonl lines)"
+            "(whole documents go to test and to validation until each holds a tenth of the "
+            "text): give more documents (more .txt files or .jsonl lines)"
         )
+    order = {id(doc): i for i, doc in enumerate(documents)}
+    for docs in out.values():  # each split in the order the documents came
+        docs.sort(key=lambda d: order[id(d)])
     return out
 
 

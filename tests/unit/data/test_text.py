@@ -14,7 +14,6 @@ from kdistill.data.text import (
     pydoc_documents,
     read_documents,
     split_documents,
-    split_of,
     tokenize,
 )
 from kdistill.data.tokenizers import ByteTokenizer, same_tokenizer
@@ -24,12 +23,17 @@ def test_the_python_reference_splits_by_topic_with_a_fixed_rule():
     docs = pydoc_documents()
     assert len(docs) >= 70 and sum(len(d.text) for d in docs) > 300_000
     splits = split_documents(docs)
-    assert {len(v) for v in splits.values()} and all(splits.values())
     names = {s: {d.name for d in v} for s, v in splits.items()}
     assert not (names["train"] & names["test"]) and not (names["val"] & names["test"])
-    # the rule looks at the name only: a document keeps its split whatever else is there
-    assert all(split_of(d.name) == s for s, v in splits.items() for d in v)
-    assert split_documents(docs[::-1])["test"] == splits["test"][::-1]
+    assert not (names["train"] & names["val"])
+    assert sum(len(v) for v in splits.values()) == len(docs)
+    total = sum(len(d.text) for d in docs)
+    for held in ("val", "test"):  # a tenth of the text each, whole topics: not much more
+        share = sum(len(d.text) for d in splits[held]) / total
+        assert 0.1 <= share < 0.2, (held, share)
+    # the rule does not depend on the order the documents come in
+    again = split_documents(docs[::-1])
+    assert {s: {d.name for d in v} for s, v in again.items()} == names
 
 
 def test_tokens_packing_and_prompt_masking():
@@ -96,8 +100,8 @@ def test_user_files_and_their_errors(tmp_path):
         read_documents([tmp_path / "x.csv"])
     with pytest.raises(DataError, match="does not exist"):
         read_documents([tmp_path / "missing.txt"])
-    with pytest.raises(DataError, match=r"3 document\(s\) leave the .* empty"):
-        split_documents(docs)
+    with pytest.raises(DataError, match=r"2 document\(s\) cannot fill the train, val and test"):
+        split_documents(docs[:2])
 
 
 def test_a_different_tokenizer_is_refused_by_name():
