@@ -224,3 +224,20 @@ def test_demo_lm_compares_teacher_scratch_and_distilled(tmp_path, corpus, monkey
     out = capsys.readouterr().out
     assert "test perplexity" in out and "bits/byte" in out
     assert "the student's test perplexity from" in out and "(teacher " in out
+
+
+def test_a_sweep_over_token_losses(tmp_path, corpus, lm_teacher, capsys):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        f"name: lm\ndata: {{name: text, files: [{corpus}], block: 16, batch_size: 8}}\n"
+        "model: {arch: gpt_nano, args: {layers: 1, dim: 32, heads: 2}}\n"
+        f"kd: {{teachers: [{{checkpoint: {lm_teacher.run_dir}}}], alpha: 0.5, beta: 0.5}}\n"
+        "optim: {name: adamw, lr: 0.01}\n"
+        "train: {epochs: 1, measure_latency: false, tensorboard: false}\n"
+    )
+    args = ["sweep", "--base", str(base), "--grid", "kd.token_loss=forward_kl,reverse_kl",
+            "--out", str(tmp_path / "sweeps"), "--name", "kinds"]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "sweeps" / "kinds" / "summary.json").read_text())
+    assert [r["status"] for r in summary["rows"]] == ["ok", "ok"]
+    assert all(r["test_perplexity_mean"] > 1 for r in summary["rows"])

@@ -61,7 +61,14 @@ def resolve_base(sweep: SweepConfig, base_dir: Path) -> RunConfig:
     candidate = base_dir / sweep.base
     path = candidate if candidate.is_file() else resolve_config_path(sweep.base)
     cfg = apply_overrides(from_dict(RunConfig, read_yaml(path)), sweep.overrides)
-    if sweep.share_teacher and cfg.kd is not None and cfg.kd.teacher_weight == 0:
+    # A language model's cache holds top-k tokens, which only the forward KL reads, and a grid
+    # may vary kd.token_loss: its sweeps use the cache only when the base config asks for it.
+    if (
+        sweep.share_teacher
+        and cfg.kd is not None
+        and cfg.kd.teacher_weight == 0
+        and not cfg.data.is_text
+    ):
         cfg = apply_values(cfg, {"kd.teacher_cache.enabled": True})
     return cfg
 
@@ -332,6 +339,11 @@ def summarize(
             )
             if metric != "test_top1":
                 row[f"{metric}_mean"] = describe([s[metric] for s in ok])["mean"]
+            if all(s.get("test_perplexity") is not None for s in ok):  # language models
+                perplexity = describe([s["test_perplexity"] for s in ok])
+                row.update(
+                    test_perplexity_mean=perplexity["mean"], test_perplexity_std=perplexity["std"]
+                )
         else:
             row.update(
                 test_top1_mean=None,
