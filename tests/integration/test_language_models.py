@@ -241,3 +241,16 @@ def test_a_sweep_over_token_losses(tmp_path, corpus, lm_teacher, capsys):
     summary = json.loads((tmp_path / "sweeps" / "kinds" / "summary.json").read_text())
     assert [r["status"] for r in summary["rows"]] == ["ok", "ok"]
     assert all(r["test_perplexity_mean"] > 1 for r in summary["rows"])
+
+
+def test_a_finished_language_model_run_is_reused_with_its_teacher_checked(
+    tmp_path, corpus, lm_teacher
+):
+    from kdistill.experiment import train_or_reuse
+
+    teacher = f"kd.teachers=[{{checkpoint: {lm_teacher.run_dir}}}]"
+    cfg = lm_config(tmp_path, corpus, teacher, "train.epochs=1")
+    first, reused = train_or_reuse(cfg, **QUIET)
+    assert not reused
+    again, reused = train_or_reuse(cfg, **QUIET)
+    assert reused and again.record.test_perplexity == first.record.test_perplexity

@@ -29,11 +29,11 @@ from kdistill.data import (
     loader_for,
 )
 from kdistill.engine.distributed import DistContext
-from kdistill.engine.schedule import build_lr_factor
 from kdistill.engine.trainer import Callback, Loop
 from kdistill.experiment.health import gradient_check, scratch_baselines, teacher_versus_scratch
 from kdistill.experiment.lm import assemble_lm, prepare_token_cache
 from kdistill.experiment.loading import check_model_fits_data, load_model
+from kdistill.experiment.loop import build_loop
 from kdistill.experiment.options import RunOptions
 from kdistill.experiment.teacher_cache import (
     CachePlan,
@@ -433,20 +433,7 @@ def assemble(
     objective = build_objective(cfg, student, teacher, data, device)
     objective.to(device)
     train_loader = build_train_loader(cfg, data, device, rank=rank, world_size=world)
-    steps_per_epoch = -(-len(train_loader) // cfg.train.grad_accumulation)
-    loop = Loop(
-        epochs=cfg.train.epochs,
-        device=device,
-        num_classes=data.num_classes,
-        lr_factor=build_lr_factor(
-            cfg.schedule, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs
-        ),
-        precision=cfg.train.precision,
-        grad_clip=cfg.optim.grad_clip,
-        grad_accumulation=cfg.train.grad_accumulation,
-        data_parallel=world > 1,
-        sync_batchnorm=cfg.train.sync_batchnorm,
-    )
+    loop = build_loop(cfg, device, data.num_classes, len(train_loader), world)
     compression = build_callbacks(
         cfg.policies, epochs=cfg.train.epochs, input_shape=data.input_shape, log=log
     )

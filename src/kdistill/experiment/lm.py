@@ -30,16 +30,15 @@ from kdistill.data.errors import DataError
 from kdistill.data.text import TextData, TokenLoader, build_text_data
 from kdistill.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer
 from kdistill.engine.distributed import DistContext
-from kdistill.engine.schedule import build_lr_factor
-from kdistill.engine.trainer import Loop
 from kdistill.experiment.loading import load_model
+from kdistill.experiment.loop import build_loop
 from kdistill.experiment.precision import choose_teacher_precision, forward_probe
 from kdistill.experiment.teacher_cache import cache_path
 from kdistill.experiment.teachers import LoadedTeacher, TeacherSetup
 from kdistill.files import TOKEN_CACHE_DIR, sha256_file
 from kdistill.locks import exclusive_lock
 from kdistill.losses.tokens import teacher_topk
-from kdistill.models import ModelFileError, ModelSpec, build_model
+from kdistill.models import ModelFileError, ModelSpec, build_model, resolve_model
 from kdistill.models.causal_lm import load_causal_lm, smollm2_gguf
 from kdistill.objectives import NextTokenLoss, Objective, TokenDistiller
 from kdistill.objectives.tokens import align_vocabulary
@@ -135,7 +134,7 @@ def load_lm_teacher(
     source = pretrained_source(t.checkpoint)
     if source is not None:
         model: nn.Module = load_causal_lm(source)
-        weights = source if source.is_file() else _weights_file(source)
+        weights = teacher_weights_file(t.checkpoint)
         arch = f"hf:{source}" if source.is_dir() else f"gguf:{source.name}"
         spec = ModelSpec(arch, {}, model.vocab_size, data.input_shape, dataset=None)  # type: ignore[arg-type]
         identity = TeacherIdentity(
@@ -171,6 +170,15 @@ def load_lm_teacher(
             "they are aligned on the shared ids (a vocabulary padded to another size)"
         )
     return LoadedTeacher(model, spec, t.checkpoint, identity)
+
+
+def teacher_weights_file(reference: str) -> Path:
+    """The file whose sha256 identifies a language-model teacher: a GGUF file, a Hugging Face
+    directory's weights, or a kdistill model file."""
+    source = pretrained_source(reference)
+    if source is None:
+        return resolve_model(reference).file
+    return source if source.is_file() else _weights_file(source)
 
 
 def _weights_file(directory: Path) -> Path:
@@ -228,7 +236,7 @@ def build_lm_objective(
     return TokenDistiller(
         student, teacher.live, kind=kd.token_loss, temperature=kd.temperature, alpha=kd.alpha,
         beta=kd.resolved_beta, jsd_beta=kd.jsd_beta, skew=kd.skew,
-        kd_start_epoch=cfg.kd_window.start,
+        kd_start_epoch=cfg.kd_window.start, kd_end_epoch=cfg.kd_window.end,
     )  # fmt: skip
 
 
@@ -289,19 +297,7 @@ def assemble_lm(
     objective = build_lm_objective(cfg, student, teacher)
     objective.to(device)  # type: ignore[attr-defined]
     train_loader, eval_loaders = lm_loaders(cfg, data, device, rank, world)
-    steps_per_epoch = -(-len(train_loader) // cfg.train.grad_accumulation)
-    loop = Loop(
-        epochs=cfg.train.epochs,
-        device=device,
-        num_classes=data.num_classes,
-        lr_factor=build_lr_factor(
-            cfg.schedule, steps_per_epoch=steps_per_epoch, epochs=cfg.train.epochs
-        ),
-        precision=cfg.train.precision,
-        grad_clip=cfg.optim.grad_clip,
-        grad_accumulation=cfg.train.grad_accumulation,
-        data_parallel=world > 1,
-    )
+    loop = build_loop(cfg, device, data.num_classes, len(train_loader), world)
     if world > 1 and dist_ctx is not None:
         log(
             f"data-parallel training on {world} processes ({dist_ctx.backend}); "

@@ -35,6 +35,7 @@ from kdistill.engine.trainer import (
 from kdistill.experiment.assembly import RunParts, build_run, resolve_device
 from kdistill.experiment.finish import finish_run
 from kdistill.experiment.health import collapse_advice
+from kdistill.experiment.lm import teacher_weights_file
 from kdistill.experiment.options import RunOptions
 from kdistill.experiment.rundir import (
     RunDirError,
@@ -313,7 +314,11 @@ def check_same_teachers(cfg: RunConfig, record: RunRecord) -> None:
     for t in cfg.kd.teachers:
         if t.checkpoint is None or t.checkpoint not in before:
             continue
-        file = resolve_model(t.checkpoint).file
+        file = (
+            teacher_weights_file(t.checkpoint)
+            if cfg.data.is_text
+            else resolve_model(t.checkpoint).file
+        )
         digest = sha256_file(file)
         if digest != before[t.checkpoint].sha256:
             then = before[t.checkpoint]

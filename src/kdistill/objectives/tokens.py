@@ -14,7 +14,7 @@ every kept token of the global batch however it is split.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.losses.tokens import DIVERGENCES, sparse_token_divergence, token_divergence
+from kdistill.objectives.base import StudentObjective
+from kdistill.objectives.supervised import Supervised
 from kdistill.teachers import as_teacher
 from kdistill.types import (
     IGNORE_INDEX,
@@ -31,10 +33,10 @@ from kdistill.types import (
     TeacherOutput,
     logits_of,
 )
-from kdistill.validation import check_temperature, same_temperature
+from kdistill.validation import EpochWindow, check_temperature, same_temperature
 
 
-class TokenDistiller(nn.Module):
+class TokenDistiller(StudentObjective):
     """A causal LM student taught by a causal LM teacher, token by token.
 
     Args:
@@ -48,8 +50,8 @@ class TokenDistiller(nn.Module):
         alpha: weight of the labels' cross-entropy (at T = 1).
         beta: weight of the divergence.
         jsd_beta, skew: the JSD's mixture weight and the skewed KLs' skew.
-        kd_start_epoch: the divergence counts from this epoch (0-based); before it the student
-            learns the labels alone.
+        kd_start_epoch, kd_end_epoch: the divergence counts in these epochs (0-based, the end
+            excluded; ``None``: to the end); outside them the student learns the labels alone.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class TokenDistiller(nn.Module):
         jsd_beta: float = 0.5,
         skew: float = 0.1,
         kd_start_epoch: int = 0,
+        kd_end_epoch: int | None = None,
     ) -> None:
         super().__init__()
         if kind not in DIVERGENCES:
@@ -77,21 +80,8 @@ class TokenDistiller(nn.Module):
         self.temperature = check_temperature(temperature)
         self.alpha, self.beta = float(alpha), float(beta)
         self.jsd_beta, self.skew = float(jsd_beta), float(skew)
-        self.kd_start_epoch = int(kd_start_epoch)
-        self._epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch = int(epoch)
-
-    def train(self, mode: bool = True) -> TokenDistiller:
-        self.training = mode
-        self.student.train(mode)
-        self.teacher.train(False)
-        return self
-
-    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:  # type: ignore[override]
-        """The student's parameters: the teacher never trains."""
-        return self.student.parameters(recurse)
+        self.window = EpochWindow(kd_start_epoch, kd_end_epoch)
+        self.epoch = 0
 
     def forward(
         self,
@@ -111,7 +101,7 @@ class TokenDistiller(nn.Module):
         t2 = self.temperature**2
         # a batch whose tokens are all prompt (possible for one process or micro-batch) adds
         # nothing: its count is 0, and so is its loss
-        distilling = self._epoch >= self.kd_start_epoch and self.beta > 0 and bool(count > 0)
+        distilling = self.kd_active and self.beta > 0 and bool(count > 0)
         teacher = self.teacher(inputs, sample_ids=sample_ids, views=views)
         divergence = (
             self._divergence(logits, teacher, targets)
@@ -195,17 +185,10 @@ def align_vocabulary(teacher_logits: Tensor, vocab: int) -> Tensor:
 PADDED_LOGIT = -1e4
 
 
-class NextTokenLoss(nn.Module):
+class NextTokenLoss(Supervised):
     """A language model learning its labels alone (the scratch baseline, and a teacher being
     trained): cross-entropy averaged over the kept tokens, with their count (as
     :class:`TokenDistiller`)."""
-
-    def __init__(self, student: nn.Module) -> None:
-        super().__init__()
-        self.student = student
-
-    def set_epoch(self, epoch: int) -> None:
-        """No schedule of its own."""
 
     def forward(
         self,
@@ -219,12 +202,3 @@ class NextTokenLoss(nn.Module):
         ce, count = next_token_loss(logits, targets)
         loss = LossOutput(total=ce, parts={"student": ce}, weights={"student": 1.0}, count=count)
         return DistillerOutput(StudentOutput(logits), loss, None)
-
-    def extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        return None
-
-    def gradient_ratio(self, inputs: Tensor, targets: Tensor, **_: Any) -> float | None:
-        return None
