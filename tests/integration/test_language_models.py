@@ -254,3 +254,30 @@ def test_a_finished_language_model_run_is_reused_with_its_teacher_checked(
     assert not reused
     again, reused = train_or_reuse(cfg, **QUIET)
     assert reused and again.record.test_perplexity == first.record.test_perplexity
+
+
+def test_a_pretrained_teacher_with_another_tokenizer_is_refused(tmp_path, corpus):
+    """A Hugging Face teacher directory brings its own tokenizer; data.tokenizer naming another
+    (here bytes) is refused with both named, not aligned as if one vocabulary were padded."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>", *sorted(set(WORDS))])}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    teacher_dir = tmp_path / "hf-teacher"
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>"
+    ).save_pretrained(teacher_dir)
+    config = transformers.LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(teacher_dir)
+    teacher = f"kd.teachers=[{{checkpoint: {teacher_dir}}}]"
+    bytes_run = lm_config(tmp_path, corpus, teacher, "data.tokenizer=bytes")
+    with pytest.raises(Exception, match=r"use different tokenizers \(hf:.* and bytes-utf8\+eos\)"):
+        run(bytes_run, **QUIET)
+    # with its own tokenizer (data.tokenizer: null) the same (untrained) teacher is taken
+    own = run(lm_config(tmp_path, corpus, teacher, "train.epochs=1", "kd.min_teacher_top1=0",
+                        "kd.teacher_precision=fp32"), **QUIET).record  # fmt: skip
+    assert own.teacher_test_perplexity is not None and own.test_tokens > 0

@@ -28,7 +28,7 @@ from kdistill.cache.store import CacheLayout
 from kdistill.config.schema import ModelConfig, RunConfig
 from kdistill.data.errors import DataError
 from kdistill.data.text import TextData, TokenLoader, build_text_data
-from kdistill.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer
+from kdistill.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, same_tokenizer
 from kdistill.engine.distributed import DistContext
 from kdistill.experiment.loading import load_model
 from kdistill.experiment.loop import build_loop
@@ -133,6 +133,8 @@ def load_lm_teacher(
     assert t.checkpoint is not None
     source = pretrained_source(t.checkpoint)
     if source is not None:
+        if data.tokenizer.source != str(source):  # data.tokenizer named another one
+            same_tokenizer(HFTokenizer(source), data.tokenizer, f"{what} ({source}) and the run")
         model: nn.Module = load_causal_lm(source)
         weights = teacher_weights_file(t.checkpoint)
         arch = f"hf:{source}" if source.is_dir() else f"gguf:{source.name}"
