@@ -225,7 +225,8 @@ def test_config_and_models_verbs(capsys):
     assert main(["config", "list"]) == 0
     assert "fashion-mnist/hinton-mlp-distill" in capsys.readouterr().out
     assert main(["models"]) == 0
-    assert "preact_resnet110_cifar" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "preact_resnet110_cifar" in out and "gpt_micro " in out and "dim=128" in out
     assert main([]) == 2
 
 

@@ -19,6 +19,12 @@ def handle_models(args: argparse.Namespace) -> int:
         options = ", ".join(f"{k}={v!r}" for k, v in builder_args(builder).items())
         print(f"{name:24s} {options or '(no arguments)'}")
     print("\nOr any builder by import path: model.arch='package.module:function'.")
+    from kdistill.models.gpt import GPT_SIZES
+
+    print("\nLanguage models (data.name: pydocs or text; the vocabulary is the tokenizer's):")
+    for name, size in GPT_SIZES.items():
+        options = ", ".join(f"{k}={v!r}" for k, v in size.items())
+        print(f"{name:24s} {options}, hidden=None, rope_base=10000.0, tie_embeddings=True")
     return 0
 
 
