@@ -93,6 +93,11 @@ def test_eval_of_a_language_model_run(tmp_path, corpus, capsys):
     assert out["tokens"] == record.test_tokens
     assert len(out["continuations"]) == 3
     assert all(isinstance(text, str) for text in out["continuations"].values())
+    # the commands that handle images only say so, without a traceback
+    assert main(["export", record.run_dir, "--out", str(tmp_path / "export")]) == 1
+    assert "handles image data only" in capsys.readouterr().err
+    assert main(["layers", "pydocs/gpt-distill"]) == 1
+    assert "handles image data only" in capsys.readouterr().err
 
 
 def test_distillation_from_a_language_model_teacher_online_and_cached(tmp_path, corpus, lm_teacher):

@@ -177,8 +177,15 @@ def build_data(cfg: DataConfig) -> DataBundle:
     """Read ``cfg.name`` and split it.
 
     Raises:
-        DataError: data missing or malformed, with what to do about it.
+        DataError: data missing or malformed, with what to do about it; text (the language
+            models' data, read by :mod:`kdistill.data.text`), where a command needs images.
     """
+    if cfg.name in TEXT_DATASETS:
+        raise DataError(
+            f"data.name={cfg.name} is text for language models, which kdistill train, eval, "
+            "sweep, cache build and demo lm handle; this command handles image data only (not "
+            "yet language models)"
+        )
     raw = READERS[cfg.name](cfg)
     check_classes(raw, cfg.name)
     train, test = raw.train, raw.test
