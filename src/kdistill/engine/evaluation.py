@@ -60,12 +60,13 @@ def evaluate(
     try:
         with torch.inference_mode(), autocast or contextlib.nullcontext():
             for batch in loader:
-                logits = logits_of(predictor(batch.inputs)).float()
+                logits = logits_of(predictor(batch.inputs))
                 targets = batch.targets.to(logits.device)
                 if logits.dim() == 3:  # a language model: each kept token is a sample
                     tokens = True
                     kept = targets != IGNORE_INDEX
                     logits, targets = logits[kept], targets[kept]
+                logits = logits.float()  # after the mask: no float copy of every position
                 loss_sum = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
                 meter.update(logits, targets, float(loss_sum))
     finally:
