@@ -21,12 +21,28 @@ class StudentOutput:
     """What the student produced for one batch.
 
     Attributes:
-        logits: ``(N, C)`` class scores.
+        logits: ``(N, C)`` class scores (a language model's ``(N, T, V)``), or ``None`` where a
+            language model's loss was computed chunk by chunk from its hidden states and its
+            full logits never existed; then ``predictions`` is set.
         features: optional intermediate activations by module path (for feature distillation).
+        predictions: the predicted class (token) per sample (position), when ``logits`` is
+            ``None``.
     """
 
-    logits: Tensor
+    logits: Tensor | None
     features: Mapping[str, Tensor] = field(default_factory=dict)
+    predictions: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.logits is None) == (self.predictions is None):
+            raise ValueError("StudentOutput needs exactly one of logits= and predictions=")
+
+    def predicted(self) -> Tensor:
+        """The argmax of the logits, or the predictions given instead of them (no gradient)."""
+        if self.predictions is not None:
+            return self.predictions
+        assert self.logits is not None
+        return self.logits.detach().argmax(dim=-1)
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,7 @@ class _EpochSums:
         self.sums: Tensor | None = None
 
     def add(self, out: DistillerOutput, targets: Tensor, extra: Mapping[str, Tensor]) -> None:
-        pred = out.student.logits.detach().argmax(dim=-1)
+        pred = out.student.predicted()
         if out.loss.count is None:  # one prediction per sample
             n = int(targets.shape[0])
             kept: Tensor | None = None

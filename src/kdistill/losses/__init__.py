@@ -6,6 +6,7 @@ from kdistill.losses import functional
 from kdistill.losses.distillation import DistillationLoss
 from kdistill.losses.ensemble import merge_members, merged_probabilities
 from kdistill.losses.tokens import (
+    chunked_head_loss,
     fused_token_divergence,
     sparse_token_divergence,
     teacher_topk,
@@ -14,6 +15,7 @@ from kdistill.losses.tokens import (
 
 __all__ = [
     "DistillationLoss",
+    "chunked_head_loss",
     "functional",
     "fused_token_divergence",
     "merge_members",

@@ -22,7 +22,7 @@ beta) p_s``: ``beta KL(p_t || M) + (1 - beta) KL(p_s || M)``; ``skew_forward_kl`
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import get_args
 
 import torch
@@ -178,17 +178,97 @@ def sparse_token_divergence(
         )
     keep = _kept(labels, ignore_index)
     vocab, k = student_logits.shape[-1], teacher_topk_ids.shape[-1]
-    ids = teacher_topk_ids.reshape(-1, k)[keep].long()
+    ids = checked_topk_ids(teacher_topk_ids.reshape(-1, k)[keep], vocab)
+    per_token = sparse_divergence_per_token(
+        student_logits.reshape(-1, vocab)[keep],
+        ids,
+        teacher_topk_logprobs.reshape(-1, k)[keep],
+        temperature=t,
+    )
+    return per_token.mean() * (t * t)
+
+
+def checked_topk_ids(ids: Tensor, vocab: int) -> Tensor:
+    """A teacher's top-k token ids as int64, refused if any lies outside ``[0, vocab)``."""
+    ids = ids.long()
     if bool((ids < 0).any()) or bool((ids >= vocab).any()):
         raise ValueError(f"teacher_topk_ids must be token ids in [0, {vocab}), got others")
-    log_s = F.log_softmax(_wide(student_logits.reshape(-1, vocab)[keep]) / t, dim=-1)
-    log_pt = _wide(teacher_topk_logprobs.reshape(-1, k)[keep].detach())
-    log_ps = log_s.gather(-1, ids)
+    return ids
+
+
+def sparse_divergence_per_token(
+    student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor, *, temperature: float
+) -> Tensor:
+    """The forward KL over the k + 1 buckets of each row of ``(tokens, vocab)`` logits against
+    the teacher's ``(tokens, k)`` top-k ids (int64, checked) and log-probabilities at T (no
+    ``T**2``, no averaging): the building block of :func:`sparse_token_divergence` and of the
+    chunked head loss."""
+    log_s = F.log_softmax(_wide(student_logits) / temperature, dim=-1)
+    log_pt = _wide(topk_logprobs.detach())
+    log_ps = log_s.gather(-1, topk_ids)
     # The student's tail from the tokens outside the k, not as 1 - sum: when the k cover nearly
     # all of its mass, 1 - sum is rounding noise, and the gradient of its log divides by it.
-    log_ps_tail = torch.logsumexp(log_s.scatter(-1, ids, float("-inf")), dim=-1)
-    per_token = _bucket_kl(log_pt, log_ps, log_ps_tail)
-    return per_token.mean() * (t * t)
+    log_ps_tail = torch.logsumexp(log_s.scatter(-1, topk_ids, float("-inf")), dim=-1)
+    return _bucket_kl(log_pt, log_ps, log_ps_tail)
+
+
+def sparse_kl_and_cross_entropy(
+    logits: Tensor,
+    labels: Tensor,
+    topk_ids: Tensor,
+    topk_logprobs: Tensor,
+    *,
+    temperature: float,
+    ce_weight: float,
+    kl_weight: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The labels' cross-entropy (at T = 1) and the forward KL over the teacher's k + 1 buckets
+    (:func:`sparse_divergence_per_token`) of ``(tokens, vocab)`` logits, summed over the
+    tokens, with the gradient of ``ce_weight * CE + kl_weight * KL`` with respect to the logits
+    in closed form: a few passes over the logits instead of autograd's many (the cached
+    distillation step of a large vocabulary costs little more than the labels' alone).
+
+    With ``p = softmax(z / T)`` and ``b(j)`` the bucket of token ``j``, ``d KL / d z_j = p_j (1
+    - q_b(j) / p_b(j)) / T``: ``(p_j - q_j) / T`` for the teacher's k tokens and ``p_j (1 -
+    q_tail / p_tail) / T`` for the rest, where the student's tail mass is the sum over the
+    tokens outside the k (not ``1 - sum``, which is rounding noise when the k hold nearly all
+    of it). Returns ``(ce_sum, kl_sum, grad)``; ``labels`` and ``topk_ids`` are int64 in range.
+    """
+    z = _wide(logits.detach())
+    zt = z if temperature == 1.0 else z / temperature
+    log_s = F.log_softmax(zt, dim=-1)  # one fused kernel; its exp is the gradient's base
+    if temperature == 1.0:
+        ce = -log_s.gather(-1, labels.unsqueeze(-1)).sum()
+    else:
+        ce = (torch.logsumexp(z, dim=-1) - z.gather(-1, labels.unsqueeze(-1)).squeeze(-1)).sum()
+    log_pk = log_s.gather(-1, topk_ids)
+    pk = log_pk.exp()
+    ps = log_s.exp_()  # the student's probabilities at T (becomes the gradient below)
+    # The tail as 1 - sum of the k is exact enough where it holds >= 1% of the mass; below
+    # that it is summed over the tokens outside the k (only for those rows).
+    tail = (1.0 - pk.sum(-1)).clamp(min=0.0)
+    small = tail < 0.01
+    if bool(small.any()):
+        tail[small] = ps[small].scatter(-1, topk_ids[small], 0.0).sum(-1)
+    floor = torch.finfo(tail.dtype).tiny
+    log_pt = _wide(topk_logprobs.detach())
+    kl = _bucket_kl(log_pt, log_pk, tail.clamp(min=floor).log()).sum()
+    # gradient: kl_scale * p (1 - q_tail / p_tail) everywhere, then the k tokens' own value
+    # kl_scale * (p - q), plus the cross-entropy's softmax(z) - onehot(label)
+    kl_scale = kl_weight / temperature
+    q_tail = _tail(log_pt).exp()
+    tail_scale = kl_scale * (1.0 - q_tail / tail.clamp(min=floor))
+    top = kl_scale * (pk - log_pt.exp())
+    if temperature == 1.0:  # one softmax for both: ps is softmax(z)
+        grad = ps.mul_((tail_scale + ce_weight).unsqueeze(-1))
+        grad.scatter_(-1, topk_ids, top + ce_weight * pk)
+    else:
+        grad = ps.mul_(tail_scale.unsqueeze(-1))
+        grad.scatter_(-1, topk_ids, top)
+        grad.add_(torch.softmax(z, dim=-1).mul_(ce_weight))
+    if ce_weight:
+        grad.scatter_add_(-1, labels.unsqueeze(-1), grad.new_full((len(labels), 1), -ce_weight))
+    return ce, kl, grad.to(logits.dtype)
 
 
 def teacher_topk(
@@ -223,44 +303,47 @@ def _bucket_kl(log_pt: Tensor, log_ps: Tensor, log_ps_tail: Tensor) -> Tensor:
     return _kl(t_buckets, s_buckets)
 
 
-class _FusedDivergence(torch.autograd.Function):
-    """Logits, divergence and gradients chunk by chunk along the tokens: the forward pass
-    computes each chunk's loss and its gradients with respect to the hidden states and the head
-    weight at once and keeps only those (no chunk's logits outlive it); the backward pass
-    scales them by the incoming gradient."""
+ChunkLoss = Callable[[Tensor, slice], "Tensor | tuple[Tensor, Tensor]"]
+"""``chunk_loss(logits, rows)``: the summed loss of the rows ``rows`` of the flat kept tokens,
+given their logits ``(rows, vocab)``; differentiable with respect to the logits, or the pair
+``(loss, d loss / d logits)`` where the gradient is known in closed form."""
+
+
+class _ChunkedHead(torch.autograd.Function):
+    """Logits, loss and gradients chunk by chunk along the tokens: the forward pass computes
+    each chunk's loss and its gradients with respect to the hidden states and the head weight
+    at once and keeps only those (no chunk's logits outlive it); the backward pass scales them
+    by the incoming gradient."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
         hidden: Tensor,
         weight: Tensor,
-        teacher_hidden: Tensor | None,
-        teacher_weight: Tensor | None,
-        teacher_logits: Tensor | None,
-        options: tuple[str, float, float, float, int, float, bool],
+        options: tuple[ChunkLoss, int, float, bool],
     ) -> Tensor:
         # needs_grad is decided by the caller: grad mode is always off in here
-        kind, t, beta, skew, chunk, scale, needs_grad = options
+        chunk_loss, chunk, scale, needs_grad = options
         wide = torch.promote_types(weight.dtype, torch.float32)
         grad_hidden = torch.zeros_like(hidden) if needs_grad else None
         grad_weight = torch.zeros_like(weight, dtype=wide) if needs_grad else None
         total = torch.zeros((), dtype=wide, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
-            end = min(start + chunk, hidden.shape[0])
-            with torch.no_grad():
-                if teacher_logits is not None:
-                    t_logits = teacher_logits[start:end]
-                else:
-                    t_logits = teacher_hidden[start:end] @ teacher_weight.T  # type: ignore[index,union-attr]
+            rows = slice(start, min(start + chunk, hidden.shape[0]))
             with torch.enable_grad():
-                h = hidden[start:end].detach().requires_grad_(needs_grad)
+                h = hidden[rows].detach().requires_grad_(needs_grad)
                 w = weight.detach().requires_grad_(needs_grad)
-                loss = divergence_per_token(
-                    h @ w.T, t_logits, kind=kind, temperature=t, beta=beta, skew=skew
-                ).sum()
+                logits = h @ w.T
+                loss = chunk_loss(logits, rows)
+                grad_logits = None
+                if isinstance(loss, tuple):  # the loss's gradient, in closed form
+                    loss, grad_logits = loss
                 if needs_grad:
-                    gh, gw = torch.autograd.grad(loss, (h, w))
-                    grad_hidden[start:end] = gh  # type: ignore[index]
+                    if grad_logits is not None:
+                        gh, gw = torch.autograd.grad(logits, (h, w), grad_logits)
+                    else:
+                        gh, gw = torch.autograd.grad(loss, (h, w))
+                    grad_hidden[rows] = gh  # type: ignore[index]
                     grad_weight += gw.to(wide)  # type: ignore[operator]
             total += loss.detach().to(wide)
         if needs_grad:
@@ -272,7 +355,52 @@ class _FusedDivergence(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad_output: Tensor
     ) -> tuple[Tensor | None, ...]:
         grad_hidden, grad_weight = ctx.saved_tensors  # type: ignore[attr-defined]
-        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None
+        return grad_hidden * grad_output, grad_weight * grad_output, None
+
+
+def chunked_head_loss(
+    hidden: Tensor,
+    head_weight: Tensor,
+    chunk_loss: ChunkLoss,
+    *,
+    scale: float = 1.0,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """``scale * sum_chunks chunk_loss(hidden[rows] @ head_weight.T, rows)`` without ever holding
+    the full ``(tokens, vocab)`` logits: each chunk's logits, loss and gradients are computed
+    together and only the gradients are kept (Liger-Kernel's chunked losses do the same).
+
+    Args:
+        hidden: ``(tokens, hidden)``, the kept tokens' last hidden states.
+        head_weight: the output head ``(vocab, hidden)`` (no bias).
+        chunk_loss: ``(logits, rows) -> summed loss`` of those rows, or ``(summed loss, its
+            gradient with respect to the logits)`` (it may record what it likes of the logits,
+            e.g. their argmax, as a side effect: it runs once per chunk).
+        scale: a constant factor (``1 / tokens`` for a mean).
+        chunk_size: tokens per chunk; ``None``: as many as keep one chunk's logits near 32 MiB
+            of float32 (``2**23 / vocab``, at least 64).
+
+    Gradients flow to ``hidden`` and ``head_weight``. Under ``torch.no_grad`` only the loss is
+    computed.
+    """
+    if hidden.dim() != 2 or head_weight.dim() != 2 or head_weight.shape[1] != hidden.shape[1]:
+        raise ValueError(
+            f"hidden must be (tokens, hidden) and head_weight (vocab, hidden); got "
+            f"{tuple(hidden.shape)} and {tuple(head_weight.shape)}"
+        )
+    if chunk_size is None:
+        chunk_size = default_chunk_size(head_weight.shape[0])
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad)
+    return _ChunkedHead.apply(
+        hidden, head_weight, (chunk_loss, chunk_size, float(scale), needs_grad)
+    )
+
+
+def default_chunk_size(vocab: int) -> int:
+    """Tokens per chunk whose float32 logits take about 32 MiB (at least 64 tokens)."""
+    return max(64, (1 << 23) // max(1, vocab))
 
 
 def fused_token_divergence(
@@ -304,8 +432,6 @@ def fused_token_divergence(
     Gradients flow to ``student_hidden`` and ``student_head_weight``; the teacher is detached.
     """
     t = _check_options(kind, temperature, beta, skew)
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     if student_hidden.dim() != 3 or student_head_weight.dim() != 2:
         raise ValueError(
             f"student_hidden must be (batch, seq, hidden) and student_head_weight (vocab, "
@@ -345,12 +471,18 @@ def fused_token_divergence(
             )
         teacher_hidden = teacher_hidden_3d.reshape(-1, teacher_hidden_3d.shape[-1])[keep].detach()
         teacher_weight = teacher_weight.detach()
-    scale = (t * t) / hidden.shape[0]
-    # evaluation (no_grad) computes the loss alone, no gradients
-    needs_grad = torch.is_grad_enabled() and (
-        hidden.requires_grad or student_head_weight.requires_grad
-    )
-    return _FusedDivergence.apply(
-        hidden, student_head_weight, teacher_hidden, teacher_weight, teacher_logits,
-        (kind, t, float(beta), float(skew), chunk_size, scale, needs_grad),
+
+    def chunk_loss(logits: Tensor, rows: slice) -> Tensor:
+        if teacher_logits is not None:
+            t_logits = teacher_logits[rows]
+        else:
+            with torch.no_grad():
+                t_logits = teacher_hidden[rows] @ teacher_weight.T  # type: ignore[index,union-attr]
+        return divergence_per_token(
+            logits, t_logits, kind=kind, temperature=t, beta=beta, skew=skew
+        ).sum()
+
+    return chunked_head_loss(
+        hidden, student_head_weight, chunk_loss, scale=(t * t) / hidden.shape[0],
+        chunk_size=chunk_size,
     )  # fmt: skip

@@ -7,21 +7,31 @@ label t; ``-100`` takes no loss). The loss is ``alpha * CE + beta * D``: the lab
 cross-entropy and a token divergence (:mod:`kdistill.losses.tokens`: forward or reverse KL,
 GKD's JSD, DistiLLM's skewed KLs, TVD; against a cached teacher's top-k tokens, the forward KL
 over its buckets), both averaged over the kept tokens of the batch, ``D`` at temperature T and
-multiplied by ``T**2``. The ``LossOutput`` carries the number of kept tokens as its ``count``,
+multiplied by ``T**2``. A student with an output head over its last hidden states (kdistill's
+GPTs) never builds its full ``(tokens, vocab)`` logits: both losses and their gradients are
+computed chunk by chunk along the kept tokens (:func:`token_step`). The ``LossOutput`` carries the number of kept tokens as its ``count``,
 so the trainer weighs micro-batches and processes by their tokens: a step follows the mean over
 every kept token of the global batch however it is split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdistill.losses.tokens import DIVERGENCES, sparse_token_divergence, token_divergence
+from kdistill.losses.tokens import (
+    DIVERGENCES,
+    checked_topk_ids,
+    chunked_head_loss,
+    divergence_per_token,
+    sparse_divergence_per_token,
+    sparse_kl_and_cross_entropy,
+)
 from kdistill.objectives.base import StudentObjective
 from kdistill.objectives.supervised import Supervised
 from kdistill.teachers import as_teacher
@@ -52,6 +62,8 @@ class TokenDistiller(StudentObjective):
         jsd_beta, skew: the JSD's mixture weight and the skewed KLs' skew.
         kd_start_epoch, kd_end_epoch: the divergence counts in these epochs (0-based, the end
             excluded; ``None``: to the end); outside them the student learns the labels alone.
+        chunk_size: tokens per chunk of the chunked loss (:func:`token_step`); ``None``: about
+            32 MiB of logits per chunk.
     """
 
     def __init__(
@@ -67,6 +79,7 @@ class TokenDistiller(StudentObjective):
         skew: float = 0.1,
         kd_start_epoch: int = 0,
         kd_end_epoch: int | None = None,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         if kind not in DIVERGENCES:
@@ -82,6 +95,7 @@ class TokenDistiller(StudentObjective):
         self.jsd_beta, self.skew = float(jsd_beta), float(skew)
         self.window = EpochWindow(kd_start_epoch, kd_end_epoch)
         self.epoch = 0
+        self.chunk_size = chunk_size
 
     def forward(
         self,
@@ -91,34 +105,32 @@ class TokenDistiller(StudentObjective):
         sample_ids: Tensor | None = None,
         views: Tensor | None = None,
     ) -> DistillerOutput:
-        if inputs.dim() != 2 or targets.shape != inputs.shape:
-            raise ValueError(
-                f"a language model's batch is token ids (batch, seq) with labels of the same "
-                f"shape, got inputs {tuple(inputs.shape)} and labels {tuple(targets.shape)}"
-            )
-        logits = logits_of(self.student(inputs))
-        ce, count = next_token_loss(logits, targets)
+        _check_batch(inputs, targets)
         t2 = self.temperature**2
+        teacher = self.teacher(inputs, sample_ids=sample_ids, views=views)
+        distilling = self.kd_active and self.beta > 0
+
+        def divergence(vocab: int, keep: Tensor) -> RowLoss:
+            return self._divergence_rows(teacher, keep, vocab)
+
+        step = token_step(
+            self.student, inputs, targets, self.alpha,
+            divergence if distilling else None, self.beta * t2, self.chunk_size,
+        )  # fmt: skip
         # a batch whose tokens are all prompt (possible for one process or micro-batch) adds
         # nothing: its count is 0, and so is its loss
-        distilling = self.kd_active and self.beta > 0 and bool(count > 0)
-        teacher = self.teacher(inputs, sample_ids=sample_ids, views=views)
-        divergence = (
-            self._divergence(logits, teacher, targets)
-            if distilling
-            else logits.new_zeros((), dtype=torch.float32)
-        )
-        beta = self.beta if distilling else 0.0
-        total = self.alpha * ce + beta * divergence
+        beta = self.beta if distilling and bool(step.count > 0) else 0.0
         loss = LossOutput(
-            total=total,
-            parts={"student": ce, "distill": divergence.detach() / t2},
+            total=step.total,
+            parts={"student": step.cross_entropy, "distill": step.extra},
             weights={"student": self.alpha, "distill": beta * t2},
-            count=count,
+            count=step.count,
         )
-        return DistillerOutput(StudentOutput(logits), loss, teacher)
+        return DistillerOutput(step.output, loss, teacher)
 
-    def _divergence(self, logits: Tensor, teacher: TeacherOutput, targets: Tensor) -> Tensor:
+    def _divergence_rows(self, teacher: TeacherOutput, keep: Tensor, vocab: int) -> RowLoss:
+        """The teacher's kept rows, as the summed divergence of the student's logits of rows
+        ``at`` of the kept tokens against them (no ``T**2``)."""
         if teacher.topk_ids is not None:
             if self.kind != "forward_kl":
                 raise ValueError(
@@ -131,19 +143,26 @@ class TokenDistiller(StudentObjective):
                     f"the cached teacher's log-probabilities are at temperature "
                     f"{teacher.temperature}, the loss is at {self.temperature}"
                 )
-            return sparse_token_divergence(
-                logits, teacher.topk_ids, teacher.topk_logprobs, targets,
-                temperature=self.temperature,
-            )  # fmt: skip
+            k = teacher.topk_ids.shape[-1]
+            return SparseRows(
+                checked_topk_ids(teacher.topk_ids.reshape(-1, k)[keep], vocab),
+                teacher.topk_logprobs.reshape(-1, k)[keep],
+                self.temperature,
+            )
         if teacher.logits is None:
             raise ValueError("a language-model teacher must give logits or its top-k tokens")
-        teacher_logits = teacher.logits
-        if teacher_logits.shape[-1] != logits.shape[-1]:
-            teacher_logits = align_vocabulary(teacher_logits, logits.shape[-1])
-        return token_divergence(
-            logits, teacher_logits, targets, kind=self.kind, temperature=self.temperature,
-            beta=self.jsd_beta, skew=self.skew,
-        )  # fmt: skip
+        t_logits = teacher.logits.reshape(-1, teacher.logits.shape[-1])[keep].detach()
+
+        def rows(logits: Tensor, at: slice) -> Tensor:
+            chunk = t_logits[at]
+            if chunk.shape[-1] != vocab:
+                chunk = align_vocabulary(chunk, vocab)
+            return divergence_per_token(
+                logits, chunk, kind=self.kind, temperature=self.temperature,
+                beta=self.jsd_beta, skew=self.skew,
+            ).sum()  # fmt: skip
+
+        return rows
 
     def extra_state(self) -> dict[str, Any]:
         return {}
@@ -156,17 +175,161 @@ class TokenDistiller(StudentObjective):
         return None
 
 
-def next_token_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """The labels' cross-entropy averaged over the kept tokens (0 when there are none, where a
-    plain mean would be NaN), and their count."""
-    count = (labels != IGNORE_INDEX).sum()
-    total = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
+RowLoss = Callable[[Tensor, slice], Tensor]
+"""``(logits, at) -> summed loss`` of the student's logits of rows ``at`` of the kept tokens."""
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    """A cached teacher's kept rows (top-k ids and log-probabilities at ``temperature``): the
+    forward KL over its buckets of the student's logits of rows ``at``; with the labels, the
+    chunked path takes both losses' gradient in closed form
+    (:func:`~kdistill.losses.tokens.sparse_kl_and_cross_entropy`)."""
+
+    ids: Tensor
+    logprobs: Tensor
+    temperature: float
+
+    def __call__(self, logits: Tensor, at: slice) -> Tensor:
+        return sparse_divergence_per_token(
+            logits, self.ids[at], self.logprobs[at], temperature=self.temperature
+        ).sum()
+
+    def with_labels(
+        self, logits: Tensor, labels: Tensor, at: slice, ce_weight: float, kl_weight: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return sparse_kl_and_cross_entropy(
+            logits, labels, self.ids[at], self.logprobs[at], temperature=self.temperature,
+            ce_weight=ce_weight, kl_weight=kl_weight,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TokenStep:
+    """One batch of a language model: ``total = (alpha * CE_sum + w * extra_sum) / count``, the
+    unweighted means of its parts, the kept tokens' ``count`` and what the student produced."""
+
+    total: Tensor
+    cross_entropy: Tensor
+    extra: Tensor
+    count: Tensor
+    output: StudentOutput
+
+
+def token_step(
+    student: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    alpha: float,
+    extra: Callable[[int, Tensor], RowLoss] | None = None,
+    extra_weight: float = 0.0,
+    chunk_size: int | None = None,
+) -> TokenStep:
+    """The labels' cross-entropy (weight ``alpha``) plus ``extra(vocab, keep)``'s loss (weight
+    ``extra_weight``), averaged over the kept tokens (0 when there are none, where a plain mean
+    would be NaN).
+
+    A student with an output head over its last hidden states
+    (:func:`output_head`) never builds its full logits: the head,
+    both losses and their gradients run chunk by chunk along the kept tokens
+    (:func:`~kdistill.losses.tokens.chunked_head_loss`), and the output carries the predicted
+    tokens instead of logits. Any other student's logits are computed whole.
+    """
+    keep = (targets != IGNORE_INDEX).reshape(-1)
+    count = keep.sum()
+    labels = targets.reshape(-1)[keep]
+    sums: dict[str, Tensor] = {}
+
+    def add(name: str, value: Tensor) -> None:
+        sums[name] = sums[name] + value.detach() if name in sums else value.detach()
+
+    head = output_head(student)
+    if head is None:
+        logits = logits_of(student(inputs))
+        vocab = logits.shape[-1]
+        rows = logits.reshape(-1, vocab)[keep]
+        loss = alpha * _cross_entropy_sum(rows, labels, add)
+        if extra is not None:
+            loss = loss + extra_weight * _extra_sum(extra(vocab, keep), rows, slice(None), add)
+        total = loss / count.clamp(min=1)
+        output = StudentOutput(logits)
+    else:
+        hidden = student(inputs, last_hidden=True)
+        vocab = head.weight.shape[0]
+        kept_predictions = torch.empty_like(labels)
+        rows_loss = extra(vocab, keep) if extra is not None else None
+
+        def chunk_loss(logits: Tensor, at: slice) -> Tensor | tuple[Tensor, Tensor]:
+            kept_predictions[at] = logits.detach().argmax(dim=-1)
+            if isinstance(rows_loss, SparseRows):
+                ce, kl, grad = rows_loss.with_labels(logits, labels[at], at, alpha, extra_weight)
+                add("ce", ce)
+                add("extra", kl)
+                return alpha * ce + extra_weight * kl, grad
+            loss = alpha * _cross_entropy_sum(logits, labels[at], add)
+            if rows_loss is not None:
+                loss = loss + extra_weight * _extra_sum(rows_loss, logits, at, add)
+            return loss
+
+        total = chunked_head_loss(
+            hidden.reshape(-1, hidden.shape[-1])[keep], head.weight, chunk_loss,
+            scale=1.0 / max(1, int(count)), chunk_size=chunk_size,
+        )  # fmt: skip
+        predictions = torch.full_like(targets.reshape(-1), IGNORE_INDEX)
+        predictions[keep] = kept_predictions
+        output = StudentOutput(None, predictions=predictions.view_as(targets))
+    zero = total.new_zeros((), dtype=torch.float32).detach()
+    per_token = 1.0 / count.clamp(min=1)
+    return TokenStep(
+        total=total,
+        cross_entropy=sums.get("ce", zero) * per_token,
+        extra=sums.get("extra", zero) * per_token,
+        count=count,
+        output=output,
     )
-    return total / count.clamp(min=1), count
+
+
+def output_head(model: nn.Module) -> nn.Linear | None:
+    """The model's bias-free output head if it gives its last hidden states, else ``None``
+    (then only its logits can be used).
+
+    The interface: ``model(ids, last_hidden=True)`` returns the hidden states the head reads
+    (through ``forward``, so that a data-parallel wrapper still sees the call), ``model.head``
+    is a bias-free ``nn.Linear``, and ``gives_last_hidden = True`` says that the logits are
+    exactly the head applied to those states (kdistill's GPTs; a Hugging Face model may scale or
+    cap its logits). Checked here by duck typing: the objectives do not import the models.
+    """
+    inner = model
+    while isinstance(getattr(inner, "module", None), nn.Module):  # a data-parallel wrapper
+        inner = inner.module
+    head = getattr(inner, "head", None)
+    if not getattr(inner, "gives_last_hidden", False) or not isinstance(head, nn.Linear):
+        return None
+    return head if head.bias is None else None
+
+
+def _cross_entropy_sum(
+    logits: Tensor, labels: Tensor, add: Callable[[str, Tensor], None]
+) -> Tensor:
+    ce = F.cross_entropy(logits.float(), labels, reduction="sum")
+    add("ce", ce)
+    return ce
+
+
+def _extra_sum(
+    rows: RowLoss, logits: Tensor, at: slice, add: Callable[[str, Tensor], None]
+) -> Tensor:
+    value = rows(logits, at)
+    add("extra", value)
+    return value
+
+
+def _check_batch(inputs: Tensor, targets: Tensor) -> None:
+    if inputs.dim() != 2 or targets.shape != inputs.shape:
+        raise ValueError(
+            f"a language model's batch is token ids (batch, seq) with labels of the same "
+            f"shape, got inputs {tuple(inputs.shape)} and labels {tuple(targets.shape)}"
+        )
 
 
 def align_vocabulary(teacher_logits: Tensor, vocab: int) -> Tensor:
@@ -187,8 +350,10 @@ PADDED_LOGIT = -1e4
 
 class NextTokenLoss(Supervised):
     """A language model learning its labels alone (the scratch baseline, and a teacher being
-    trained): cross-entropy averaged over the kept tokens, with their count (as
-    :class:`TokenDistiller`)."""
+    trained): cross-entropy averaged over the kept tokens, with their count, computed as
+    :class:`TokenDistiller` computes it (chunk by chunk when the student has an output head)."""
+
+    chunk_size: int | None = None  # tokens per chunk of the chunked loss; None: ~32 MiB
 
     def forward(
         self,
@@ -198,7 +363,10 @@ class NextTokenLoss(Supervised):
         sample_ids: Tensor | None = None,
         views: Tensor | None = None,
     ) -> DistillerOutput:
-        logits = logits_of(self.student(inputs))
-        ce, count = next_token_loss(logits, targets)
-        loss = LossOutput(total=ce, parts={"student": ce}, weights={"student": 1.0}, count=count)
-        return DistillerOutput(StudentOutput(logits), loss, None)
+        _check_batch(inputs, targets)
+        step = token_step(self.student, inputs, targets, 1.0, chunk_size=self.chunk_size)
+        loss = LossOutput(
+            total=step.total, parts={"student": step.cross_entropy}, weights={"student": 1.0},
+            count=step.count,
+        )  # fmt: skip
+        return DistillerOutput(step.output, loss, None)

@@ -218,3 +218,30 @@ def test_a_sparse_teacher_covering_nearly_everything_has_the_full_gradient(k):
         torch.testing.assert_close(sparse, full, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(g_sparse, g_full, rtol=1e-4, atol=1e-6)
     assert torch.isfinite(g_sparse).all() and g_sparse.abs().max() < 10
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("scale", [1.0, 12.0])  # 12: a confident student, the k hold ~all
+@pytest.mark.parametrize("k", [3, 10, 11])
+def test_the_closed_form_gradient_of_the_cached_loss_equals_autograds(temperature, scale, k):
+    """sparse_kl_and_cross_entropy's gradient, written out, against autograd through the
+    definitions, in float64."""
+    from kdistill.losses.tokens import (
+        sparse_divergence_per_token,
+        sparse_kl_and_cross_entropy,
+        teacher_topk,
+    )
+
+    torch.manual_seed(k)
+    z = (torch.randn(7, 11, dtype=torch.float64) * scale).requires_grad_()
+    labels = torch.randint(0, 11, (7,))
+    ids, lp = teacher_topk(torch.randn(7, 11, dtype=torch.float64) * 3, k, temperature=temperature)
+    ce, kl, grad = sparse_kl_and_cross_entropy(
+        z, labels, ids, lp.double(), temperature=temperature, ce_weight=0.3, kl_weight=0.7
+    )
+    ce_ref = torch.nn.functional.cross_entropy(z, labels, reduction="sum")
+    kl_ref = sparse_divergence_per_token(z, ids, lp.double(), temperature=temperature).sum()
+    (g_ref,) = torch.autograd.grad(0.3 * ce_ref + 0.7 * kl_ref, z)
+    torch.testing.assert_close(ce, ce_ref.detach())
+    torch.testing.assert_close(kl, kl_ref.detach(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grad, g_ref, rtol=1e-7, atol=1e-9)

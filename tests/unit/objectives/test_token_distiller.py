@@ -169,3 +169,95 @@ def test_evaluation_of_a_language_model_counts_its_kept_tokens():
     top1 = (logits.argmax(-1) == labels)[kept].float().mean()
     assert result.metrics["top1"] == pytest.approx(float(top1))
     assert result.predictions.shape == (int(kept.sum()),)
+
+
+class LogitsOnly(torch.nn.Module):
+    """The same network without an output head to read: the objective computes its full
+    logits (the plain path the chunked one must equal)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids):
+        return self.model(ids)
+
+
+def grads(objective, ids, labels, **kwargs):
+    objective.student.zero_grad()
+    out = objective(ids, labels, **kwargs)
+    out.loss.total.backward()
+    return out, [p.grad.clone() for p in objective.student.parameters()]
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "tvd"])
+def test_the_chunked_path_equals_the_full_logits(kind):
+    student, teacher = models()
+    ids, labels = batch(4)
+    options = dict(kind=kind, temperature=2.0, alpha=0.3, beta=0.7)
+    chunked = TokenDistiller(student, teacher, chunk_size=5, **options)
+    plain = TokenDistiller(LogitsOnly(student), teacher, **options)
+    out_c, grad_c = grads(chunked, ids, labels)
+    out_p, grad_p = grads(plain, ids, labels)
+    assert out_c.student.logits is None and out_p.student.logits is not None
+    torch.testing.assert_close(out_c.loss.total, out_p.loss.total)
+    for part in ("student", "distill"):
+        torch.testing.assert_close(out_c.loss.parts[part], out_p.loss.parts[part])
+    for a, b in zip(grad_c, grad_p, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    # the predictions the trainer's metrics read: the argmax on the kept positions
+    kept = labels != IGNORE_INDEX
+    assert torch.equal(out_c.student.predicted()[kept], out_p.student.predicted()[kept])
+
+
+@pytest.mark.parametrize(("k", "temperature", "dtype"), [(6, 1.5, "float16"), (V, 1.0, "float32")])
+def test_the_chunked_path_with_a_cached_teacher_and_for_the_labels_alone(
+    tmp_path, k, temperature, dtype
+):
+    import numpy as np
+
+    from kdistill.objectives.tokens import NextTokenLoss
+
+    student, teacher = models()
+    ids, labels = batch(3)
+    layout = CacheLayout(num_samples=3, views_per_sample=1, members=1, num_classes=V,
+                         dtype=dtype, topk=k, temperature=temperature, block=L)  # fmt: skip
+
+    def compute(positions, _views):
+        with torch.no_grad():
+            logits = teacher(ids[torch.from_numpy(positions)])
+            return teacher_topk(logits, k, temperature=temperature)
+
+    cache = build_cache(tmp_path / "c", fingerprint="0" * 64, description={}, layout=layout,
+                        sample_ids=np.arange(3), views=np.zeros((3, 1), np.int32),
+                        compute=compute, batch_size=2, progress=False, log=lambda _: None)  # fmt: skip
+    cached = CachedTeacher(cache, temperature=temperature)
+    options = dict(temperature=temperature, alpha=0.2, beta=0.8)
+    out_c, grad_c = grads(TokenDistiller(student, cached, chunk_size=4, **options), ids, labels,
+                          sample_ids=torch.arange(3))  # fmt: skip
+    out_p, grad_p = grads(TokenDistiller(LogitsOnly(student), cached, **options), ids, labels,
+                          sample_ids=torch.arange(3))  # fmt: skip
+    torch.testing.assert_close(out_c.loss.total, out_p.loss.total)
+    for a, b in zip(grad_c, grad_p, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    scratch = NextTokenLoss(student)
+    scratch.chunk_size = 3
+    out_c, grad_c = grads(scratch, ids, labels)
+    out_p, grad_p = grads(NextTokenLoss(LogitsOnly(student)), ids, labels)
+    kept = labels != IGNORE_INDEX
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(student(ids)[kept], labels[kept])
+    torch.testing.assert_close(out_c.loss.total.detach(), ce)
+    torch.testing.assert_close(out_c.loss.total, out_p.loss.total)
+    for a, b in zip(grad_c, grad_p, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_batch_with_no_kept_token_adds_nothing_on_either_path():
+    student, teacher = models()
+    ids, labels = batch(2)
+    labels[:] = IGNORE_INDEX
+    for net in (student, LogitsOnly(student)):
+        out, grad = grads(TokenDistiller(net, teacher, chunk_size=3), ids, labels)
+        assert float(out.loss.total.detach()) == 0.0 and int(out.loss.count) == 0
+        assert all(float(g.abs().max()) == 0.0 for g in grad)
