@@ -24,7 +24,9 @@ def handle_models(args: argparse.Namespace) -> int:
     print("\nLanguage models (data.name: pydocs or text; the vocabulary is the tokenizer's):")
     for name, size in GPT_SIZES.items():
         options = ", ".join(f"{k}={v!r}" for k, v in size.items())
-        print(f"{name:24s} {options}, hidden=None, rope_base=10000.0, tie_embeddings=True")
+        print(
+            f"{name:24s} {options}, hidden=None, rope_base=10000.0, norm_eps=1e-05, tie_embeddings=True"
+        )
     return 0
 
 

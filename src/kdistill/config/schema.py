@@ -269,6 +269,13 @@ class ModelConfig:
         "are resized for it (bilinear, antialiased). null = the student's size",
         None,
     )
+    init_from_teacher: bool = doc(
+        "a language-model student starts as its teacher cut down (DistilBERT's initialization): "
+        "the teacher's widths, embedding, final norm, head and evenly spaced layers (every "
+        "other one at half the depth); args may set only layers (default: half the teacher's). "
+        "Teachers: kdistill GPTs and Llama-architecture Hugging Face / GGUF models (SmolLM2)",
+        False,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
@@ -777,6 +784,18 @@ class RunConfig:
             "model.input_mean / input_std / input_size say what a teacher trained elsewhere "
             "expects; they apply to kd.teachers[i], not to the model being trained",
         )
+        if self.model.init_from_teacher:
+            _require(
+                self.data.is_text and self.kd is not None and self.model.checkpoint is None,
+                "model.init_from_teacher starts a language-model student from its teacher's "
+                "layers: it needs a text dataset, the kd section (the teacher) and no "
+                "model.checkpoint",
+            )
+        if self.kd is not None:
+            _require(
+                not any(t.init_from_teacher for t in self.kd.teachers),
+                "kd.teachers[].init_from_teacher: only the student (model) starts from a teacher",
+            )
         _require(
             bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name),
             f"name must be non-empty and use letters, digits, '-', '_' or '.', got {self.name!r}",

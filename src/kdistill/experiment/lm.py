@@ -40,6 +40,8 @@ from kdistill.locks import exclusive_lock
 from kdistill.losses.tokens import teacher_topk
 from kdistill.models import ModelFileError, ModelSpec, build_model, resolve_model
 from kdistill.models.causal_lm import load_causal_lm, smollm2_gguf
+from kdistill.models.from_teacher import copy_teacher_into, student_args, teacher_depth_and_widths
+from kdistill.models.gpt import LANGUAGE_MODELS
 from kdistill.objectives import NextTokenLoss, Objective, TokenDistiller
 from kdistill.objectives.tokens import align_vocabulary
 from kdistill.record import TeacherIdentity
@@ -114,7 +116,9 @@ def build_lm_student(
             raise ValueError("model.arch: name the student, e.g. gpt_nano (kdistill models)")
         spec = lm_spec(m, data, cfg)
         return build_model(spec.arch, spec.num_classes, spec.input_shape, spec.args), spec
-    loaded = load_model(source, arch=m.arch, args=m.args or None, trust=trust)
+    # a student grown from its teacher records the teacher's widths its config does not give
+    expected_args = None if m.init_from_teacher else (m.args or None)
+    loaded = load_model(source, arch=m.arch, args=expected_args, trust=trust)
     what = "the checkpoint" if checkpoint is not None else f"model.checkpoint {source}"
     _check_tokenizer(loaded.spec, data.tokenizer, what)
     if loaded.spec.num_classes != data.num_classes:
@@ -124,6 +128,35 @@ def build_lm_student(
         )
     spec = lm_spec(ModelConfig(arch=loaded.spec.arch, args=dict(loaded.spec.args)), data, cfg)
     return loaded.model.train(), spec
+
+
+def student_from_teacher(
+    cfg: RunConfig, data: TextData, teacher: nn.Module, log: Log
+) -> tuple[nn.Module, ModelSpec]:
+    """A new GPT student that starts as its teacher cut down (``model.init_from_teacher``):
+    the teacher's widths and evenly spaced layers, said in the log."""
+    m = cfg.model
+    if m.arch is None or m.arch not in LANGUAGE_MODELS:
+        raise ValueError(
+            f"model.init_from_teacher builds a registry GPT student; model.arch is {m.arch!r}, "
+            f"choose one of {', '.join(LANGUAGE_MODELS)} (its widths become the teacher's)"
+        )
+    args = student_args(teacher, m.args)
+    spec = lm_spec(ModelConfig(arch=m.arch, args=args), data, cfg)
+    student = build_model(spec.arch, spec.num_classes, spec.input_shape, spec.args)
+    if getattr(teacher, "vocab_size", data.num_classes) != data.num_classes:
+        raise ValueError(
+            f"model.init_from_teacher: the teacher's vocabulary of {teacher.vocab_size:,} is not "  # type: ignore[union-attr]
+            f"the tokenizer's {data.num_classes:,}"
+        )
+    kept = copy_teacher_into(student, teacher)  # type: ignore[arg-type]
+    depth = teacher_depth_and_widths(teacher)[0]
+    log(
+        f"student initialized from the teacher: its embedding, final norm, head and layers "
+        f"{', '.join(map(str, kept))} of {depth} ({sum(p.numel() for p in student.parameters()):,} parameters; "
+        f"{', '.join(f'{k}={v}' for k, v in args.items())})"
+    )
+    return student.train(), spec
 
 
 def load_lm_teacher(
@@ -200,8 +233,10 @@ def build_lm_teacher(
     trust: CodeTrust,
     device: torch.device,
     recorded_precision: str | None,
+    on_loaded: Callable[[nn.Module], None] | None = None,
 ) -> TeacherSetup:
-    """The frozen teacher language model, in ``kd.teacher_precision``."""
+    """The frozen teacher language model, in ``kd.teacher_precision``; ``on_loaded`` sees it
+    first, as loaded (float32, on the CPU)."""
     kd = cfg.kd
     assert kd is not None
     if len(kd.teachers) != 1 or kd.teacher_weight > 0:
@@ -210,6 +245,8 @@ def build_lm_teacher(
             "image-only for now)"
         )
     loaded = load_lm_teacher(kd.teachers[0], "kd.teachers[0]", data, trust, log)
+    if on_loaded is not None:
+        on_loaded(loaded.model)
     member = FrozenTeacher(loaded.model)
     member.to(device)
     setup = TeacherSetup([loaded], member, [member])
@@ -290,12 +327,23 @@ def assemble_lm(
         )
     rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
     data = text_data(cfg, log)
-    student, spec = build_lm_student(cfg, data, trust, resume_from)
-    teacher = (
-        build_lm_teacher(cfg, data, log, trust, device, teacher_precision)
-        if cfg.kd is not None
-        else None
-    )
+    # a student grown from its teacher is built when the teacher is loaded (float32, before
+    # its precision is set); any other is built first
+    grown: list[tuple[nn.Module, ModelSpec]] = []
+    from_teacher = cfg.model.init_from_teacher and resume_from is None
+    if not from_teacher:
+        grown.append(build_lm_student(cfg, data, trust, resume_from))
+
+    def grow(model: nn.Module) -> None:
+        grown.append(student_from_teacher(cfg, data, model, log))
+
+    teacher = None
+    if cfg.kd is not None:
+        on_loaded = grow if from_teacher else None
+        teacher = build_lm_teacher(
+            cfg, data, log, trust, device, teacher_precision, on_loaded=on_loaded
+        )
+    student, spec = grown[0]
     objective = build_lm_objective(cfg, student, teacher)
     objective.to(device)  # type: ignore[attr-defined]
     train_loader, eval_loaders = lm_loaders(cfg, data, device, rank, world)

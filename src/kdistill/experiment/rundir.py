@@ -63,6 +63,8 @@ _ADDED_SETTINGS = {
     "policies[].threshold_criteria": "mean_abs",
     "policies[].keep_mask": False,
     "data.files": [],
+    "model.init_from_teacher": False,
+    "kd.teachers[].init_from_teacher": False,
     "data.block": 128,
     "data.tokenizer": None,
     "kd.token_loss": "forward_kl",

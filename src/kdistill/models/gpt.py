@@ -68,11 +68,11 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+    def __init__(self, dim: int, heads: int, hidden: int, norm_eps: float = 1e-5) -> None:
         super().__init__()
-        self.attn_norm = nn.RMSNorm(dim, eps=1e-5)
+        self.attn_norm = nn.RMSNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, heads)
-        self.mlp_norm = nn.RMSNorm(dim, eps=1e-5)
+        self.mlp_norm = nn.RMSNorm(dim, eps=norm_eps)
         self.mlp = SwiGLU(dim, hidden)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -92,8 +92,12 @@ class GPT(nn.Module):
         heads: attention heads (``dim`` must be a multiple; the head width must be even).
         hidden: width of the feed-forward block (default: 8/3 ``dim``, rounded up to 32).
         rope_base: the rotary embedding's base.
+        norm_eps: the RMS norms' epsilon.
         tie_embeddings: one matrix for the input embedding and the output head.
     """
+
+    # logits are exactly head(last hidden states): the chunked loss may compute them itself
+    gives_last_hidden = True
 
     def __init__(
         self,
@@ -105,6 +109,7 @@ class GPT(nn.Module):
         heads: int,
         hidden: int | None = None,
         rope_base: float = 10_000.0,
+        norm_eps: float = 1e-5,
         tie_embeddings: bool = True,
     ) -> None:
         super().__init__()
@@ -120,8 +125,9 @@ class GPT(nn.Module):
         hidden = hidden if hidden is not None else 32 * math.ceil(8 * dim / 3 / 32)
         self.vocab_size, self.context = vocab_size, context
         self.embed = nn.Embedding(vocab_size, dim)
-        self.blocks = nn.ModuleList(Block(dim, heads, hidden) for _ in range(layers))
-        self.norm = nn.RMSNorm(dim, eps=1e-5)
+        self.blocks = nn.ModuleList(Block(dim, heads, hidden, norm_eps) for _ in range(layers))
+        self.norm = nn.RMSNorm(dim, eps=norm_eps)
+        self.rope_base = float(rope_base)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         if tie_embeddings:
             self.head.weight = self.embed.weight
@@ -150,8 +156,11 @@ class GPT(nn.Module):
             x = block(x, self.rope_cos, self.rope_sin)
         return self.norm(x)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        return self.head(self.hidden_states(input_ids))
+    def forward(self, input_ids: Tensor, *, last_hidden: bool = False) -> Tensor:
+        """Logits ``(batch, seq, vocab)``; with ``last_hidden=True`` the hidden states the head
+        reads instead (what the chunked token loss computes the logits from)."""
+        hidden = self.hidden_states(input_ids)
+        return hidden if last_hidden else self.head(hidden)
 
 
 # Sizes of the registry's students; parameters at SmolLM2's vocabulary of 49,152 (most of them
@@ -184,7 +193,7 @@ def build_language_model(
         )
     builder = LANGUAGE_MODELS[arch]
     assert isinstance(builder, partial)
-    allowed = {*builder.keywords, "hidden", "rope_base", "tie_embeddings"}
+    allowed = {*builder.keywords, "hidden", "rope_base", "norm_eps", "tie_embeddings"}
     unknown = sorted(set(args or {}) - allowed)
     if unknown:
         raise ValueError(
