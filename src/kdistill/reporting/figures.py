@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 
 from kdistill.reporting.collect import Group
 
@@ -43,28 +44,43 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def _curves(
-    groups: Sequence[Group], metric: str, ylabel: str, title: str, path: Path, height: float
+    groups: Sequence[Group],
+    metric: str,
+    ylabel: str,
+    title: str,
+    path: Path,
+    height: float,
+    *,
+    split: str = "test",
+    scale: float = 100.0,
+    log_scale: bool = False,
 ) -> Path:
-    """``metrics[test][metric]`` per epoch for each group: mean over seeds, min-max band."""
+    """``metrics[split][metric] * scale`` per epoch for each group: mean over seeds, min-max
+    band."""
     fig, ax = plt.subplots(figsize=(7, height))
     for g, color in zip(groups, group_colors(groups), strict=True):
-        xs, mean, lo, hi = g.curve("test", metric)
+        xs, mean, lo, hi = g.curve(split, metric)
         if not xs:
             continue
         seeds = f"{len(g.runs)} seed{'s' if len(g.runs) > 1 else ''}"
         ax.plot(
             xs,
-            [100 * v for v in mean],
+            [scale * v for v in mean],
             label=f"{g.label} ({g.role}, {seeds})",
             color=color,
             marker="o" if len(xs) <= 10 else None,  # a 1-epoch run is a point, not nothing
         )
         if len(g.runs) > 1:
             ax.fill_between(
-                xs, [100 * v for v in lo], [100 * v for v in hi], alpha=0.15, color=color
+                xs, [scale * v for v in lo], [scale * v for v in hi], alpha=0.15, color=color
             )
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
+    if log_scale:
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 6, not 6 x 10^0
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -75,6 +91,15 @@ def _curves(
 def learning_curves(groups: Sequence[Group], path: Path) -> Path:
     """Test top-1 per epoch, mean over seeds with the min-max band."""
     return _curves(groups, "top1", "test top-1 (%)", "Learning curves", path, 4)
+
+
+def perplexity_curves(groups: Sequence[Group], path: Path) -> Path:
+    """Language models: validation perplexity per epoch (log scale), mean over seeds with the
+    min-max band."""
+    return _curves(
+        groups, "perplexity", "validation perplexity", "Validation perplexity", path, 4,
+        split="val", scale=1.0, log_scale=True,
+    )  # fmt: skip
 
 
 def agreement_curves(groups: Sequence[Group], path: Path) -> Path:

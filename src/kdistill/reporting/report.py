@@ -64,6 +64,48 @@ def model_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def is_language_model(group: Group) -> bool:
+    """Whether the group's runs trained a language model (their records hold perplexity)."""
+    return group.first.get("test_perplexity") is not None
+
+
+def _number(stat: dict[str, Any] | None, digits: int) -> str:
+    if stat is None:
+        return "-"
+    text = f"{stat['mean']:.{digits}f}"
+    if stat["n"] > 1:
+        low, high = sorted((stat["worst"], stat["best"]))
+        text += f" ± {stat['std']:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+    return text
+
+
+def language_model_table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
+    """The comparison of language models: one row per group (all its seeds)."""
+    header = [
+        "model", "role", "arch", "seeds", "test perplexity (mean ± std, range)", "bits per byte",
+        "test tokens", "top-1 agreement %", "params", "tokens/s",
+    ]  # fmt: skip
+    rows = []
+    for g in groups:
+        s = g.first
+        speed = g.stat("tokens_per_s")
+        rows.append(
+            [
+                g.label,
+                g.role,
+                str(s.get("arch", "")),
+                str(len(g.runs)),
+                _number(g.stat("test_perplexity"), 2),
+                _number(g.stat("test_bits_per_byte"), 3),
+                f"{s.get('test_tokens') or 0:,}",
+                _pct(g.stat("test_agreement"), spread=False),
+                f"{s.get('params', 0):,}",
+                f"{speed['mean']:,.0f}" if speed else "-",
+            ]
+        )
+    return header, rows
+
+
 def _latency(latency: dict[str, float], batch: int) -> str:
     """``median (IQR)`` in ms; records from before the spread was measured show the median
     alone, marked with a question mark (a handful of passes: noise)."""
@@ -125,6 +167,8 @@ def model_figures(groups: Sequence[Group], fig_dir: Path, dataset: str | None) -
     """The figures of one dataset's groups (``dataset`` names them when there are several)."""
     tag = f"_{dataset}" if dataset else ""
     on = f" ({dataset})" if dataset else ""
+    if any(is_language_model(g) for g in groups):
+        return language_model_figures(groups, fig_dir, tag, on)
     out = [
         Figure(
             f"Learning curves{on}",
@@ -159,6 +203,30 @@ def model_figures(groups: Sequence[Group], fig_dir: Path, dataset: str | None) -
                 f"Student-teacher agreement{on}",
                 figures.agreement_curves(distilled, fig_dir / f"agreement{tag}.png"),
                 "How often the distilled student predicts the teacher's class on the test split.",
+            )
+        )
+    return out
+
+
+def language_model_figures(
+    groups: Sequence[Group], fig_dir: Path, tag: str, on: str
+) -> list[Figure]:
+    out = [
+        Figure(
+            f"Validation perplexity{on}",
+            figures.perplexity_curves(groups, fig_dir / f"perplexity{tag}.png"),
+            "Perplexity of the validation split per epoch (log scale) for teacher, scratch and "
+            "distilled students; lines are means over seeds, bands the range.",
+        )
+    ]
+    distilled = [g for g in groups if g.role == "distilled"]
+    if distilled:
+        out.append(
+            Figure(
+                f"Student-teacher agreement{on}",
+                figures.agreement_curves(distilled, fig_dir / f"agreement{tag}.png"),
+                "How often the distilled student's most likely next token is the teacher's, "
+                "over the test split's tokens.",
             )
         )
     return out
@@ -258,19 +326,23 @@ def write_report(
     datasets = by_dataset(collection.groups)
     for dataset, groups in datasets.items():
         heading = f"Models: {dataset}" if len(datasets) > 1 else "Models"
-        header, rows = model_table(groups)
-        md += [f"## {heading}", "", _md_table(header, rows), ""]
-        md += [
-            "Test top-1 is the final epoch's; with several seeds it is mean ± std (worst-best), "
-            "as in published KD tables. CPU latency: median over repeated passes, IQR in "
-            "brackets (compare runs timed on the same machine).",
-            "",
-        ]
+        if any(is_language_model(g) for g in groups):
+            header, rows = language_model_table(groups)
+            note = (
+                "Test perplexity is the final model's on the test split's tokens; with several "
+                "seeds it is mean ± std (range). Bits per byte divide the test split's total "
+                "negative log-likelihood by its UTF-8 bytes: comparable across tokenizers."
+            )
+        else:
+            header, rows = model_table(groups)
+            note = (
+                "Test top-1 is the final epoch's; with several seeds it is mean ± std "
+                "(worst-best), as in published KD tables. CPU latency: median over repeated "
+                "passes, IQR in brackets (compare runs timed on the same machine)."
+            )
+        md += [f"## {heading}", "", _md_table(header, rows), "", note, ""]
         body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)]
-        body.append(
-            "<p>Test top-1 is the final epoch's; with several seeds it is mean ± std "
-            "(worst-best). CPU latency: median over repeated passes, IQR in brackets.</p>"
-        )
+        body.append(f"<p>{html.escape(note)}</p>")
     for sweep in collection.sweeps:
         header, rows = sweep_table(sweep.summary)
         md += [f"## Sweep {sweep.summary['name']}", "", _md_table(header, rows), ""]
