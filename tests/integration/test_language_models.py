@@ -187,6 +187,7 @@ def test_two_processes_take_the_same_steps_as_one_over_unequal_token_counts(tmp_
         "data.drop_last=true", "model.arch=gpt_nano", "model.args={layers: 1, dim: 32, heads: 2}",
         "optim.name=sgd", "optim.lr=0.5", "optim.momentum=0.0", "optim.nesterov=false", "train.epochs=1",
         "train.deterministic=true", "train.measure_latency=false", "train.tensorboard=false",
+        "train.logit_chunk_tokens=7",  # the chunked head, as at a large vocabulary
     ]  # fmt: skip
     one = subprocess.run([*common, "--name", "one"], capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]

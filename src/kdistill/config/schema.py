@@ -671,6 +671,12 @@ class TrainConfig:
     )
     threads: int | None = doc("CPU threads for PyTorch; null = PyTorch's default", None)
     grad_accumulation: int = doc("optimizer step every N batches", 1)
+    logit_chunk_tokens: int | None = doc(
+        "language models: tokens per chunk of the chunked head and loss (the student's full "
+        "logits are never built when they take more than one chunk); null = about 32 MiB of "
+        "float32 logits per chunk (2^23 / vocab tokens, at least 64)",
+        None,
+    )
     keep_checkpoints: int = doc(
         "how many epoch checkpoints to keep (the best weights are kept too)", 2
     )
@@ -718,6 +724,10 @@ class TrainConfig:
         _require(
             self.grad_accumulation >= 1,
             f"train.grad_accumulation must be >= 1, got {self.grad_accumulation}",
+        )
+        _require(
+            self.logit_chunk_tokens is None or self.logit_chunk_tokens >= 1,
+            f"train.logit_chunk_tokens must be >= 1 tokens or null, got {self.logit_chunk_tokens}",
         )
         _require(
             self.keep_checkpoints >= 1,

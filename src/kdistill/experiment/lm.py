@@ -268,14 +268,15 @@ def build_lm_teacher(
 def build_lm_objective(
     cfg: RunConfig, student: nn.Module, teacher: TeacherSetup | None
 ) -> Objective:
+    chunk = cfg.train.logit_chunk_tokens
     if teacher is None:
-        return NextTokenLoss(student)
+        return NextTokenLoss(student, chunk_size=chunk)
     kd = cfg.kd
     assert kd is not None
     return TokenDistiller(
         student, teacher.live, kind=kd.token_loss, temperature=kd.temperature, alpha=kd.alpha,
         beta=kd.resolved_beta, jsd_beta=kd.jsd_beta, skew=kd.skew,
-        kd_start_epoch=cfg.kd_window.start, kd_end_epoch=cfg.kd_window.end,
+        kd_start_epoch=cfg.kd_window.start, kd_end_epoch=cfg.kd_window.end, chunk_size=chunk,
     )  # fmt: skip
 
 

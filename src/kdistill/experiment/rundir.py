@@ -64,6 +64,7 @@ _ADDED_SETTINGS = {
     "policies[].keep_mask": False,
     "data.files": [],
     "model.init_from_teacher": False,
+    "train.logit_chunk_tokens": None,
     "kd.teachers[].init_from_teacher": False,
     "data.block": 128,
     "data.tokenizer": None,

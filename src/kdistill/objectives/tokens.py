@@ -8,9 +8,10 @@ cross-entropy and a token divergence (:mod:`kdistill.losses.tokens`: forward or 
 GKD's JSD, DistiLLM's skewed KLs, TVD; against a cached teacher's top-k tokens, the forward KL
 over its buckets), both averaged over the kept tokens of the batch, ``D`` at temperature T and
 multiplied by ``T**2``. A student with an output head over its last hidden states (kdistill's
-GPTs) never builds its full ``(tokens, vocab)`` logits: both losses and their gradients are
-computed chunk by chunk along the kept tokens (:func:`token_step`). The ``LossOutput`` carries the number of kept tokens as its ``count``,
-so the trainer weighs micro-batches and processes by their tokens: a step follows the mean over
+GPTs) whose logits would not fit in one chunk never builds its full ``(tokens, vocab)``
+logits: both losses and their gradients are computed chunk by chunk along the kept tokens
+(:func:`token_step`). The ``LossOutput`` carries the number of kept tokens as its ``count``, so
+the trainer weighs micro-batches and processes by their tokens: a step follows the mean over
 every kept token of the global batch however it is split.
 """
 
@@ -28,6 +29,7 @@ from kdistill.losses.tokens import (
     DIVERGENCES,
     checked_topk_ids,
     chunked_head_loss,
+    default_chunk_size,
     divergence_per_token,
     sparse_divergence_per_token,
     sparse_kl_and_cross_entropy,
@@ -229,11 +231,12 @@ def token_step(
     ``extra_weight``), averaged over the kept tokens (0 when there are none, where a plain mean
     would be NaN).
 
-    A student with an output head over its last hidden states
-    (:func:`output_head`) never builds its full logits: the head,
-    both losses and their gradients run chunk by chunk along the kept tokens
-    (:func:`~kdistill.losses.tokens.chunked_head_loss`), and the output carries the predicted
-    tokens instead of logits. Any other student's logits are computed whole.
+    A student with an output head over its last hidden states (:func:`output_head`) whose
+    logits would take more than one chunk (``chunk_size`` kept tokens; by default about 32 MiB of
+    float32 logits) never builds its full logits: the head, both losses and their gradients run
+    chunk by chunk along the kept tokens (:func:`~kdistill.losses.tokens.chunked_head_loss`),
+    and the output carries the predicted tokens instead of logits. Any other student's logits
+    are computed whole.
     """
     keep = (targets != IGNORE_INDEX).reshape(-1)
     count = keep.sum()
@@ -244,6 +247,11 @@ def token_step(
         sums[name] = sums[name] + value.detach() if name in sums else value.detach()
 
     head = output_head(student)
+    if head is not None:
+        # logits that fit in one chunk are computed whole: chunking would only add its cost
+        per_chunk = chunk_size if chunk_size is not None else default_chunk_size(head.out_features)
+        if int(count) <= per_chunk:
+            head = None
     if head is None:
         logits = logits_of(student(inputs))
         vocab = logits.shape[-1]
@@ -353,7 +361,9 @@ class NextTokenLoss(Supervised):
     trained): cross-entropy averaged over the kept tokens, with their count, computed as
     :class:`TokenDistiller` computes it (chunk by chunk when the student has an output head)."""
 
-    chunk_size: int | None = None  # tokens per chunk of the chunked loss; None: ~32 MiB
+    def __init__(self, student: nn.Module, *, chunk_size: int | None = None) -> None:
+        super().__init__(student, ignore_index=IGNORE_INDEX)
+        self.chunk_size = chunk_size  # tokens per chunk of the chunked loss; None: ~32 MiB
 
     def forward(
         self,

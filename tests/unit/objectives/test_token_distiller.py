@@ -115,14 +115,14 @@ class PerBatchMean(TokenDistiller):
         return out._replace(loss=dataclasses.replace(out.loss, count=None))
 
 
-def one_step(micro_batches, accumulation, student, teacher, objective_class=None):
+def one_step(micro_batches, accumulation, student, teacher, objective_class=None, chunk_size=None):
     ids, labels = batch(8)
     split = [
         Batch(i, lab, torch.arange(len(i)), None)
         for i, lab in zip(ids.chunk(micro_batches), labels.chunk(micro_batches), strict=True)
     ]
     objective = (objective_class or TokenDistiller)(
-        copy.deepcopy(student), teacher, alpha=0.5, beta=0.5
+        copy.deepcopy(student), teacher, alpha=0.5, beta=0.5, chunk_size=chunk_size
     )
     trainer = Trainer(
         objective,
@@ -145,6 +145,9 @@ def test_gradient_accumulation_follows_the_mean_over_all_kept_tokens():
         for parts in (2, 4):
             split = one_step(parts, parts, student, teacher)
             assert (split - whole).abs().max() < 1e-6
+            # the same through the chunked head (chunks of 5 kept tokens)
+            chunked = one_step(parts, parts, student, teacher, chunk_size=5)
+            assert (chunked - whole).abs().max() < 1e-6
         moved = (whole - torch.cat([p.flatten() for p in student.parameters()])).abs().max()
         assert moved > 1e-3  # the step did something
         # without token weighting the step differs: the micro-batches hold different numbers
@@ -240,8 +243,7 @@ def test_the_chunked_path_with_a_cached_teacher_and_for_the_labels_alone(
     torch.testing.assert_close(out_c.loss.total, out_p.loss.total)
     for a, b in zip(grad_c, grad_p, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    scratch = NextTokenLoss(student)
-    scratch.chunk_size = 3
+    scratch = NextTokenLoss(student, chunk_size=3)
     out_c, grad_c = grads(scratch, ids, labels)
     out_p, grad_p = grads(NextTokenLoss(LogitsOnly(student)), ids, labels)
     kept = labels != IGNORE_INDEX
@@ -253,11 +255,28 @@ def test_the_chunked_path_with_a_cached_teacher_and_for_the_labels_alone(
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_a_batch_with_no_kept_token_adds_nothing_on_either_path():
+def test_a_batch_with_no_kept_token_adds_nothing():
     student, teacher = models()
     ids, labels = batch(2)
     labels[:] = IGNORE_INDEX
-    for net in (student, LogitsOnly(student)):
-        out, grad = grads(TokenDistiller(net, teacher, chunk_size=3), ids, labels)
-        assert float(out.loss.total.detach()) == 0.0 and int(out.loss.count) == 0
-        assert all(float(g.abs().max()) == 0.0 for g in grad)
+    out, grad = grads(TokenDistiller(student, teacher), ids, labels)
+    assert float(out.loss.total.detach()) == 0.0 and int(out.loss.count) == 0
+    assert all(float(g.abs().max()) == 0.0 for g in grad)
+    # the chunked head with no row at all: 0, and zero gradients
+    from kdistill.losses import chunked_head_loss
+
+    hidden = torch.zeros(0, 8, requires_grad=True)
+    weight = torch.randn(V, 8, requires_grad=True)
+    total = chunked_head_loss(hidden, weight, lambda logits, at: logits.sum(), chunk_size=3)
+    total.backward()
+    assert float(total.detach()) == 0.0 and float(weight.grad.abs().max()) == 0.0
+
+
+def test_logits_that_fit_in_one_chunk_are_computed_whole():
+    student, teacher = models()
+    ids, labels = batch(4)
+    kept = int((labels != IGNORE_INDEX).sum())
+    whole = TokenDistiller(student, teacher, chunk_size=kept)(ids, labels)
+    chunked = TokenDistiller(student, teacher, chunk_size=kept - 1)(ids, labels)
+    assert whole.student.logits is not None and chunked.student.logits is None
+    torch.testing.assert_close(whole.loss.total, chunked.loss.total)
