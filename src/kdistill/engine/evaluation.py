@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.engine.metrics import ClassificationMeter
+from kdistill.losses.tokens import default_chunk_size
+from kdistill.objectives.tokens import output_head
 from kdistill.types import IGNORE_INDEX, Batch, logits_of
 
 Predictor = Callable[[Tensor], Any]
@@ -57,9 +59,16 @@ def evaluate(
         module.eval()
     meter = ClassificationMeter(num_classes)
     tokens = False
+    # a language model with an output head over its last hidden states: its kept tokens'
+    # logits are made a chunk at a time (never the whole batch's (tokens, vocab) at once)
+    head = output_head(module) if module is not None else None
     try:
         with torch.inference_mode(), autocast or contextlib.nullcontext():
             for batch in loader:
+                if head is not None and batch.inputs.dim() == 2:
+                    tokens = True
+                    _chunked_tokens(module, head, batch, meter)  # type: ignore[arg-type]
+                    continue
                 logits = logits_of(predictor(batch.inputs))
                 targets = batch.targets.to(logits.device)
                 if logits.dim() == 3:  # a language model: each kept token is a sample
@@ -76,3 +85,20 @@ def evaluate(
     if tokens:  # exp of the mean negative log-likelihood per token (capped: no overflow)
         metrics["perplexity"] = math.exp(min(metrics["loss"], 700.0))
     return Evaluation(metrics, meter.all_predictions())
+
+
+def _chunked_tokens(
+    model: nn.Module, head: nn.Linear, batch: Batch, meter: ClassificationMeter
+) -> None:
+    """Meter a language model's batch from its last hidden states, a chunk of kept tokens at a
+    time (each chunk's logits about 32 MiB of float32)."""
+    hidden = model(batch.inputs, last_hidden=True)
+    targets = batch.targets.to(hidden.device)
+    kept = targets != IGNORE_INDEX
+    rows, labels = hidden[kept], targets[kept]
+    step = default_chunk_size(head.out_features)
+    for start in range(0, len(rows), step):
+        logits = head(rows[start : start + step]).float()
+        part = labels[start : start + step]
+        loss_sum = torch.nn.functional.cross_entropy(logits, part, reduction="sum")
+        meter.update(logits, part, float(loss_sum))

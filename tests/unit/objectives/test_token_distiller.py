@@ -280,3 +280,17 @@ def test_logits_that_fit_in_one_chunk_are_computed_whole():
     chunked = TokenDistiller(student, teacher, chunk_size=kept - 1)(ids, labels)
     assert whole.student.logits is not None and chunked.student.logits is None
     torch.testing.assert_close(whole.loss.total, chunked.loss.total)
+
+
+def test_evaluation_reads_a_heads_logits_a_chunk_at_a_time(monkeypatch):
+    from kdistill.engine import evaluation
+
+    student, _ = models()
+    ids, labels = batch(4)
+    batches = [Batch(ids, labels, torch.arange(4), None)]
+    whole = evaluation.evaluate(LogitsOnly(student), batches, V)
+    monkeypatch.setattr(evaluation, "default_chunk_size", lambda vocab: 3)
+    chunked = evaluation.evaluate(student, batches, V)
+    assert torch.equal(chunked.predictions, whole.predictions)
+    for key, value in whole.metrics.items():
+        assert chunked.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
