@@ -141,19 +141,21 @@ def student_from_teacher(
             f"model.init_from_teacher builds a registry GPT student; model.arch is {m.arch!r}, "
             f"choose one of {', '.join(LANGUAGE_MODELS)} (its widths become the teacher's)"
         )
+    vocab = getattr(teacher, "vocab_size", data.num_classes)
+    if vocab != data.num_classes:
+        raise ValueError(
+            f"model.init_from_teacher: the teacher's vocabulary of {vocab:,} is not the "
+            f"tokenizer's {data.num_classes:,}"
+        )
     args = student_args(teacher, m.args)
     spec = lm_spec(ModelConfig(arch=m.arch, args=args), data, cfg)
     student = build_model(spec.arch, spec.num_classes, spec.input_shape, spec.args)
-    if getattr(teacher, "vocab_size", data.num_classes) != data.num_classes:
-        raise ValueError(
-            f"model.init_from_teacher: the teacher's vocabulary of {teacher.vocab_size:,} is not "  # type: ignore[union-attr]
-            f"the tokenizer's {data.num_classes:,}"
-        )
     kept = copy_teacher_into(student, teacher)  # type: ignore[arg-type]
     depth = teacher_depth_and_widths(teacher)[0]
+    params = sum(p.numel() for p in student.parameters())
     log(
         f"student initialized from the teacher: its embedding, final norm, head and layers "
-        f"{', '.join(map(str, kept))} of {depth} ({sum(p.numel() for p in student.parameters()):,} parameters; "
+        f"{', '.join(map(str, kept))} of {depth} ({params:,} parameters; "
         f"{', '.join(f'{k}={v}' for k, v in args.items())})"
     )
     return student.train(), spec
