@@ -7,7 +7,8 @@ JSD (0.5) and skewed forward KL (0.1) with the teacher online; forward KL from t
 teacher cache. With ``--init-seeds``, two more rows for those seeds: the teacher cut down
 (``model.init_from_teacher``: its widths, embedding, head and ``--layers`` evenly spaced
 layers) trained on the labels alone (``kd.beta=0``) and distilled from the cache, at the lower
-learning rate ``--init-lr`` (its weights start trained), after the main rows.
+learning rate ``--init-lr`` (its weights start trained), after the main rows; and their baseline,
+the same shape from random weights on the labels alone at the scratch recipe's learning rate.
 
 Every run is ``kdistill.experiment.run`` in this process, one after the other, seed by seed
 (so that an interrupted measurement has whole seeds); the result is written after every run,
@@ -48,10 +49,21 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
 ONLINE_ROWS = ("forward KL", "reverse KL", "JSD (0.5)", "skew forward KL (0.1)")
 
 
+# SmolLM2-135M's widths (its GGUF file's metadata): a grown student's shape
+SMOLLM2_WIDTHS = {"dim": 576, "heads": 9, "hidden": 1536, "rope_base": 100_000.0,
+                  "norm_eps": 1e-5, "tie_embeddings": True}  # fmt: skip
+
+
 def grown_rows(layers: int, init_lr: float) -> dict[str, tuple[str, dict[str, Any]]]:
     grown = {"model.init_from_teacher": True, "model.args": {"layers": layers},
              "optim.lr": init_lr}  # fmt: skip
     return {
+        # the grown students' own baseline: their shape from random weights, on the labels, at
+        # the scratch recipe's learning rate
+        f"SmolLM2's shape at {layers} layers, from scratch": (
+            "pydocs/smollm2-scratch",
+            {"model.args": {**SMOLLM2_WIDTHS, "layers": layers}},
+        ),
         f"teacher's {layers} layers, labels only": (
             "pydocs/smollm2-distill",
             {**grown, "kd.alpha": 1.0, "kd.beta": 0.0},
