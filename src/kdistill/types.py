@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 IGNORE_INDEX = -100
@@ -49,8 +50,11 @@ class StudentOutput:
 class TeacherOutput:
     """What a teacher (single, ensemble or cached) produced for one batch.
 
-    Exactly one form is set: ``logits``, ``probs``, or (a language model's cached teacher) its
-    top-k tokens ``topk_ids`` with their log-probabilities ``topk_logprobs``. Probabilities are
+    Exactly one form is set: ``logits``, ``probs``, (a language model's cached teacher) its
+    top-k tokens ``topk_ids`` with their log-probabilities ``topk_logprobs``, or (a language
+    model online, when the student's loss is chunked) its last hidden states ``last_hidden``
+    with its output head ``head_weight``: the logits ``last_hidden @ head_weight.T``, which the
+    loss computes a chunk of tokens at a time instead of holding them all. Probabilities are
     only meaningful together with the temperature they were computed at, so ``temperature`` is
     required with ``probs`` and with the top-k; the loss refuses probabilities made at a
     temperature other than its own instead of guessing.
@@ -63,6 +67,10 @@ class TeacherOutput:
         temperature: the temperature ``probs`` or ``topk_logprobs`` were computed at; ``None``
             with logits.
         features: optional intermediate activations by module path.
+        last_hidden: ``(N, T, H)`` a language model's last hidden states (what its head reads).
+        head_weight: ``(V, H)`` its output head (no bias), with ``last_hidden``.
+        predicted: ``(N, T)`` the tokens ``last_hidden`` predicts, where a loss that computed
+            their logits chunk by chunk kept them (else :meth:`predictions` computes them).
     """
 
     logits: Tensor | None = None
@@ -71,16 +79,29 @@ class TeacherOutput:
     features: Mapping[str, Tensor] = field(default_factory=dict)
     topk_ids: Tensor | None = None
     topk_logprobs: Tensor | None = None
+    last_hidden: Tensor | None = None
+    head_weight: Tensor | None = None
+    predicted: Tensor | None = None
 
     def __post_init__(self) -> None:
         if (self.topk_ids is None) != (self.topk_logprobs is None):
             raise ValueError("TeacherOutput needs topk_ids= and topk_logprobs= together")
-        forms = [self.logits is not None, self.probs is not None, self.topk_ids is not None]
+        if (self.last_hidden is None) != (self.head_weight is None):
+            raise ValueError("TeacherOutput needs last_hidden= and head_weight= together")
+        if self.predicted is not None and self.last_hidden is None:
+            raise ValueError("TeacherOutput(predicted=...) goes with last_hidden= only")
+        forms = [
+            self.logits is not None,
+            self.probs is not None,
+            self.topk_ids is not None,
+            self.last_hidden is not None,
+        ]
         if sum(forms) != 1:
             raise ValueError(
-                "TeacherOutput needs exactly one of logits=, probs= or topk_ids= with "
-                f"topk_logprobs=, got logits={'set' if forms[0] else 'None'}, "
-                f"probs={'set' if forms[1] else 'None'}, topk={'set' if forms[2] else 'None'}"
+                "TeacherOutput needs exactly one of logits=, probs=, topk_ids= with "
+                "topk_logprobs=, or last_hidden= with head_weight=; got "
+                f"logits={'set' if forms[0] else 'None'}, probs={'set' if forms[1] else 'None'}, "
+                f"topk={'set' if forms[2] else 'None'}, last_hidden={'set' if forms[3] else 'None'}"
             )
         if (self.probs is not None or self.topk_ids is not None) and self.temperature is None:
             raise ValueError(
@@ -97,8 +118,10 @@ class TeacherOutput:
     @property
     def scores(self) -> Tensor:
         """Whichever of logits/probs is set; its argmax is the teacher's prediction."""
-        if self.topk_ids is not None:
-            raise ValueError("a top-k teacher output has no full scores; use predictions()")
+        if self.topk_ids is not None or self.last_hidden is not None:
+            raise ValueError(
+                "a top-k or hidden-states teacher output has no full scores; use predictions()"
+            )
         return self.logits if self.logits is not None else self.probs  # type: ignore[return-value]
 
     def predictions(self) -> Tensor:
@@ -106,7 +129,21 @@ class TeacherOutput:
         a language model's ``(N, T)`` predicted token per position."""
         if self.topk_ids is not None:
             return self.topk_ids[..., 0]
+        if self.last_hidden is not None:
+            return self.predicted if self.predicted is not None else self._hidden_argmax()
         return self.scores.argmax(dim=-1)
+
+    def _hidden_argmax(self, rows_per_chunk: int = 256) -> Tensor:
+        """The argmax of ``last_hidden @ head_weight.T``, a few rows of logits at a time."""
+        assert self.last_hidden is not None and self.head_weight is not None
+        hidden = self.last_hidden.reshape(-1, self.last_hidden.shape[-1])
+        with torch.no_grad():
+            parts = [
+                (hidden[i : i + rows_per_chunk] @ self.head_weight.T).argmax(dim=-1)
+                for i in range(0, hidden.shape[0], rows_per_chunk)
+            ]
+        flat = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.long)
+        return flat.view(self.last_hidden.shape[:-1])
 
     def detach(self) -> TeacherOutput:
         """A copy whose tensors carry no autograd history."""
@@ -121,6 +158,9 @@ class TeacherOutput:
             features={k: v.detach() for k, v in self.features.items()},
             topk_ids=off(self.topk_ids),
             topk_logprobs=off(self.topk_logprobs),
+            last_hidden=off(self.last_hidden),
+            head_weight=off(self.head_weight),
+            predicted=self.predicted,
         )
 
 

@@ -18,7 +18,7 @@ every kept token of the global batch however it is split.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -109,16 +109,35 @@ class TokenDistiller(StudentObjective):
     ) -> DistillerOutput:
         _check_batch(inputs, targets)
         t2 = self.temperature**2
-        teacher = self.teacher(inputs, sample_ids=sample_ids, views=views)
         distilling = self.kd_active and self.beta > 0
+        kept = int((targets != IGNORE_INDEX).sum())
+        if (
+            distilling
+            and getattr(self.teacher, "gives_last_hidden", False)
+            and chunked_head(self.student, kept, self.chunk_size) is not None
+        ):
+            # the student's loss goes chunk by chunk: so do the teacher's logits, from its last
+            # hidden states (neither model's (tokens, vocab) logits are ever whole)
+            teacher = self.teacher.last_hidden(inputs)
+        else:
+            teacher = self.teacher(inputs, sample_ids=sample_ids, views=views)
+        predicted = (
+            torch.full((kept,), IGNORE_INDEX, dtype=torch.long, device=targets.device)
+            if teacher.last_hidden is not None
+            else None
+        )
 
         def divergence(vocab: int, keep: Tensor) -> RowLoss:
-            return self._divergence_rows(teacher, keep, vocab)
+            return self._divergence_rows(teacher, keep, vocab, predicted)
 
         step = token_step(
             self.student, inputs, targets, self.alpha,
             divergence if distilling else None, self.beta * t2, self.chunk_size,
         )  # fmt: skip
+        if predicted is not None:  # the teacher's tokens, kept while its logits were computed
+            every = torch.full_like(targets, IGNORE_INDEX)
+            every[targets != IGNORE_INDEX] = predicted
+            teacher = replace(teacher, predicted=every)
         # a batch whose tokens are all prompt (possible for one process or micro-batch) adds
         # nothing: its count is 0, and so is its loss
         beta = self.beta if distilling and bool(step.count > 0) else 0.0
@@ -130,9 +149,13 @@ class TokenDistiller(StudentObjective):
         )
         return DistillerOutput(step.output, loss, teacher)
 
-    def _divergence_rows(self, teacher: TeacherOutput, keep: Tensor, vocab: int) -> RowLoss:
+    def _divergence_rows(
+        self, teacher: TeacherOutput, keep: Tensor, vocab: int, predicted: Tensor | None = None
+    ) -> RowLoss:
         """The teacher's kept rows, as the summed divergence of the student's logits of rows
-        ``at`` of the kept tokens against them (no ``T**2``)."""
+        ``at`` of the kept tokens against them (no ``T**2``). A teacher given as its last
+        hidden states has its logits computed a chunk of rows at a time, and their argmax
+        written into ``predicted``."""
         if teacher.topk_ids is not None:
             if self.kind != "forward_kl":
                 raise ValueError(
@@ -151,12 +174,29 @@ class TokenDistiller(StudentObjective):
                 teacher.topk_logprobs.reshape(-1, k)[keep],
                 self.temperature,
             )
-        if teacher.logits is None:
+        if teacher.last_hidden is not None:
+            assert teacher.head_weight is not None
+            t_hidden = teacher.last_hidden.reshape(-1, teacher.last_hidden.shape[-1])[keep]
+            t_head = teacher.head_weight
+
+            def teacher_rows(at: slice) -> Tensor:
+                with torch.no_grad():
+                    chunk = t_hidden[at] @ t_head.T
+                if predicted is not None:
+                    predicted[at] = chunk.argmax(dim=-1)
+                return chunk
+
+        elif teacher.logits is not None:
+            t_logits = teacher.logits.reshape(-1, teacher.logits.shape[-1])[keep].detach()
+
+            def teacher_rows(at: slice) -> Tensor:
+                return t_logits[at]
+
+        else:
             raise ValueError("a language-model teacher must give logits or its top-k tokens")
-        t_logits = teacher.logits.reshape(-1, teacher.logits.shape[-1])[keep].detach()
 
         def rows(logits: Tensor, at: slice) -> Tensor:
-            chunk = t_logits[at]
+            chunk = teacher_rows(at)
             if chunk.shape[-1] != vocab:
                 chunk = align_vocabulary(chunk, vocab)
             return divergence_per_token(
@@ -246,12 +286,7 @@ def token_step(
     def add(name: str, value: Tensor) -> None:
         sums[name] = sums[name] + value.detach() if name in sums else value.detach()
 
-    head = output_head(student)
-    if head is not None:
-        # logits that fit in one chunk are computed whole: chunking would only add its cost
-        per_chunk = chunk_size if chunk_size is not None else default_chunk_size(head.out_features)
-        if int(count) <= per_chunk:
-            head = None
+    head = chunked_head(student, int(count), chunk_size)
     if head is None:
         logits = logits_of(student(inputs))
         vocab = logits.shape[-1]
@@ -295,6 +330,17 @@ def token_step(
         count=count,
         output=output,
     )
+
+
+def chunked_head(student: nn.Module, kept: int, chunk_size: int | None) -> nn.Linear | None:
+    """The student's output head if its loss over ``kept`` tokens goes chunk by chunk: it has
+    one (:func:`output_head`) and the logits take more than one chunk (logits that fit in one
+    are computed whole: chunking would only add its cost)."""
+    head = output_head(student)
+    if head is None:
+        return None
+    per_chunk = chunk_size if chunk_size is not None else default_chunk_size(head.out_features)
+    return head if kept > per_chunk else None
 
 
 def output_head(model: nn.Module) -> nn.Linear | None:

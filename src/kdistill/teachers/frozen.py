@@ -183,6 +183,39 @@ class FrozenTeacher(nn.Module):
         # A clone made outside inference mode is an ordinary tensor that autograd may save.
         return TeacherOutput(logits=logits.clone())
 
+    @property
+    def gives_last_hidden(self) -> bool:
+        """Whether the wrapped model is a language model whose logits are a bias-free ``head``
+        over its last hidden states (``hidden_states(ids)``): kdistill's GPTs and ``hf:`` /
+        GGUF causal LMs."""
+        head = getattr(self.model, "head", None)
+        return (
+            callable(getattr(self.model, "hidden_states", None))
+            and isinstance(head, nn.Linear)
+            and head.bias is None
+        )
+
+    def last_hidden(self, inputs: Tensor) -> TeacherOutput:
+        """The teacher's last hidden states and output head instead of its logits (a
+        ``(tokens, vocab)`` tensor that a chunked loss computes a few tokens at a time)."""
+        if not self.gives_last_hidden:
+            raise ValueError(
+                f"{type(self.model).__name__} gives no last hidden states with a bias-free head"
+            )
+        with torch.inference_mode():
+            autocast = (
+                torch.autocast(device_type=inputs.device.type, dtype=self.dtype)
+                if self.dtype not in (None, torch.float32)
+                else contextlib.nullcontext()
+            )
+            with autocast:
+                hidden = self.model.hidden_states(inputs)
+        # a float32 clone made outside inference mode is an ordinary tensor autograd may save;
+        # the head is a frozen parameter, shared as it is (no copy of a vocabulary-sized matrix)
+        return TeacherOutput(
+            last_hidden=hidden.float().clone(), head_weight=self.model.head.weight.detach().float()
+        )
+
 
 def as_teacher(obj: nn.Module) -> nn.Module:
     """``obj`` itself if it is a teacher object (``is_teacher = True``), else ``FrozenTeacher(obj)``.

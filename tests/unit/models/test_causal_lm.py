@@ -37,6 +37,22 @@ def test_a_hugging_face_directory_loads_with_hidden_states_and_head(tiny_llama):
         lm(torch.zeros(1, 33, dtype=torch.long))
 
 
+def test_a_frozen_causal_lm_teacher_gives_its_hidden_states_and_head(tiny_llama):
+    from kdistill.teachers import FrozenTeacher
+
+    teacher = FrozenTeacher(load_causal_lm(tiny_llama))
+    assert teacher.gives_last_hidden
+    ids = torch.randint(0, 64, (2, 10))
+    out = teacher.last_hidden(ids)
+    assert out.last_hidden.shape == (2, 10, 32) and out.head_weight.shape == (64, 32)
+    assert not out.last_hidden.is_inference()
+    logits = teacher(ids).logits
+    torch.testing.assert_close(out.last_hidden @ out.head_weight.T, logits)
+    assert torch.equal(out.predictions(), logits.argmax(-1))
+    with pytest.raises(ValueError, match="gives no last hidden states"):
+        FrozenTeacher(torch.nn.Linear(3, 3)).last_hidden(torch.zeros(1, 3))
+
+
 def test_what_is_not_a_causal_lm_is_named(tmp_path, tiny_llama):
     with pytest.raises(ModelFileError, match="does not exist"):
         load_causal_lm(tmp_path / "nothing")

@@ -211,6 +211,44 @@ def test_the_chunked_path_equals_the_full_logits(kind):
     # the predictions the trainer's metrics read: the argmax on the kept positions
     kept = labels != IGNORE_INDEX
     assert torch.equal(out_c.student.predicted()[kept], out_p.student.predicted()[kept])
+    # the teacher went chunk by chunk too: its last hidden states, never its full logits; the
+    # tokens it predicts (the agreement metric's) are kept while its chunks' logits exist
+    assert out_c.teacher.last_hidden is not None and out_c.teacher.logits is None
+    assert out_p.teacher.logits is not None
+    teacher_tokens = out_p.teacher.predictions()[kept]
+    assert torch.equal(out_c.teacher.predictions()[kept], teacher_tokens)
+    assert torch.equal(out_c.teacher.detach()._hidden_argmax()[kept], teacher_tokens)
+
+
+@pytest.mark.parametrize("teacher_vocab", [V + 8, V - 4])
+def test_a_teacher_given_as_hidden_states_with_a_padded_vocabulary(teacher_vocab):
+    torch.manual_seed(0)
+    student = GPT(V, L, dim=16, layers=1, heads=2)
+    teacher = GPT(teacher_vocab, L, dim=24, layers=1, heads=2).eval()
+    ids, labels = batch(3, vocab=V - 4)  # the shared tokenizer's ids are in both vocabularies
+    options = dict(kind="jsd", temperature=1.5, alpha=0.4, beta=0.6)
+    out_c, grad_c = grads(TokenDistiller(student, teacher, chunk_size=4, **options), ids, labels)
+    out_p, grad_p = grads(TokenDistiller(LogitsOnly(student), teacher, **options), ids, labels)
+    assert out_c.teacher.last_hidden is not None
+    torch.testing.assert_close(out_c.loss.total, out_p.loss.total)
+    for a, b in zip(grad_c, grad_p, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_the_teacher_gives_hidden_states_only_when_the_student_goes_chunk_by_chunk():
+    student, teacher = models()
+    ids, labels = batch(4)
+    kept = int((labels != IGNORE_INDEX).sum())
+    whole = TokenDistiller(student, teacher, chunk_size=kept)(ids, labels)
+    assert whole.teacher.logits is not None  # one chunk: both models' logits whole
+    labels_only = TokenDistiller(student, teacher, chunk_size=3, beta=0.0)(ids, labels)
+    assert labels_only.teacher.logits is not None  # no divergence: nothing to compute it for
+    # a teacher network without a head to read gives its logits, and the student still chunks
+    mixed = TokenDistiller(student, LogitsOnly(teacher), chunk_size=3)(ids, labels)
+    assert mixed.teacher.logits is not None and mixed.student.logits is None
+    torch.testing.assert_close(
+        mixed.loss.total, TokenDistiller(student, teacher, chunk_size=3)(ids, labels).loss.total
+    )
 
 
 @pytest.mark.parametrize(("k", "temperature", "dtype"), [(6, 1.5, "float16"), (V, 1.0, "float32")])

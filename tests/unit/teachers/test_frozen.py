@@ -146,3 +146,19 @@ def test_unreadable_model_output():
 
     with pytest.raises(ValueError, match="cannot find logits"):
         FrozenTeacher(Net())(torch.randn(1, 2))
+
+
+def test_a_teacher_output_has_exactly_one_form():
+    from kdistill.types import TeacherOutput
+
+    hidden, head = torch.randn(2, 3, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match="last_hidden= and head_weight= together"):
+        TeacherOutput(last_hidden=hidden)
+    with pytest.raises(ValueError, match="exactly one of .* got logits=set.*last_hidden=set"):
+        TeacherOutput(logits=torch.randn(2, 3, 5), last_hidden=hidden, head_weight=head)
+    with pytest.raises(ValueError, match="predicted=...\\) goes with last_hidden= only"):
+        TeacherOutput(logits=torch.randn(2, 3, 5), predicted=torch.zeros(2, 3))
+    out = TeacherOutput(last_hidden=hidden, head_weight=head)
+    assert torch.equal(out.predictions(), (hidden @ head.T).argmax(-1))
+    with pytest.raises(ValueError, match="has no full scores"):
+        out.scores
