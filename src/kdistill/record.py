@@ -110,11 +110,13 @@ class RunRecord:
     teacher_precision: str | None = None
     compression: dict[str, Any] | None = None
     # language models: the test split's perplexity, bits per byte (tokenizer-independent), the
-    # tokens they average over, the teacher's perplexity, and training throughput
+    # tokens they average over, the teacher's perplexity and bits per byte on the same tokens,
+    # and training throughput
     test_perplexity: float | None = None
     test_bits_per_byte: float | None = None
     test_tokens: int | None = None
     teacher_test_perplexity: float | None = None
+    teacher_test_bits_per_byte: float | None = None
     tokens_per_s: float | None = None
     files: dict[str, str] = field(default_factory=dict)
     schema_version: int = RECORD_SCHEMA_VERSION

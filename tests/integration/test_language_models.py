@@ -108,7 +108,14 @@ def test_distillation_from_a_language_model_teacher_online_and_cached(tmp_path, 
             "optim.name=sgd", "optim.lr=0.3"]  # fmt: skip
     online = run(lm_config(tmp_path, corpus, teacher, *base), **QUIET).record
     assert online.teacher_test_perplexity == pytest.approx(lm_teacher.record.test_perplexity)
+    assert online.teacher_test_bits_per_byte == pytest.approx(lm_teacher.record.test_bits_per_byte)
     assert online.test_agreement is not None
+    # chunk by chunk (7 tokens): the student's loss from its hidden states, the teacher's
+    # logits from its own (a network of the registry); the same run to rounding
+    chunked = run(lm_config(tmp_path, corpus, teacher, *base, "train.logit_chunk_tokens=7"),
+                  **QUIET).record  # fmt: skip
+    assert chunked.test_perplexity == pytest.approx(online.test_perplexity, rel=1e-4)
+    assert chunked.test_agreement == pytest.approx(online.test_agreement, abs=0.01)
     # the teacher's top-257 tokens of a 257-token vocabulary at float32: the cache holds its
     # whole distribution, and the forward KL over its buckets is the full forward KL
     cached_cfg = lm_config(
@@ -237,8 +244,12 @@ def test_demo_lm_compares_teacher_scratch_and_distilled(tmp_path, corpus, monkey
     assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| test perplexity (mean ± std, range) | bits per byte |" in md
-    roles = [row.split("|")[2].strip() for row in md.splitlines() if row.startswith("| ")]
-    assert {"teacher", "scratch", "distilled"} <= set(roles)
+    rows = [row.split("|") for row in md.splitlines() if row.startswith("| ")]
+    assert {"teacher", "scratch", "distilled"} <= {row[2].strip() for row in rows}
+    # the distilled row names its teacher's perplexity on the same tokens: the teacher row's
+    teacher_row = next(row for row in rows if row[2].strip() == "teacher")
+    distilled_row = next(row for row in rows if row[2].strip() == "distilled")
+    assert distilled_row[8].strip().startswith(teacher_row[5].strip().split(" ")[0])
     assert (tmp_path / "report" / "figures" / "perplexity.png").stat().st_size > 5000
     assert "Validation perplexity" in md and "Student-teacher agreement" in md
     assert "top-1 %" not in md  # no image-classifier columns

@@ -226,7 +226,8 @@ def language_model_metrics(
 ) -> dict[str, Any]:
     """A language model's record fields: test perplexity, bits per byte (the test labels'
     negative log-likelihood in bits over the UTF-8 bytes they stand for, comparable across
-    tokenizers), the tokens they average over, the teacher's perplexity, tokens per second."""
+    tokenizers), the tokens they average over, the teacher's perplexity and bits per byte on the
+    same tokens, tokens per second."""
     data = parts.data
     if not isinstance(data, TextData):
         return {}
@@ -235,11 +236,16 @@ def language_model_metrics(
     text_bytes = test.label_bytes(token_bytes(data.tokenizer))
     check = parts.teacher_check
     trained = data.train.tokens_with_loss() * len(epoch_times)
+
+    def bits_per_byte(mean_nll: float) -> float:
+        return mean_nll * tokens / (math.log(2) * max(1, text_bytes))
+
     return {
         "test_perplexity": last["test"]["perplexity"],
-        "test_bits_per_byte": last["test"]["loss"] * tokens / (math.log(2) * max(1, text_bytes)),
+        "test_bits_per_byte": bits_per_byte(last["test"]["loss"]),
         "test_tokens": tokens,
         "teacher_test_perplexity": check.test.metrics.get("perplexity") if check else None,
+        "teacher_test_bits_per_byte": bits_per_byte(check.test.metrics["loss"]) if check else None,
         "tokens_per_s": trained / max(1e-9, sum(epoch_times)),
     }
 
@@ -270,6 +276,8 @@ def describe_record(record: RunRecord) -> str:
         )
         if record.teacher_test_perplexity is not None:
             line += f"; teacher {record.teacher_test_perplexity:.2f}"
+            if record.teacher_test_bits_per_byte is not None:
+                line += f" ({record.teacher_test_bits_per_byte:.3f} bits per byte)"
         return line
     line = (
         f"{record.run_dir}: test top-1 {record.test_top1:.2%} (best {record.best_test_top1:.2%}), "

@@ -83,12 +83,24 @@ def language_model_table(groups: Sequence[Group]) -> tuple[list[str], list[list[
     """The comparison of language models: one row per group (all its seeds)."""
     header = [
         "model", "role", "arch", "seeds", "test perplexity (mean ± std, range)", "bits per byte",
-        "test tokens", "top-1 agreement %", "params", "tokens/s",
+        "test tokens", "teacher's perplexity (bits per byte)", "top-1 agreement %", "params",
+        "tokens/s",
     ]  # fmt: skip
     rows = []
     for g in groups:
         s = g.first
         speed = g.stat("tokens_per_s")
+        # a distilled group's teacher on the same test tokens (a pretrained teacher has no
+        # run, hence no row of its own)
+        teacher_ppl, teacher_bpb = (
+            g.stat("teacher_test_perplexity"),
+            g.stat("teacher_test_bits_per_byte"),
+        )
+        teacher = (
+            f"{teacher_ppl['mean']:.2f}" + (f" ({teacher_bpb['mean']:.3f})" if teacher_bpb else "")
+            if teacher_ppl
+            else "-"
+        )
         rows.append(
             [
                 g.label,
@@ -98,6 +110,7 @@ def language_model_table(groups: Sequence[Group]) -> tuple[list[str], list[list[
                 _number(g.stat("test_perplexity"), 2),
                 _number(g.stat("test_bits_per_byte"), 3),
                 f"{s.get('test_tokens') or 0:,}",
+                teacher,
                 _pct(g.stat("test_agreement"), spread=False),
                 f"{s.get('params', 0):,}",
                 f"{speed['mean']:,.0f}" if speed else "-",
