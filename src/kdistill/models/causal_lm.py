@@ -9,8 +9,9 @@ llama.cpp bindings kdistill does not use).
 
 :class:`CausalLM` gives every such model the interface of the registry's GPT students:
 ``forward(input_ids) -> logits``, :meth:`~CausalLM.hidden_states` (the last hidden states,
-after the final norm) and :attr:`~CausalLM.head` (the output projection), which the fused token
-loss reads instead of full logits.
+after the final norm) and :attr:`~CausalLM.head` (the output projection), which the chunked
+token losses read instead of full logits where :attr:`~CausalLM.gives_last_hidden` (a probe at
+load: the logits are exactly the head over the hidden states).
 """
 
 from __future__ import annotations
@@ -54,17 +55,40 @@ class CausalLM(nn.Module):
         config = model.config
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.context = int(getattr(config, "max_position_embeddings", 0) or 0) or None
+        # whether the logits are exactly the head over the last hidden states, so that a loss
+        # may compute them itself chunk by chunk (objectives.tokens.output_head): not so for a
+        # family that scales or caps its logits (Gemma 2's soft-capping, Cohere's logit scale)
+        self.gives_last_hidden = self._logits_are_the_head()
 
     @property
     def head(self) -> nn.Linear:
         return self.model.get_output_embeddings()
+
+    @torch.no_grad()
+    def _logits_are_the_head(self) -> bool:
+        head = self.head
+        if not isinstance(head, nn.Linear) or head.bias is not None:
+            return False
+        ids = torch.arange(min(8, self.vocab_size), device=head.weight.device).unsqueeze(0)
+        was_training = self.training
+        self.eval()  # no dropout in the comparison
+        try:
+            logits = self.model(input_ids=ids, use_cache=False).logits
+            computed = self.hidden_states(ids) @ head.weight.T
+        finally:
+            self.train(was_training)
+        return bool(torch.allclose(computed, logits, rtol=1e-4, atol=1e-5))
 
     def hidden_states(self, input_ids: Tensor) -> Tensor:
         """The last hidden states ``(batch, seq, hidden)``, normalized: what the head reads."""
         self._check_length(input_ids)
         return self.model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
 
-    def forward(self, input_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, *, last_hidden: bool = False) -> Tensor:
+        """Logits ``(batch, seq, vocab)``; with ``last_hidden=True`` the hidden states the head
+        reads instead (where :attr:`gives_last_hidden`)."""
+        if last_hidden:
+            return self.hidden_states(input_ids)
         self._check_length(input_ids)
         return self.model(input_ids=input_ids, use_cache=False).logits
 

@@ -350,8 +350,9 @@ def output_head(model: nn.Module) -> nn.Linear | None:
     The interface: ``model(ids, last_hidden=True)`` returns the hidden states the head reads
     (through ``forward``, so that a data-parallel wrapper still sees the call), ``model.head``
     is a bias-free ``nn.Linear``, and ``gives_last_hidden = True`` says that the logits are
-    exactly the head applied to those states (kdistill's GPTs; a Hugging Face model may scale or
-    cap its logits). Checked here by duck typing: the objectives do not import the models.
+    exactly the head applied to those states (kdistill's GPTs; ``hf:`` models where a probe at
+    load finds it so: a Hugging Face model may scale or cap its logits). Checked here by duck
+    typing: the objectives do not import the models.
     """
     inner = model
     while isinstance(getattr(inner, "module", None), nn.Module):  # a data-parallel wrapper

@@ -185,12 +185,14 @@ class FrozenTeacher(nn.Module):
 
     @property
     def gives_last_hidden(self) -> bool:
-        """Whether the wrapped model is a language model whose logits are a bias-free ``head``
-        over its last hidden states (``hidden_states(ids)``): kdistill's GPTs and ``hf:`` /
-        GGUF causal LMs."""
+        """Whether the wrapped model is a language model whose logits are exactly a bias-free
+        ``head`` over its last hidden states (``hidden_states(ids)``), as it says with
+        ``gives_last_hidden = True``: kdistill's GPTs, and ``hf:`` / GGUF causal LMs whose
+        logits are not scaled or capped."""
         head = getattr(self.model, "head", None)
         return (
-            callable(getattr(self.model, "hidden_states", None))
+            bool(getattr(self.model, "gives_last_hidden", False))
+            and callable(getattr(self.model, "hidden_states", None))
             and isinstance(head, nn.Linear)
             and head.bias is None
         )

@@ -53,6 +53,49 @@ def test_a_frozen_causal_lm_teacher_gives_its_hidden_states_and_head(tiny_llama)
         FrozenTeacher(torch.nn.Linear(3, 3)).last_hidden(torch.zeros(1, 3))
 
 
+def test_an_hf_student_goes_chunk_by_chunk_and_equals_its_full_logits(tiny_llama):
+    from kdistill.models.gpt import GPT
+    from kdistill.objectives import TokenDistiller
+    from kdistill.types import IGNORE_INDEX
+
+    student = load_causal_lm(tiny_llama).train()
+    assert student.gives_last_hidden
+    torch.manual_seed(0)
+    teacher = GPT(64, 16, dim=16, layers=1, heads=2).eval()
+    ids = torch.randint(0, 64, (3, 12))
+    labels = torch.roll(ids, -1, dims=1)
+    labels[0, :5] = IGNORE_INDEX
+
+    def step(objective):
+        student.zero_grad()
+        out = objective(ids, labels)
+        out.loss.total.backward()
+        return out, [p.grad.clone() for p in student.parameters() if p.grad is not None]
+
+    chunked, grads_c = step(TokenDistiller(student, teacher, kind="jsd", chunk_size=5))
+    student.gives_last_hidden = False  # its logits whole, as for a model that caps them
+    whole, grads_w = step(TokenDistiller(student, teacher, kind="jsd", chunk_size=5))
+    assert chunked.student.logits is None and whole.student.logits is not None
+    torch.testing.assert_close(chunked.loss.total, whole.loss.total)
+    for a, b in zip(grads_c, grads_w, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_that_caps_its_logits_is_not_read_from_its_hidden_states(tmp_path):
+    from kdistill.teachers import FrozenTeacher
+
+    config = transformers.Gemma2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=32,
+        final_logit_softcapping=0.5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.Gemma2ForCausalLM(config).save_pretrained(tmp_path)
+    lm = load_causal_lm(tmp_path)
+    assert not lm.gives_last_hidden  # tanh-capped logits are not the head's
+    assert not FrozenTeacher(lm).gives_last_hidden
+
+
 def test_what_is_not_a_causal_lm_is_named(tmp_path, tiny_llama):
     with pytest.raises(ModelFileError, match="does not exist"):
         load_causal_lm(tmp_path / "nothing")
@@ -79,6 +122,7 @@ def test_smollm2_from_its_gguf_file_reads_the_python_reference():
     lm = load_causal_lm(path)
     tokenizer = HFTokenizer(path)
     assert lm.vocab_size == 49_152 and tokenizer.vocab_size == 49_152
+    assert lm.gives_last_hidden  # its logits are its head over its hidden states
     ids = torch.tensor([tokenizer.encode(topics["assert"])[:256]])
     with torch.no_grad():
         logits = lm(ids)

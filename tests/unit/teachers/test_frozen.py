@@ -161,4 +161,4 @@ def test_a_teacher_output_has_exactly_one_form():
     out = TeacherOutput(last_hidden=hidden, head_weight=head)
     assert torch.equal(out.predictions(), (hidden @ head.T).argmax(-1))
     with pytest.raises(ValueError, match="has no full scores"):
-        out.scores
+        _ = out.scores
