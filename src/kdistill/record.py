@@ -118,6 +118,8 @@ class RunRecord:
     teacher_test_perplexity: float | None = None
     teacher_test_bits_per_byte: float | None = None
     tokens_per_s: float | None = None
+    # greedy continuations of a few fixed prompts: {"student": {prompt: text}, "teacher": ...}
+    continuations: dict[str, dict[str, str]] | None = None
     files: dict[str, str] = field(default_factory=dict)
     schema_version: int = RECORD_SCHEMA_VERSION
 

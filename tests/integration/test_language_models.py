@@ -110,6 +110,10 @@ def test_distillation_from_a_language_model_teacher_online_and_cached(tmp_path, 
     assert online.teacher_test_perplexity == pytest.approx(lm_teacher.record.test_perplexity)
     assert online.teacher_test_bits_per_byte == pytest.approx(lm_teacher.record.test_bits_per_byte)
     assert online.test_agreement is not None
+    # the student's and the teacher's greedy continuations of the fixed prompts
+    assert set(online.continuations) == {"student", "teacher"}
+    for said in online.continuations.values():
+        assert len(said) == 3 and all(isinstance(text, str) for text in said.values())
     # chunk by chunk (7 tokens): the student's loss from its hidden states, the teacher's
     # logits from its own (a network of the registry); the same run to rounding
     chunked = run(lm_config(tmp_path, corpus, teacher, *base, "train.logit_chunk_tokens=7"),
@@ -253,6 +257,11 @@ def test_demo_lm_compares_teacher_scratch_and_distilled(tmp_path, corpus, monkey
     assert (tmp_path / "report" / "figures" / "perplexity.png").stat().st_size > 5000
     assert "Validation perplexity" in md and "Student-teacher agreement" in md
     assert "top-1 %" not in md  # no image-classifier columns
+    # each prompt once, with the teacher run's, the scratch's and the distilled continuations
+    said = md.split("## Greedy continuations")[1].split("## ")[0]
+    assert said.count("**'The for statement is used to'**") == 1
+    assert said.count("(teacher): ") == 3 and said.count("(distilled): ") == 3
+    assert said.count("(scratch): ") == 3 and "- teacher: " not in said
 
 
 def test_a_sweep_over_token_losses(tmp_path, corpus, lm_teacher, capsys):

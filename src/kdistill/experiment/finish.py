@@ -23,6 +23,7 @@ from kdistill.engine.checkpoint import Checkpoint
 from kdistill.engine.evaluation import evaluate
 from kdistill.engine.trainer import Trainer
 from kdistill.experiment.assembly import RunParts, build_eval_loaders
+from kdistill.experiment.lm import PROMPTS, greedy_continuation
 from kdistill.experiment.loading import build_from_spec
 from kdistill.experiment.rundir import run_identity
 from kdistill.files import (
@@ -214,23 +215,35 @@ def write_record(
         if cfg.train.measure_latency
         else None,
         compression=compression or None,
-        **language_model_metrics(parts, last, state.epoch_times),
+        **language_model_metrics(parts, last, state.epoch_times, student),
         files={name: sha256_file(run_dir / name) for name in saved.files},
     )
     record.write(run_dir)
     return record
 
 
+# tokens of each greedy continuation in a language model's record (and so in the report)
+CONTINUATION_TOKENS = 24
+
+
 def language_model_metrics(
-    parts: RunParts, last: dict[str, Any], epoch_times: list[float]
+    parts: RunParts, last: dict[str, Any], epoch_times: list[float], student: nn.Module
 ) -> dict[str, Any]:
     """A language model's record fields: test perplexity, bits per byte (the test labels'
     negative log-likelihood in bits over the UTF-8 bytes they stand for, comparable across
     tokenizers), the tokens they average over, the teacher's perplexity and bits per byte on the
-    same tokens, tokens per second."""
+    same tokens, tokens per second, and the student's and the teacher's greedy continuations of
+    a few fixed prompts."""
     data = parts.data
     if not isinstance(data, TextData):
         return {}
+    models = {"student": student}
+    if parts.teacher is not None and not parts.teacher.joint:
+        models["teacher"] = parts.teacher.loaded[0].model
+    continuations = {
+        role: {p: greedy_continuation(m, data.tokenizer, p, CONTINUATION_TOKENS) for p in PROMPTS}
+        for role, m in models.items()
+    }
     test = data.test
     tokens = test.tokens_with_loss()
     text_bytes = test.label_bytes(token_bytes(data.tokenizer))
@@ -247,6 +260,7 @@ def language_model_metrics(
         "teacher_test_perplexity": check.test.metrics.get("perplexity") if check else None,
         "teacher_test_bits_per_byte": bits_per_byte(check.test.metrics["loss"]) if check else None,
         "tokens_per_s": trained / max(1e-9, sum(epoch_times)),
+        "continuations": continuations,
     }
 
 

@@ -119,6 +119,26 @@ def language_model_table(groups: Sequence[Group]) -> tuple[list[str], list[list[
     return header, rows
 
 
+def continuations(groups: Sequence[Group]) -> dict[str, list[tuple[str, str]]]:
+    """Per prompt, the greedy continuations the language-model runs recorded: a pretrained
+    teacher's first (from the first distilled record holding one, where no teacher run is among
+    the groups), then each group's model (its first seed's)."""
+    recorded = [(g, g.first.get("continuations")) for g in groups]
+    recorded = [(g, said) for g, said in recorded if isinstance(said, dict)]
+    speakers: list[tuple[str, dict[str, str]]] = []
+    # a teacher trained among these runs has its own group (and its own continuations)
+    if not any(g.role == "teacher" for g in groups):
+        teacher = next((said["teacher"] for _, said in recorded if "teacher" in said), None)
+        if isinstance(teacher, dict):
+            speakers.append(("teacher", teacher))
+    speakers += [(f"{g.label} ({g.role})", said.get("student") or {}) for g, said in recorded]
+    out: dict[str, list[tuple[str, str]]] = {}
+    for who, said in speakers:
+        for prompt, text in said.items():
+            out.setdefault(str(prompt), []).append((who, str(text)))
+    return out
+
+
 def _latency(latency: dict[str, float], batch: int) -> str:
     """``median (IQR)`` in ms; records from before the spread was measured show the median
     alone, marked with a question mark (a handful of passes: noise)."""
@@ -356,6 +376,19 @@ def write_report(
         md += [f"## {heading}", "", _md_table(header, rows), "", note, ""]
         body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)]
         body.append(f"<p>{html.escape(note)}</p>")
+        said = continuations(groups)
+        if said:
+            title_c = "Greedy continuations" + (f": {dataset}" if len(datasets) > 1 else "")
+            md += [f"## {title_c}", ""]
+            body.append(f"<h2>{html.escape(title_c)}</h2>")
+            for prompt, lines in said.items():
+                md += [f"**{prompt!r}**", ""] + [f"- {who}: {text!r}" for who, text in lines]
+                md.append("")
+                items = "".join(
+                    f"<li>{html.escape(who)}: <code>{html.escape(repr(text))}</code></li>"
+                    for who, text in lines
+                )
+                body.append(f"<p><b>{html.escape(repr(prompt))}</b></p><ul>{items}</ul>")
     for sweep in collection.sweeps:
         header, rows = sweep_table(sweep.summary)
         md += [f"## Sweep {sweep.summary['name']}", "", _md_table(header, rows), ""]
