@@ -351,3 +351,53 @@ def test_a_student_initialized_from_its_teachers_layers(tmp_path, corpus, lm_tea
                       "kd.teacher_precision=fp32"), **QUIET)  # fmt: skip
     with pytest.raises(Exception, match="init_from_teacher .* needs a text dataset, the kd"):
         lm_config(tmp_path, corpus, "model.init_from_teacher=true")
+
+
+def hf_model_dir(path, transformers, tokenizers, *, layers, seed):
+    """A tiny Llama (grouped-query attention) with a word-level tokenizer of the corpus."""
+    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>", *sorted(set(WORDS))])}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>"
+    ).save_pretrained(path)
+    config = transformers.LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def test_a_pretrained_causal_lm_student_trains_resumes_and_evaluates(tmp_path, corpus, capsys):
+    """model.checkpoint names a Hugging Face directory: the student starts from its weights,
+    goes chunk by chunk, resumes to identical weights, and its model file rebuilds it."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    teacher_dir = hf_model_dir(tmp_path / "teacher", transformers, tokenizers, layers=2, seed=0)
+    student_dir = hf_model_dir(tmp_path / "student", transformers, tokenizers, layers=1, seed=1)
+    settings = [
+        f"kd.teachers=[{{checkpoint: {teacher_dir}}}]", "kd.min_teacher_top1=0",
+        "kd.teacher_precision=fp32", "model.arch=null", "model.args={}",
+        f"model.checkpoint={student_dir}", "train.logit_chunk_tokens=7", "train.epochs=3",
+    ]  # fmt: skip
+    whole = run(lm_config(tmp_path / "a", corpus, *settings), **QUIET)
+    assert whole.record.arch == "hf_causal_lm" and math.isfinite(whole.record.test_perplexity)
+    split = lm_config(tmp_path / "b", corpus, *settings)
+    with pytest.raises(KeyboardInterrupt):
+        run(split, callbacks=[StopAt(2)], **QUIET)
+    resumed = run(split, resume=True, **QUIET)
+    a, b = load_model(whole.run_dir).model, load_model(resumed.run_dir).model
+    assert type(a).__name__ == "CausalLM" and a.gives_last_hidden
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    capsys.readouterr()
+    assert main(["eval", str(whole.run_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["perplexity"] == pytest.approx(whole.record.test_perplexity, rel=1e-5)
+    # what does not apply to a pretrained student is named
+    wrong = lm_config(tmp_path / "c", corpus, *settings, "model.arch=gpt_nano")
+    with pytest.raises(ValueError, match="is a pretrained causal LM: it is its own architecture"):
+        run(wrong, **QUIET)

@@ -106,6 +106,11 @@ class HFTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(ids)))
 
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the tokenizer's files into a model directory (a pruned model's, so that
+        ``hf:<directory>`` brings its tokenizer; it reads back with the same identity)."""
+        self._tok.save_pretrained(str(directory))
+
 
 def tokenizer_from(source: str, identity: str | None = None) -> Tokenizer:
     """The tokenizer a model file records (its ``source``), checked against the ``identity``

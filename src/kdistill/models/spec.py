@@ -14,15 +14,11 @@ from typing import Any
 
 from torch import nn
 
-from kdistill.files import ArtifactError
+from kdistill.models.errors import ModelFileError
 from kdistill.models.registry import build_model
 from kdistill.trust import NO_TRUST, CodeTrust
 
 SPEC_FORMAT_VERSION = 1
-
-
-class ModelFileError(ArtifactError):
-    """A model file that is missing, unreadable, corrupted or not kdistill's."""
 
 
 @dataclass(frozen=True)
