@@ -401,3 +401,36 @@ def test_a_pretrained_causal_lm_student_trains_resumes_and_evaluates(tmp_path, c
     wrong = lm_config(tmp_path / "c", corpus, *settings, "model.arch=gpt_nano")
     with pytest.raises(ValueError, match="is a pretrained causal LM: it is its own architecture"):
         run(wrong, **QUIET)
+
+
+def test_prune_a_pretrained_model_and_recover_it_by_distillation(tmp_path, corpus, capsys):
+    """kdistill prune measures a Llama's parts on the corpus and writes a smaller one, which a
+    run then trains as its student, taught by the original."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    original = hf_model_dir(tmp_path / "original", transformers, tokenizers, layers=3, seed=0)
+    calibration = ["--data", "text", "--files", str(corpus), "--block", "16", "--tokens", "200"]
+    pruned = tmp_path / "pruned"
+    args = ["prune", str(original), "--out", str(pruned), *calibration]
+    assert main([*args, "--params", "0.5", "--axis", "both"]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity if skipped" in out and "pruned: " in out
+    summary = json.loads((pruned / "pruning.json").read_text())
+    assert summary["pruned_shape"]["layers"] == 2  # round(3 * sqrt(0.5))
+    assert summary["pruned_non_embedding_params"] < 0.6 * summary["non_embedding_params"]
+    assert len(summary["layers"]) == 3 and (pruned / "importance.png").stat().st_size > 5000
+    assert main([*args, "--layers", "1"]) == 1  # never over an existing directory
+    assert "exists" in capsys.readouterr().err
+    assert main([*args[: -len(calibration)], "--layers", "1", "--params", "0.5"]) == 2
+    # without sizes it measures only
+    measured = tmp_path / "measured"
+    assert main(["prune", str(original), "--out", str(measured), *calibration]) == 0
+    assert sorted(p.name for p in measured.iterdir()) == [
+        "importance.json", "importance.png", "pruning.json"]  # fmt: skip
+    # the pruned model recovered by distillation from the original
+    record = run(lm_config(tmp_path / "run", corpus, f"kd.teachers=[{{checkpoint: {original}}}]",
+                           "kd.min_teacher_top1=0", "kd.teacher_precision=fp32", "model.arch=null",
+                           "model.args={}", f"model.checkpoint={pruned}", "train.epochs=1"),
+                 **QUIET).record  # fmt: skip
+    assert record.arch == "hf_causal_lm" and record.params == summary["pruned_params"]
+    assert math.isfinite(record.test_perplexity)

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         export,
         info,
         methods,
+        prune,
         report,
         sweep,
         train,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         methods.register_methods,
         methods.register_layers,
         cache.register,
+        prune.register,
         sweep.register,
         report.register,
     ):

@@ -235,6 +235,17 @@ def activation_importance(model: nn.Module, batches: Batches) -> Importance:
     )
 
 
+def calibration_perplexity(model: nn.Module, batches: Batches) -> float:
+    """The model's perplexity over the labelled tokens of ``batches`` (in eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return _perplexity(model, list(batches))[0]
+    finally:
+        model.train(was_training)
+
+
 def _perplexity(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> tuple[float, int, int]:
     """The perplexity over the labelled tokens, their number, and all positions seen."""
     nll, tokens, positions = 0.0, 0, 0

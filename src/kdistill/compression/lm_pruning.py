@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -287,11 +288,17 @@ def prune_llama(model: nn.Module, plan: PrunePlan) -> nn.Module:
     return pruned.eval()
 
 
-def save_pruned(model: nn.Module, tokenizer: Any, directory: str | Path) -> Path:
+def save_pruned(
+    model: nn.Module,
+    tokenizer: Any,
+    directory: str | Path,
+    *,
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
     """Write the pruned model (safetensors and config) and its tokenizer as a Hugging Face
     directory that ``hf:<directory>`` loads; written beside it first and renamed into place,
     so that an interrupted save leaves no half-written model. An existing directory is not
-    overwritten."""
+    overwritten. ``write_extra(directory)`` adds files before the rename."""
     out = Path(directory)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new directory for the pruned model")
@@ -301,5 +308,7 @@ def save_pruned(model: nn.Module, tokenizer: Any, directory: str | Path) -> Path
     hf_model(model).save_pretrained(partial)
     if tokenizer is not None:
         tokenizer.save_pretrained(partial)
+    if write_extra is not None:  # what else belongs with the model (its measurements)
+        write_extra(partial)
     partial.rename(out)
     return out

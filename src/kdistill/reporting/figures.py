@@ -270,3 +270,20 @@ def sweep_heatmap(summary: dict[str, Any], path: Path) -> Path | None:
     ax.set_title(f"Sweep {summary['name']}: mean test top-1 (%)")
     fig.colorbar(im, ax=ax)
     return _save(fig, path)
+
+
+def layer_importance(rows: Sequence[dict[str, float]], perplexity: float, path: Path) -> Path:
+    """A language model's layers: the calibration perplexity with each one skipped (log scale,
+    the whole model's as a line) and the cosine distance between each one's input and output."""
+    layers = [int(r["layer"]) for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    top.bar(layers, [r["skipped_perplexity"] for r in rows], color="#d62728")
+    top.axhline(perplexity, color="#444444", linestyle="--", label="no layer skipped")
+    top.set_yscale("log")
+    top.set_ylabel("perplexity, layer skipped")
+    top.legend(loc="upper right", fontsize=8)
+    bottom.bar(layers, [r["cosine_distance"] for r in rows], color="#1f77b4")
+    bottom.set_ylabel("1 - cos(input, output)")
+    bottom.set_xlabel("layer")
+    top.set_title("Layer importance on the calibration tokens")
+    return _save(fig, path)
