@@ -351,6 +351,14 @@ def test_a_student_initialized_from_its_teachers_layers(tmp_path, corpus, lm_tea
                       "kd.teacher_precision=fp32"), **QUIET)  # fmt: skip
     with pytest.raises(Exception, match="init_from_teacher .* needs a text dataset, the kd"):
         lm_config(tmp_path, corpus, "model.init_from_teacher=true")
+    # the teacher's last layer rather than its first: said, and the student is one layer deep
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        run(lm_config(tmp_path / "last", corpus, teacher, *options, "model.teacher_layers=[1]"),
+            callbacks=[StopAt(1)], progress=False, log=lines.append)  # fmt: skip
+    assert any("and layers 1 of 2" in line for line in lines)
+    with pytest.raises(Exception, match="model.teacher_layers .* needs model.init_from_teacher"):
+        lm_config(tmp_path, corpus, teacher, "model.teacher_layers=[1]")
 
 
 def hf_model_dir(path, transformers, tokenizers, *, layers, seed):

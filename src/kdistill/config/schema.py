@@ -276,6 +276,12 @@ class ModelConfig:
         "Teachers: kdistill GPTs and Llama-architecture Hugging Face / GGUF models (SmolLM2)",
         False,
     )
+    teacher_layers: list[int] | None = doc(
+        "with init_from_teacher: which of the teacher's layers the student starts from, in "
+        "order (e.g. [0, 29]: its first and last, the two kdistill prune finds most important "
+        "in SmolLM2); their number is the student's depth. null = evenly spaced",
+        None,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
@@ -801,10 +807,16 @@ class RunConfig:
                 "layers: it needs a text dataset, the kd section (the teacher) and no "
                 "model.checkpoint",
             )
+        _require(
+            self.model.teacher_layers is None or self.model.init_from_teacher,
+            "model.teacher_layers chooses the teacher's layers a student starts from: it needs "
+            "model.init_from_teacher: true",
+        )
         if self.kd is not None:
             _require(
-                not any(t.init_from_teacher for t in self.kd.teachers),
-                "kd.teachers[].init_from_teacher: only the student (model) starts from a teacher",
+                not any(t.init_from_teacher or t.teacher_layers for t in self.kd.teachers),
+                "kd.teachers[].init_from_teacher / teacher_layers: only the student (model) "
+                "starts from a teacher",
             )
         _require(
             bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name),

@@ -149,8 +149,8 @@ def pretrained_student(
         )
     if m.args or m.init_from_teacher:
         raise ValueError(
-            f"model.checkpoint {m.checkpoint} is a pretrained causal LM: model.args and "
-            "model.init_from_teacher do not apply to it"
+            f"model.checkpoint {m.checkpoint} is a pretrained causal LM: model.args, "
+            "model.init_from_teacher and model.teacher_layers do not apply to it"
         )
     if data.tokenizer.source != str(source):
         same_tokenizer(
@@ -183,10 +183,10 @@ def student_from_teacher(
             f"model.init_from_teacher: the teacher's vocabulary of {vocab:,} is not the "
             f"tokenizer's {data.num_classes:,}"
         )
-    args = student_args(teacher, m.args)
+    args = student_args(teacher, m.args, m.teacher_layers)
     spec = lm_spec(ModelConfig(arch=m.arch, args=args), data, cfg)
     student = build_model(spec.arch, spec.num_classes, spec.input_shape, spec.args)
-    kept = copy_teacher_into(student, teacher)  # type: ignore[arg-type]
+    kept = copy_teacher_into(student, teacher, m.teacher_layers)  # type: ignore[arg-type]
     depth = teacher_depth_and_widths(teacher)[0]
     params = sum(p.numel() for p in student.parameters())
     log(

@@ -64,6 +64,8 @@ _ADDED_SETTINGS = {
     "policies[].keep_mask": False,
     "data.files": [],
     "model.init_from_teacher": False,
+    "model.teacher_layers": None,
+    "kd.teachers[].teacher_layers": None,
     "train.logit_chunk_tokens": None,
     "kd.teachers[].init_from_teacher": False,
     "data.block": 128,

@@ -12,7 +12,7 @@ logits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -59,9 +59,29 @@ def kept_layers(teacher_layers: int, layers: int) -> list[int]:
     return [i * teacher_layers // layers for i in range(layers)]
 
 
-def student_args(teacher: nn.Module, args: Mapping[str, Any]) -> dict[str, Any]:
-    """The student's GPT arguments: the teacher's widths, ``layers`` from ``args`` (default:
-    half the teacher's, rounded up). Widths in ``args`` are refused: they are the teacher's."""
+def chosen_layers(teacher_layers: int, layers: Sequence[int]) -> list[int]:
+    """The teacher's layers a user chose (``model.teacher_layers``), checked: distinct layer
+    indices of the teacher, in increasing order."""
+    chosen = list(layers)
+    if (
+        not chosen
+        or any(not isinstance(i, int) or isinstance(i, bool) for i in chosen)
+        or any(not 0 <= i < teacher_layers for i in chosen)
+        or chosen != sorted(set(chosen))
+    ):
+        raise ValueError(
+            f"model.teacher_layers must be distinct layers of the teacher in increasing order, "
+            f"from 0 to {teacher_layers - 1}; got {chosen}"
+        )
+    return chosen
+
+
+def student_args(
+    teacher: nn.Module, args: Mapping[str, Any], layers: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """The student's GPT arguments: the teacher's widths, ``layers`` from ``args`` (default: as
+    many as the chosen ``layers``, else half the teacher's, rounded up). Widths in ``args`` are
+    refused: they are the teacher's."""
     depth, widths = teacher_depth_and_widths(teacher)
     clashing = sorted(set(args) - {"layers"})
     if clashing:
@@ -70,17 +90,34 @@ def student_args(teacher: nn.Module, args: Mapping[str, Any]) -> dict[str, Any]:
             f"teacher's widths ({', '.join(f'{k}={v}' for k, v in widths.items())}); set only "
             "model.args.layers"
         )
-    layers = args.get("layers", (depth + 1) // 2)
-    kept_layers(depth, layers)  # checks the range
-    return {**widths, "layers": layers}
+    if layers is not None:
+        chosen = chosen_layers(depth, layers)
+        if "layers" in args and args["layers"] != len(chosen):
+            raise ValueError(
+                f"model.args.layers={args['layers']} but model.teacher_layers names "
+                f"{len(chosen)} layers ({chosen}): give one of them"
+            )
+        return {**widths, "layers": len(chosen)}
+    count = args.get("layers", (depth + 1) // 2)
+    kept_layers(depth, count)  # checks the range
+    return {**widths, "layers": count}
 
 
 @torch.no_grad()
-def copy_teacher_into(student: GPT, teacher: nn.Module) -> list[int]:
-    """Copy the teacher's embedding, final norm, head and evenly spaced layers into
-    ``student`` (built with :func:`student_args`); returns the teacher layers used."""
+def copy_teacher_into(
+    student: GPT, teacher: nn.Module, layers: Sequence[int] | None = None
+) -> list[int]:
+    """Copy the teacher's embedding, final norm, head and its ``layers`` (default: evenly
+    spaced) into ``student`` (built with :func:`student_args`); returns the teacher layers
+    used."""
     depth, _ = teacher_depth_and_widths(teacher)
-    kept = kept_layers(depth, len(student.blocks))
+    kept = (
+        chosen_layers(depth, layers)
+        if layers is not None
+        else kept_layers(depth, len(student.blocks))
+    )
+    if len(kept) != len(student.blocks):
+        raise ValueError(f"{len(kept)} teacher layers for a student of {len(student.blocks)}")
     if isinstance(teacher, GPT):
         student.embed.weight.copy_(teacher.embed.weight)
         student.norm.weight.copy_(teacher.norm.weight)

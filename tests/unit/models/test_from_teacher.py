@@ -48,6 +48,23 @@ def test_a_gpt_teacher_cut_down():
         student_args(teacher, {"layers": 9})
 
 
+def test_the_teacher_layers_a_student_starts_from_may_be_chosen():
+    torch.manual_seed(0)
+    teacher = GPT(V, L, dim=32, layers=4, heads=4).eval()
+    args = student_args(teacher, {}, [0, 3])  # the first and the last
+    assert args["layers"] == 2
+    student = build_language_model("gpt_nano", V, L, args)
+    assert copy_teacher_into(student, teacher, [0, 3]) == [0, 3]
+    for block, i in zip(student.blocks, [0, 3], strict=True):
+        for a, b in zip(block.parameters(), teacher.blocks[i].parameters(), strict=True):
+            assert torch.equal(a, b)
+    for bad in ([3, 0], [1, 1], [0, 4], []):
+        with pytest.raises(ValueError, match=r"distinct layers of the teacher in increasing order"):
+            student_args(teacher, {}, bad)
+    with pytest.raises(ValueError, match=r"model.args.layers=3 but model.teacher_layers names 2"):
+        student_args(teacher, {"layers": 3}, [0, 3])
+
+
 def test_a_llama_teacher_with_grouped_key_value_heads():
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
