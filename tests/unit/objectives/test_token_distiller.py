@@ -186,6 +186,13 @@ class LogitsOnly(torch.nn.Module):
         return self.model(ids)
 
 
+def same_step(out_a, grad_a, out_b, grad_b):
+    """The same loss and the same gradient of every parameter."""
+    torch.testing.assert_close(out_a.loss.total, out_b.loss.total)
+    for a, b in zip(grad_a, grad_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def grads(objective, ids, labels, **kwargs):
     objective.student.zero_grad()
     out = objective(ids, labels, **kwargs)
@@ -203,11 +210,9 @@ def test_the_chunked_path_equals_the_full_logits(kind):
     out_c, grad_c = grads(chunked, ids, labels)
     out_p, grad_p = grads(plain, ids, labels)
     assert out_c.student.logits is None and out_p.student.logits is not None
-    torch.testing.assert_close(out_c.loss.total, out_p.loss.total)
+    same_step(out_c, grad_c, out_p, grad_p)
     for part in ("student", "distill"):
         torch.testing.assert_close(out_c.loss.parts[part], out_p.loss.parts[part])
-    for a, b in zip(grad_c, grad_p, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     # the predictions the trainer's metrics read: the argmax on the kept positions
     kept = labels != IGNORE_INDEX
     assert torch.equal(out_c.student.predicted()[kept], out_p.student.predicted()[kept])
@@ -230,9 +235,7 @@ def test_a_teacher_given_as_hidden_states_with_a_padded_vocabulary(teacher_vocab
     out_c, grad_c = grads(TokenDistiller(student, teacher, chunk_size=4, **options), ids, labels)
     out_p, grad_p = grads(TokenDistiller(LogitsOnly(student), teacher, **options), ids, labels)
     assert out_c.teacher.last_hidden is not None
-    torch.testing.assert_close(out_c.loss.total, out_p.loss.total)
-    for a, b in zip(grad_c, grad_p, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    same_step(out_c, grad_c, out_p, grad_p)
 
 
 def test_the_teacher_gives_hidden_states_only_when_the_student_goes_chunk_by_chunk():
@@ -278,9 +281,7 @@ def test_the_chunked_path_with_a_cached_teacher_and_for_the_labels_alone(
                           sample_ids=torch.arange(3))  # fmt: skip
     out_p, grad_p = grads(TokenDistiller(LogitsOnly(student), cached, **options), ids, labels,
                           sample_ids=torch.arange(3))  # fmt: skip
-    torch.testing.assert_close(out_c.loss.total, out_p.loss.total)
-    for a, b in zip(grad_c, grad_p, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    same_step(out_c, grad_c, out_p, grad_p)
     scratch = NextTokenLoss(student, chunk_size=3)
     out_c, grad_c = grads(scratch, ids, labels)
     out_p, grad_p = grads(NextTokenLoss(LogitsOnly(student)), ids, labels)
@@ -288,9 +289,7 @@ def test_the_chunked_path_with_a_cached_teacher_and_for_the_labels_alone(
     with torch.no_grad():
         ce = torch.nn.functional.cross_entropy(student(ids)[kept], labels[kept])
     torch.testing.assert_close(out_c.loss.total.detach(), ce)
-    torch.testing.assert_close(out_c.loss.total, out_p.loss.total)
-    for a, b in zip(grad_c, grad_p, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    same_step(out_c, grad_c, out_p, grad_p)
 
 
 def test_a_batch_with_no_kept_token_adds_nothing():
