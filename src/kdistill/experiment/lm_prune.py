@@ -37,7 +37,7 @@ IMPORTANCE_FILE, PRUNING_FILE, FIGURE_FILE = "importance.json", "pruning.json", 
 
 
 def calibration_batches(
-    source: Path, tokenizer: HFTokenizer, data: str, files: list[str], block: int, tokens: int
+    tokenizer: HFTokenizer, data: str, files: list[str], block: int, tokens: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``tokens`` labelled tokens of the training split, shuffled with seed 0, in
     batches of 8 blocks."""
@@ -81,7 +81,7 @@ def prune_language_model(
     model = load_causal_lm(source)
     tokenizer = HFTokenizer(source)
     shape = llama_shape(model)
-    batches = calibration_batches(source, tokenizer, data, list(files or []), block, tokens)
+    batches = calibration_batches(tokenizer, data, list(files or []), block, tokens)
     log(
         f"measuring {source.name}'s parts on {sum(int((y != -100).sum()) for _, y in batches):,} tokens"
     )
