@@ -9,6 +9,9 @@ teacher cache. With ``--init-seeds``, two more rows for those seeds: the teacher
 layers) trained on the labels alone (``kd.beta=0``) and distilled from the cache, at the lower
 learning rate ``--init-lr`` (its weights start trained), after the main rows; and their baseline,
 the same shape from random weights on the labels alone at the scratch recipe's learning rate.
+With ``--teacher-layers 0,29`` also students started from those layers of the teacher
+(``model.teacher_layers``), distilled from the cache at the recipe's weights and at alpha 0.1 /
+beta 0.9; the grown rows also report the share of the gap they close from their own baseline.
 
 Every run is ``kdistill.experiment.run`` in this process, one after the other, seed by seed
 (so that an interrupted measurement has whole seeds); the result is written after every run,
@@ -54,6 +57,21 @@ SMOLLM2_WIDTHS = {"dim": 576, "heads": 9, "hidden": 1536, "rope_base": 100_000.0
                   "norm_eps": 1e-5, "tie_embeddings": True}  # fmt: skip
 
 
+def chosen_rows(chosen: list[int], init_lr: float) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Students started from the teacher layers ``chosen`` (``model.teacher_layers``, e.g. the
+    first and the last, which ``kdistill prune`` measures as the most important), distilled
+    from the cache at the recipe's weights and at alpha 0.1 / beta 0.9."""
+    grown = {"model.init_from_teacher": True, "model.teacher_layers": chosen, "optim.lr": init_lr}
+    name = f"teacher's layers {', '.join(map(str, chosen))}, cached top-32"
+    return {
+        name: ("pydocs/smollm2-distill", grown),
+        f"{name}, alpha 0.1 / beta 0.9": (
+            "pydocs/smollm2-distill",
+            {**grown, "kd.alpha": 0.1, "kd.beta": 0.9},
+        ),
+    }
+
+
 def grown_rows(layers: int, init_lr: float) -> dict[str, tuple[str, dict[str, Any]]]:
     grown = {"model.init_from_teacher": True, "model.args": {"layers": layers},
              "optim.lr": init_lr}  # fmt: skip
@@ -75,10 +93,15 @@ def grown_rows(layers: int, init_lr: float) -> dict[str, tuple[str, dict[str, An
 def summarize(records: dict[str, list[Any]], teacher_ppl: float) -> dict[str, Any]:
     scratch = statistics.mean(math.log(r.test_perplexity) for r in records["scratch"])
     gap = scratch - math.log(teacher_ppl)
+    # the grown students' own baseline: their shape from random weights
+    own = next((rs for name, rs in records.items() if name.startswith("SmolLM2's shape")), None)
+    own_scratch = statistics.mean(math.log(r.test_perplexity) for r in own) if own else None
     table = {}
     for name, rs in records.items():
         ppl = [r.test_perplexity for r in rs]
         bpb = [r.test_bits_per_byte for r in rs]
+        mean_log = statistics.mean(math.log(v) for v in ppl)
+        grown = name.startswith("teacher's") or name.startswith("SmolLM2's shape")
         table[name] = {
             "test_perplexity": ppl,
             "perplexity_mean": statistics.mean(ppl),
@@ -88,7 +111,13 @@ def summarize(records: dict[str, list[Any]], teacher_ppl: float) -> dict[str, An
             "params": rs[0].params,
             "median_epoch_s": statistics.median(t for r in rs for t in r.epoch_times_s),
             "tokens_per_s": statistics.median(r.tokens_per_s for r in rs),
-            "gap_closed": (scratch - statistics.mean(math.log(v) for v in ppl)) / gap,
+            "gap_closed": (scratch - mean_log) / gap,
+            # against the scratch row of the same shape (the grown students' own baseline)
+            "gap_closed_same_shape": (own_scratch - mean_log)
+            / (own_scratch - math.log(teacher_ppl))
+            if grown and own_scratch is not None
+            else None,
+            "teacher_bits_per_byte": rs[0].teacher_test_bits_per_byte,
         }
     return table
 
@@ -106,6 +135,8 @@ def main() -> None:
     p.add_argument("--init-seeds", default="", help="seeds that also run the grown students")
     p.add_argument("--layers", type=int, default=2, help="teacher layers a grown student keeps")
     p.add_argument("--init-lr", type=float, default=5e-4)
+    p.add_argument("--teacher-layers", default="",
+                   help="with --init-seeds: also students from these teacher layers (e.g. 0,29)")  # fmt: skip
     p.add_argument("--work", help="keep the runs here (default: a temporary directory)")
     p.add_argument("--out", help="write the result JSON here too (after every run)")
     args = p.parse_args()
@@ -133,6 +164,9 @@ def main() -> None:
             for seed in seeds
         ]
         plan += [(seed, grown_rows(args.layers, args.init_lr)) for seed in sorted(init_seeds)]
+        if args.teacher_layers:
+            chosen = [int(i) for i in args.teacher_layers.split(",")]
+            plan += [(seed, chosen_rows(chosen, args.init_lr)) for seed in sorted(init_seeds)]
         for seed, rows in plan:
             for name, (recipe, values) in rows.items():
                 settings = {"out_dir": out, "train.seed": seed, **values}
