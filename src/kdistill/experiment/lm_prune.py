@@ -32,6 +32,7 @@ from kdistill.data.tokenizers import HFTokenizer
 from kdistill.experiment.lm import pretrained_source
 from kdistill.models.causal_lm import load_causal_lm
 from kdistill.reporting.figures import layer_importance
+from kdistill.types import IGNORE_INDEX
 
 IMPORTANCE_FILE, PRUNING_FILE, FIGURE_FILE = "importance.json", "pruning.json", "importance.png"
 
@@ -46,7 +47,7 @@ def calibration_batches(
     out, seen = [], 0
     for batch in TokenLoader(text.train, 8, device="cpu", shuffle=True, seed=0):
         out.append((batch.inputs, batch.targets))
-        seen += int((batch.targets != -100).sum())
+        seen += int((batch.targets != IGNORE_INDEX).sum())
         if seen >= tokens:
             break
     return out
@@ -83,7 +84,8 @@ def prune_language_model(
     shape = llama_shape(model)
     batches = calibration_batches(tokenizer, data, list(files or []), block, tokens)
     log(
-        f"measuring {source.name}'s parts on {sum(int((y != -100).sum()) for _, y in batches):,} tokens"
+        f"measuring {source.name}'s parts on "
+        f"{sum(int((y != IGNORE_INDEX).sum()) for _, y in batches):,} tokens"
     )
     importance = activation_importance(model, batches)
     summary: dict[str, Any] = {

@@ -171,17 +171,18 @@ class FrozenTeacher(nn.Module):
                 if self.bn_policy == "batch_stats"
                 else contextlib.nullcontext()
             )
-            autocast = (
-                torch.autocast(device_type=x.device.type, dtype=self.dtype)
-                if self.dtype not in (None, torch.float32)
-                else contextlib.nullcontext()
-            )
-            with bn, autocast:
+            with bn, self._autocast(x.device.type):
                 logits = logits_of(self.model(x))
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         # A clone made outside inference mode is an ordinary tensor that autograd may save.
         return TeacherOutput(logits=logits.clone())
+
+    def _autocast(self, device_type: str) -> contextlib.AbstractContextManager[object]:
+        """The teacher's precision: autocast to ``dtype`` when it is a half precision."""
+        if self.dtype in (None, torch.float32):
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device_type, dtype=self.dtype)
 
     @property
     def gives_last_hidden(self) -> bool:
@@ -204,14 +205,8 @@ class FrozenTeacher(nn.Module):
             raise ValueError(
                 f"{type(self.model).__name__} gives no last hidden states with a bias-free head"
             )
-        with torch.inference_mode():
-            autocast = (
-                torch.autocast(device_type=inputs.device.type, dtype=self.dtype)
-                if self.dtype not in (None, torch.float32)
-                else contextlib.nullcontext()
-            )
-            with autocast:
-                hidden = self.model.hidden_states(inputs)
+        with torch.inference_mode(), self._autocast(inputs.device.type):
+            hidden = self.model.hidden_states(inputs)
         # a float32 clone made outside inference mode is an ordinary tensor autograd may save;
         # the head is a frozen parameter, shared as it is (no copy of a vocabulary-sized matrix)
         return TeacherOutput(
