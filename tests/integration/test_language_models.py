@@ -435,6 +435,17 @@ def test_prune_a_pretrained_model_and_recover_it_by_distillation(tmp_path, corpu
     assert main(["prune", str(original), "--out", str(measured), *calibration]) == 0
     assert sorted(p.name for p in measured.iterdir()) == [
         "importance.json", "importance.png", "pruning.json"]  # fmt: skip
+    # ... and that measurement prunes again without measuring: the same kept parts
+    again = tmp_path / "again"
+    reuse = ["--importance", str(measured / "importance.json"), "--params", "0.5", "--axis", "both"]
+    capsys.readouterr()
+    assert main(["prune", str(original), "--out", str(again), *calibration, *reuse]) == 0
+    assert "measuring" not in capsys.readouterr().out
+    assert json.loads((again / "pruning.json").read_text())["kept"] == summary["kept"]
+    (tmp_path / "bad.json").write_text('{"heads": [1]}')
+    bad = ["--importance", str(tmp_path / "bad.json"), "--layers", "1"]
+    assert main(["prune", str(original), "--out", str(tmp_path / "x"), *calibration, *bad]) == 2
+    assert "not an importance.json" in capsys.readouterr().err
     # the pruned model recovered by distillation from the original
     record = run(lm_config(tmp_path / "run", corpus, f"kd.teachers=[{{checkpoint: {original}}}]",
                            "kd.min_teacher_top1=0", "kd.teacher_precision=fp32", "model.arch=null",

@@ -52,6 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--files", nargs="*", default=[], help="text / jsonl files for --data text")
     p.add_argument("--block", type=int, default=256, help="tokens per calibration block")
     p.add_argument("--tokens", type=int, default=4096, help="calibration tokens (default 4096)")
+    p.add_argument(
+        "--importance",
+        metavar="FILE",
+        help="an importance.json an earlier kdistill prune of the same model wrote: prune by it "
+        "instead of measuring again (the calibration text still measures the pruned model)",
+    )
     add_threads_flag(p)
     p.set_defaults(handler=handle)
 
@@ -78,9 +84,29 @@ def handle(args: argparse.Namespace) -> int:
     if args.params is not None and args.params <= 0:
         raise UserError(f"--params must be positive, got {args.params:g}")
     sizes = PruneSizes(**given) if given else None
+    importance = _read_importance(Path(args.importance)) if args.importance else None
+    if importance is not None and sizes is None and args.params is None:
+        raise UserError("--importance prunes by an earlier measurement: give sizes or --params")
     prune_language_model(
         args.model, Path(args.out), sizes=sizes, params=args.params, axis=args.axis,
         layer_metric=args.layer_metric, data=args.data, files=args.files, block=args.block,
-        tokens=args.tokens,
+        tokens=args.tokens, importance=importance,
     )  # fmt: skip
     return 0
+
+
+def _read_importance(path: Path):
+    """An ``importance.json`` (JSON only: nothing read runs code), its arrays checked."""
+    import json
+
+    from kdistill.compression.lm_importance import Importance
+
+    try:
+        return Importance.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise UserError(f"--importance {path}: no such file") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+        raise UserError(
+            f"--importance {path} is not an importance.json kdistill prune wrote: {what}"
+        ) from None

@@ -157,13 +157,13 @@ def plan_pruning(
             f"layer_metric must be one of {', '.join(LAYER_METRICS)}, got {layer_metric!r}"
         )
     target = sizes.apply(shape)
-    if importance.heads.shape != (shape.layers, shape.heads) or importance.hidden.shape != (
-        shape.hidden,
-    ):
+    measured = (importance.heads.shape, importance.mlp.shape, importance.hidden.shape)
+    expected = ((shape.layers, shape.heads), (shape.layers, shape.intermediate), (shape.hidden,))
+    if tuple(tuple(s) for s in measured) != expected:
         raise ValueError(
-            f"the importance was measured on another shape ({tuple(importance.heads.shape)} "
-            f"heads, {tuple(importance.hidden.shape)} hidden) than this model's "
-            f"({shape.layers}, {shape.heads}) and ({shape.hidden},)"
+            "the importance was measured on another shape (heads, MLP channels, hidden: "
+            f"{', '.join(str(tuple(s)) for s in measured)}) than this model's "
+            f"({', '.join(str(s) for s in expected)})"
         )
     layer_scores = (
         importance.layer_skipped_perplexity

@@ -65,12 +65,14 @@ def prune_language_model(
     files: list[str] | None = None,
     block: int = 256,
     tokens: int = 4096,
+    importance: Importance | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Measure ``reference`` (``smollm2``, a ``.gguf`` file, a Hugging Face directory) and, unless
     neither ``sizes`` nor ``params`` is given, prune it into ``out``; returns what was written to
     ``pruning.json`` (or the importance alone). ``params``: the non-embedding parameters to keep,
-    a count, or at most 1 a fraction of the model's."""
+    a count, or at most 1 a fraction of the model's. ``importance``: an earlier measurement of
+    the same model (its ``importance.json``) instead of measuring again."""
     source = pretrained_source(reference)
     if source is None:
         raise ValueError(
@@ -83,11 +85,12 @@ def prune_language_model(
     tokenizer = HFTokenizer(source)
     shape = llama_shape(model)
     batches = calibration_batches(tokenizer, data, list(files or []), block, tokens)
-    log(
-        f"measuring {source.name}'s parts on "
-        f"{sum(int((y != IGNORE_INDEX).sum()) for _, y in batches):,} tokens"
-    )
-    importance = activation_importance(model, batches)
+    if importance is None:
+        log(
+            f"measuring {source.name}'s parts on "
+            f"{sum(int((y != IGNORE_INDEX).sum()) for _, y in batches):,} tokens"
+        )
+        importance = activation_importance(model, batches)
     summary: dict[str, Any] = {
         "source": str(source),
         "calibration": {
