@@ -377,6 +377,147 @@ class ThinningPolicy:
         return EpochWindow(self.epochs[0], self.epochs[-1] + 1)
 
 
+LM_PRUNING_SIZES = ("layers", "hidden", "kv_heads", "heads_per_group", "intermediate")
+
+
+@dataclass(frozen=True)
+class LanguageModelPruningPolicy:
+    """Minitron's structured pruning of a Llama-family language model inside the run: at
+    ``starting_epoch`` (and every ``frequency`` epochs for ``iterative_steps`` steps) the
+    student's layers, attention heads, MLP channels and hidden channels are measured on
+    calibration tokens of the training split and the least important removed; the rest of the
+    run recovers it (by distillation when the run has a teacher)."""
+
+    kind: Literal["lm_pruning"] = doc("policy type", "lm_pruning")
+    params: float | None = doc(
+        "the non-embedding parameters to keep: a fraction of the student's (<= 1, e.g. 0.5) or "
+        "a count (e.g. 3.2e7); or give sizes instead",
+        None,
+    )
+    axis: Literal["width", "depth", "both"] = doc(
+        "what params narrows: width (hidden, heads, MLP), depth (layers) or both", "width"
+    )
+    layers: int | None = doc("explicit size: decoder layers to keep", None)
+    hidden: int | None = doc("explicit size: hidden width, a multiple of the query heads", None)
+    kv_heads: int | None = doc("explicit size: key/value heads per layer", None)
+    heads_per_group: int | None = doc("explicit size: query heads per key/value head", None)
+    intermediate: int | None = doc("explicit size: MLP width", None)
+    layer_metric: Literal["perplexity", "cosine"] = doc(
+        "which layers go: the least perplexity lost when skipped, or the least change from "
+        "input to output (Minitron reports both)",
+        "perplexity",
+    )
+    calibration_tokens: int = doc(
+        "training tokens the importance is measured on (the first of the split, shuffled with "
+        "seed 0)",
+        4096,
+    )
+    starting_epoch: int = doc("epoch at whose start the first pruning step runs", 0)
+    iterative_steps: int = doc(
+        "reach the target in this many steps, one every `frequency` epochs (the parameters "
+        "kept shrink linearly; the importance is measured again before each)",
+        1,
+    )
+    frequency: int = doc("epochs between steps", 1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "policies[]")
+        _check_range("lm_pruning", self.starting_epoch, None, self.frequency)
+        sizes = {k: getattr(self, k) for k in LM_PRUNING_SIZES if getattr(self, k) is not None}
+        require(
+            (self.params is None) != (not sizes),
+            "lm_pruning policy: give params (the parameters to keep) or sizes ("
+            + ", ".join(LM_PRUNING_SIZES)
+            + f"), exactly one of them; got params={self.params} and sizes {sizes or 'none'}",
+        )
+        require(
+            self.params is None or self.params > 0,
+            f"lm_pruning policy: params must be positive, got {self.params}",
+        )
+        for name, value in sizes.items():
+            require(value >= 1, f"lm_pruning policy: {name} must be >= 1, got {value}")
+        require(
+            self.calibration_tokens >= 1,
+            f"lm_pruning policy: calibration_tokens must be >= 1, got {self.calibration_tokens}",
+        )
+        require(
+            self.iterative_steps >= 1,
+            f"lm_pruning policy: iterative_steps must be >= 1, got {self.iterative_steps}",
+        )
+        require(
+            self.iterative_steps == 1 or self.params is not None,
+            "lm_pruning policy: iterative_steps > 1 shrinks the parameters kept step by step: "
+            "give params (explicit sizes are reached in one step)",
+        )
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in LM_PRUNING_SIZES if getattr(self, k) is not None}
+
+    @property
+    def last_step(self) -> int:
+        return self.starting_epoch + (self.iterative_steps - 1) * self.frequency
+
+    @property
+    def window(self) -> EpochWindow:
+        return EpochWindow(self.starting_epoch, self.last_step + 1)
+
+
+@dataclass(frozen=True)
+class LanguageModelQuantizationPolicy:
+    """Quantization-aware distillation of a language model: from ``starting_epoch`` the
+    weights of the student's Linear layers are fake-quantized (torchao's eager QAT: symmetric
+    integers, one scale per output channel or per group of input channels) in every forward
+    pass, so training (by distillation from the full-precision teacher when the run has one)
+    learns weights that survive rounding. What the run evaluates is what weight-only integer
+    inference computes."""
+
+    kind: Literal["lm_quantization"] = doc("policy type", "lm_quantization")
+    weight_bits: int = doc("bits of the weights (2..8; 4 and 8 are the usual)", 8)
+    group_size: int | None = doc(
+        "input channels sharing one scale (e.g. 32, 128); null = one scale per output channel",
+        None,
+    )
+    activation_bits: int | None = doc(
+        "also fake-quantize each Linear layer's input per token (dynamic, asymmetric) to this "
+        "many bits (2..8); null = weights only",
+        None,
+    )
+    skip: tuple[str, ...] | None = doc(
+        "Linear layers kept in full precision: names or 're:regex'; null = the output head "
+        "(as GPTQ and AWQ keep it)",
+        None,
+    )
+    starting_epoch: int = doc("epoch at which fake quantization is inserted", 0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "policies[]")
+        _check_range("lm_quantization", self.starting_epoch, None)
+        require(
+            2 <= self.weight_bits <= 8,
+            f"lm_quantization policy: weight_bits must be in 2..8, got {self.weight_bits}",
+        )
+        require(
+            self.activation_bits is None or 2 <= self.activation_bits <= 8,
+            f"lm_quantization policy: activation_bits must be null or in 2..8, got "
+            f"{self.activation_bits}",
+        )
+        require(
+            self.group_size is None or self.group_size >= 1,
+            f"lm_quantization policy: group_size must be >= 1 or null, got {self.group_size}",
+        )
+
+    @property
+    def window(self) -> EpochWindow:
+        return EpochWindow(self.starting_epoch, None)
+
+    def describe(self) -> str:
+        """``w4g32``, ``w8``, ``w4a8``: the setting in one word (records, logs)."""
+        group = f"g{self.group_size}" if self.group_size else ""
+        act = f"a{self.activation_bits}" if self.activation_bits else ""
+        return f"w{self.weight_bits}{group}{act}"
+
+
 PolicyConfig = (
     DistillationPolicy
     | QuantizationPolicy
@@ -384,4 +525,7 @@ PolicyConfig = (
     | ChannelPruningPolicy
     | RegularizationPolicy
     | ThinningPolicy
+    | LanguageModelPruningPolicy
+    | LanguageModelQuantizationPolicy
 )
+LANGUAGE_MODEL_POLICIES = ("lm_pruning", "lm_quantization")

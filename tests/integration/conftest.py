@@ -1,6 +1,7 @@
 """Helpers for end-to-end runs on the bundled digits."""
 
 import pytest
+import torch
 
 from kdistill.config import RunConfig, apply_overrides
 from kdistill.experiment import run
@@ -39,3 +40,34 @@ def demo_run(tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         assert main(["demo", "--out", str(out), "-q"]) == 0
     return out, printed.getvalue()
+
+
+# language-model tests: their words, and a corpus of them (test_language_models, test_lm_compression)
+WORDS = [
+    "the",
+    "student",
+    "reads",
+    "what",
+    "the",
+    "teacher",
+    "writes",
+    "and",
+    "learns",
+    "the",
+    "next",
+    "byte",
+    "of",
+    "every",
+    "line",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """40 small documents."""
+    root = tmp_path_factory.mktemp("corpus")
+    g = torch.Generator().manual_seed(0)
+    for i in range(40):
+        words = [WORDS[int(j)] for j in torch.randint(0, len(WORDS), (120,), generator=g)]
+        (root / f"doc{i:02d}.txt").write_text(" ".join(words) + ".\n")
+    return root

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from kdistill.cli.commands import add_threads_flag, add_trust_code_flag, use_threads
+from kdistill.cli.commands import UserError, add_threads_flag, add_trust_code_flag, use_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fixed prompts",
     )
     p.add_argument(
+        "--block",
+        type=int,
+        help="language models: tokens per block (default: the recorded one; 256 for a "
+        "pretrained model, or its context if shorter)",
+    )
+    lm = p.add_argument_group(
+        "post-training quantization (language models: the checkpoint may also be smollm2, a "
+        ".gguf file or a Hugging Face directory)"
+    )
+    lm.add_argument(
+        "--weight-bits",
+        type=int,
+        help="round the weights of the Linear layers (the output head kept) to this many bits "
+        "(2..8), symmetric, as the lm_quantization policy does: the baseline of "
+        "quantization-aware distillation",
+    )
+    lm.add_argument(
+        "--group-size",
+        type=int,
+        help="with --weight-bits: input channels per scale (default: one scale per output channel)",
+    )
+    p.add_argument(
         "--arch",
         help="the architecture you expect the file to hold; an import path given here may be "
         "imported (it is yours), one named only by the file is refused",
@@ -53,11 +75,17 @@ def handle(args: argparse.Namespace) -> int:
     from kdistill.data import BatchLoader
     from kdistill.engine.evaluation import evaluate
     from kdistill.experiment import load_model, resolve_device
+    from kdistill.experiment.lm import pretrained_source
     from kdistill.experiment.loading import data_of_model
     from kdistill.trust import CodeTrust
 
+    pretrained = pretrained_source(str(args.checkpoint))
+    if args.group_size is not None and args.weight_bits is None:
+        raise UserError("--group-size sets the groups of --weight-bits: give --weight-bits too")
     if str(args.checkpoint).endswith(".onnx"):
         model, spec = _onnx_model(args.checkpoint)
+    elif pretrained is not None:
+        model, spec = _pretrained_model(pretrained, args)
     else:
         loaded = load_model(
             args.checkpoint, arch=args.arch, trust=CodeTrust(everything=args.trust_code)
@@ -70,6 +98,8 @@ def handle(args: argparse.Namespace) -> int:
         )
     if "tokenizer" in spec.extra:  # a language model
         return _evaluate_language_model(args, model, spec)
+    if args.weight_bits is not None or args.block is not None:
+        raise UserError("--weight-bits, --group-size and --block apply to language models")
     data = data_of_model(spec, dataset=args.dataset, data_root=args.data_root)
     split = {"test": data.test, "val": data.val, "train": data.train}[args.split]
     if split is None:
@@ -102,6 +132,53 @@ def handle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrained_model(source, args: argparse.Namespace):
+    """A pretrained causal LM (``smollm2``, a ``.gguf`` file, a Hugging Face directory) and
+    what its evaluation needs to know: its tokenizer, and pydocs unless told otherwise."""
+    from kdistill.data.tokenizers import HFTokenizer
+    from kdistill.models import ModelSpec
+    from kdistill.models.causal_lm import HF_CAUSAL_LM, load_causal_lm
+
+    tokenizer = HFTokenizer(source)
+    model = load_causal_lm(source)
+    block = args.block or min(256, model.context or 256)
+    spec = ModelSpec(
+        arch=HF_CAUSAL_LM,
+        args={},
+        num_classes=tokenizer.vocab_size,
+        input_shape=(block,),
+        dataset="pydocs",
+        extra={
+            "data": {"name": "pydocs", "files": [], "block": block},
+            "tokenizer": tokenizer.identity,
+            "tokenizer_source": str(source),
+        },
+    )
+    return model, spec
+
+
+def _post_training_quantization(args: argparse.Namespace, model, spec) -> str | None:
+    """``--weight-bits`` applied to ``model`` in place; the setting in one word, or ``None``."""
+    if args.weight_bits is None:
+        return None
+    if "lm_qat" in spec.extra:
+        raise UserError(
+            f"{args.checkpoint} was trained with its weights quantized already "
+            f"({spec.extra['lm_qat']}): evaluate it without --weight-bits"
+        )
+    from kdistill.compression.lm_schedule import fake_quantize
+    from kdistill.policies import LanguageModelQuantizationPolicy
+
+    try:
+        policy = LanguageModelQuantizationPolicy(
+            weight_bits=args.weight_bits, group_size=args.group_size
+        )
+        fake_quantize(model, policy)
+    except ValueError as e:
+        raise UserError(str(e).replace("lm_quantization policy: ", "")) from None
+    return policy.describe()
+
+
 def _evaluate_language_model(args: argparse.Namespace, model, spec) -> int:
     """Perplexity, bits per byte and top-1 of a language model on a split of the text it was
     trained on (rebuilt with the tokenizer its file records), and greedy continuations."""
@@ -120,8 +197,10 @@ def _evaluate_language_model(args: argparse.Namespace, model, spec) -> int:
     )
     name = args.dataset or recorded.get("name", "pydocs")
     files = [args.data_root] if args.data_root else list(recorded.get("files", []))
+    quantization = _post_training_quantization(args, model, spec)
+    block = args.block or int(recorded.get("block", 128))
     with tempfile.TemporaryDirectory() as cache:
-        data = build_text_data(name, files, tokenizer, int(recorded.get("block", 128)), cache)
+        data = build_text_data(name, files, tokenizer, block, cache)
     blocks = {"test": data.test, "val": data.val, "train": data.train}[args.split]
     device = resolve_device(args.device)
     model = model.to(device)
@@ -140,6 +219,7 @@ def _evaluate_language_model(args: argparse.Namespace, model, spec) -> int:
         "bits_per_byte": nats / (math.log(2) * max(1, blocks.label_bytes(token_bytes(tokenizer)))),
         "top1": metrics["top1"],
         "loss": metrics["loss"],
+        **({"quantization": quantization} if quantization else {}),
     }
     if args.generate:
         result["continuations"] = {

@@ -546,6 +546,9 @@ def structure_record(callbacks: Sequence[Callback]) -> dict[str, Any]:
     for cb in callbacks:
         if isinstance(cb, Quantization) and cb.prepared:
             record["qat"] = {k: getattr(cb.policy, k) for k in (*QUANT_SETTINGS, "overrides")}
+        structure = getattr(cb, "structure", None)  # the language-model callbacks say theirs
+        if callable(structure):
+            record.update(structure())
     return record
 
 
@@ -560,6 +563,9 @@ def compression_report(callbacks: Sequence[Callback], student: nn.Module) -> dic
     """What the compression policies did, for the run record (empty without policies)."""
     report: dict[str, Any] = {}
     for cb in callbacks:
+        describe = getattr(cb, "report", None)  # the language-model callbacks say theirs
+        if callable(describe):
+            report.update(describe(student))
         if isinstance(cb, ChannelPruning):
             report["channel_pruning"] = {
                 "ratio": cb.policy.ratio,

@@ -235,6 +235,22 @@ def activation_importance(model: nn.Module, batches: Batches) -> Importance:
     )
 
 
+def calibration_sample(
+    blocks: Any, tokens: int, batch_size: int = 8
+) -> list[tuple[Tensor, Tensor]]:
+    """The first batches of ``blocks`` (a split's packed blocks) shuffled with seed 0 that hold
+    at least ``tokens`` labelled tokens, on the CPU: the same sample in every process."""
+    from kdistill.data.text import TokenLoader
+
+    out, seen = [], 0
+    for batch in TokenLoader(blocks, batch_size, device="cpu", shuffle=True, seed=0):
+        out.append((batch.inputs, batch.targets))
+        seen += int((batch.targets != IGNORE_INDEX).sum())
+        if seen >= tokens:
+            break
+    return out
+
+
 def calibration_perplexity(model: nn.Module, batches: Batches) -> float:
     """The model's perplexity over the labelled tokens of ``batches`` (in eval mode)."""
     was_training = model.training

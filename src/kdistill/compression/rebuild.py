@@ -8,7 +8,8 @@ from typing import Any
 from torch import nn
 
 from kdistill.compression import pruning, quantization
-from kdistill.policies import QuantizationPolicy
+from kdistill.compression.lm_schedule import fake_quantize
+from kdistill.policies import LanguageModelQuantizationPolicy, QuantizationPolicy
 
 
 def apply_structure(
@@ -27,4 +28,13 @@ def apply_structure(
     if quantized and "qat" in extra:
         model = quantization.prepare_qat(model, QuantizationPolicy(**extra["qat"]), input_shape)
         quantization.freeze_observers(model)
+    if quantized and "lm_qat" in extra:  # a language model's fake-quantized Linear layers
+        setting = dict(extra["lm_qat"])
+        if isinstance(setting.get("skip"), list):
+            setting["skip"] = tuple(setting["skip"])
+        try:
+            policy = LanguageModelQuantizationPolicy(**setting)
+        except TypeError as e:
+            raise ValueError(f"the model file's lm_qat setting {setting} is not one: {e}") from None
+        fake_quantize(model, policy)
     return model

@@ -14,7 +14,9 @@ from typing import Any, Literal, get_args
 
 from kdistill.methods import METHODS, method_args, method_info
 from kdistill.policies import (
+    LANGUAGE_MODEL_POLICIES,
     ChannelPruningPolicy,
+    LanguageModelPruningPolicy,
     PolicyConfig,
     PruningPolicy,
     QuantizationPolicy,
@@ -862,6 +864,24 @@ class RunConfig:
             "distillation" not in kinds or self.kd is not None,
             "policies: a distillation policy needs the kd section (teacher, temperature, weights)",
         )
+        for kind in kinds:
+            for_text = kind in LANGUAGE_MODEL_POLICIES
+            _require(
+                for_text == self.data.is_text,
+                f"policies: {kind} is a policy of "
+                + ("language models (data.name: pydocs or text)" if for_text else "image models")
+                + ("; a language model takes "
+                   + " and ".join(LANGUAGE_MODEL_POLICIES) if self.data.is_text
+                   else "; an image model takes the others"),
+            )  # fmt: skip
+        pruning_lm, quantizing_lm = self.policy("lm_pruning"), self.policy("lm_quantization")
+        if isinstance(pruning_lm, LanguageModelPruningPolicy) and quantizing_lm is not None:
+            _require(
+                pruning_lm.last_step <= quantizing_lm.starting_epoch,
+                f"policies: lm_pruning's last step (epoch {pruning_lm.last_step}) must not come "
+                f"after lm_quantization starts (epoch {quantizing_lm.starting_epoch}): structure "
+                "first, then quantization",
+            )
         if "distillation" in kinds:
             _require(
                 self.kd is not None and self.kd.start_epoch == 0,

@@ -330,7 +330,11 @@ class RunParts:
     def student_spec(self, student: nn.Module) -> ModelSpec:
         """The spec of the student as it is now: compression may have changed its structure."""
         del student  # the structure is what the compression callbacks did to it
-        return replace(self.spec, extra={**self.spec.extra, **structure_record(self.compression)})
+        structure = structure_record(self.compression)
+        # a pruned Hugging Face student is its new config: its architecture's own argument
+        config = structure.pop("hf_config", None)
+        args = self.spec.args if config is None else {**self.spec.args, "config": config}
+        return replace(self.spec, args=args, extra={**self.spec.extra, **structure})
 
 
 def build_run(
@@ -409,9 +413,7 @@ def assemble(
             cfg, trust=trust, log=log, device=device, dist_ctx=dist_ctx,
             resume_from=resume_from, teacher_precision=teacher_precision,
         )  # fmt: skip
-        return RunParts(
-            cfg=cfg, device=device, teacher_check=None, cache=None, compression=[], **lm
-        )
+        return RunParts(cfg=cfg, device=device, teacher_check=None, cache=None, **lm)
     data = build_data(cfg.data)
     log(data.describe_pipeline())
     student, spec = build_student(cfg, data, trust, resume_from)

@@ -359,11 +359,6 @@ def assemble_lm(
     teacher_precision: str | None,
 ) -> dict[str, Any]:
     """The parts of a language-model run (the fields of :class:`RunParts`)."""
-    if cfg.policies:
-        raise ValueError(
-            "compression policies (pruning, quantization) of language models are not available "
-            "yet: remove policies from this config"
-        )
     rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
     data = text_data(cfg, log)
     # a student grown from its teacher is built when the teacher is loaded (float32, before
@@ -387,6 +382,7 @@ def assemble_lm(
     objective.to(device)  # type: ignore[attr-defined]
     train_loader, eval_loaders = lm_loaders(cfg, data, device, rank, world)
     loop = build_loop(cfg, device, data.num_classes, len(train_loader), world)
+    compression = lm_compression(cfg, data, student, log, check=resume_from is None)
     if world > 1 and dist_ctx is not None:
         log(
             f"data-parallel training on {world} processes ({dist_ctx.backend}); "
@@ -395,7 +391,28 @@ def assemble_lm(
     return {
         "data": data, "spec": spec, "objective": objective, "teacher": teacher,
         "train_loader": train_loader, "eval_loaders": eval_loaders, "loop": loop,
+        "compression": compression,
     }  # fmt: skip
+
+
+def lm_compression(
+    cfg: RunConfig, data: TextData, student: nn.Module, log: Log, *, check: bool
+) -> list[Any]:
+    """The callbacks of the run's language-model policies, checked against the student before
+    anything is trained (``check``; not when resuming: the student may be pruned already). Pruning measures its calibration tokens on the training split: the
+    first ``calibration_tokens`` of it shuffled with seed 0, the same in every process."""
+    from kdistill.compression.lm_importance import calibration_sample
+    from kdistill.compression.lm_schedule import build_lm_callbacks
+
+    tokens = max((getattr(p, "calibration_tokens", 0) for p in cfg.policies), default=0)
+    callbacks = build_lm_callbacks(
+        cfg.policies,
+        calibration=lambda: calibration_sample(data.train, tokens, cfg.data.batch_size),
+        log=log,
+    )
+    for callback in callbacks if check else []:
+        callback.check(student)  # type: ignore[attr-defined]
+    return callbacks
 
 
 def prepare_token_cache(

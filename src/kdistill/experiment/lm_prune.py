@@ -18,6 +18,7 @@ from kdistill.compression.lm_importance import (
     Importance,
     activation_importance,
     calibration_perplexity,
+    calibration_sample,
     llama_shape,
 )
 from kdistill.compression.lm_pruning import (
@@ -27,7 +28,7 @@ from kdistill.compression.lm_pruning import (
     save_pruned,
     sizes_for_parameters,
 )
-from kdistill.data.text import TokenLoader, build_text_data
+from kdistill.data.text import build_text_data
 from kdistill.data.tokenizers import HFTokenizer
 from kdistill.experiment.lm import pretrained_source
 from kdistill.models.causal_lm import load_causal_lm
@@ -44,13 +45,7 @@ def calibration_batches(
     batches of 8 blocks."""
     with tempfile.TemporaryDirectory() as cache:
         text = build_text_data(data, files, tokenizer, block, cache)
-    out, seen = [], 0
-    for batch in TokenLoader(text.train, 8, device="cpu", shuffle=True, seed=0):
-        out.append((batch.inputs, batch.targets))
-        seen += int((batch.targets != IGNORE_INDEX).sum())
-        if seen >= tokens:
-            break
-    return out
+    return calibration_sample(text.train, tokens)
 
 
 def prune_language_model(

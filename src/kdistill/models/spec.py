@@ -103,7 +103,9 @@ class ModelSpec:
     @property
     def compressed(self) -> bool:
         """Whether compression changed the structure (pruned channels, fake quantization)."""
-        return bool(self.extra.get("layer_shapes") or self.extra.get("qat"))
+        return bool(
+            self.extra.get("layer_shapes") or self.extra.get("qat") or self.extra.get("lm_qat")
+        )
 
 
 def _check_spec_fields(data: Mapping[str, Any], where: str) -> None:
