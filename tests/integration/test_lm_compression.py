@@ -83,6 +83,12 @@ def test_pruning_as_a_step_of_the_run_resumes_across_the_removal(tmp_path, corpu
     assert report["non_embedding_params_after"] <= 0.6 * report["non_embedding_params_before"]
     assert report["shape_before"]["layers"] == 3 and report["shape_after"]["layers"] == 2
     assert math.isfinite(report["history"][0]["calibration_perplexity_after"])
+    assert [row["layer"] for row in report["history"][0]["layers"]] == [0, 1, 2]
+    # kdistill report shows the steps, the layer table and its figure
+    assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "## Pruning: " in page and "## Layer importance before pruning: " in page
+    assert "### Layer importance before pruning" in page
     # the model file rebuilds the pruned architecture, and kdistill eval agrees with the record
     model = load_model(whole.run_dir).model
     assert sum(p.numel() for p in model.parameters()) == whole.record.params

@@ -115,6 +115,8 @@ class LanguageModelPruning(Callback):
                 "non_embedding_params": after.non_embedding_params(),
                 "calibration_perplexity_before": importance.perplexity,
                 "calibration_perplexity_after": calibration_perplexity(pruned, batches),
+                "calibration_tokens": importance.tokens,
+                "layers": importance.layer_table(),  # what `kdistill report` shows
             }
         )
         self.config = config_record(pruned)

@@ -119,6 +119,52 @@ def language_model_table(groups: Sequence[Group]) -> tuple[list[str], list[list[
     return header, rows
 
 
+def pruning_tables(groups: Sequence[Group]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """For each language-model group whose student an ``lm_pruning`` policy pruned (its first
+    seed's record): the steps, and the per-layer importance measured before the first."""
+    out = []
+    for g in groups:
+        pruning = (g.first.get("compression") or {}).get("lm_pruning")
+        if not pruning or not pruning.get("history"):
+            continue
+        steps = [
+            [
+                str(h["epoch"]),
+                f"{h['params']:,}",
+                f"{h['non_embedding_params']:,}",
+                f"{h['shape']['layers']} / {h['shape']['hidden']} / {h['shape']['heads']} / "
+                f"{h['shape']['intermediate']}",
+                f"{h['calibration_perplexity_before']:.2f} -> {h['calibration_perplexity_after']:.2f}",
+            ]
+            for h in pruning["history"]
+        ]
+        before = pruning["shape_before"]
+        steps.insert(0, ["before", f"{pruning['params_before']:,}",
+                         f"{pruning['non_embedding_params_before']:,}",
+                         f"{before['layers']} / {before['hidden']} / {before['heads']} / "
+                         f"{before['intermediate']}", "-"])  # fmt: skip
+        header = ["epoch", "params", "non-embedding", "layers / hidden / heads / MLP",
+                  "calibration perplexity (cut)"]  # fmt: skip
+        out.append((f"Pruning: {g.label}", header, steps))
+        layers = pruning["history"][0].get("layers") or []
+        if layers:
+            out.append(
+                (
+                    f"Layer importance before pruning: {g.label}",
+                    ["layer", "perplexity if skipped", "1 - cos(in, out)"],
+                    [
+                        [
+                            str(r["layer"]),
+                            f"{r['skipped_perplexity']:.2f}",
+                            f"{r['cosine_distance']:.4f}",
+                        ]
+                        for r in layers
+                    ],
+                )
+            )
+    return out
+
+
 def continuations(groups: Sequence[Group]) -> dict[str, list[tuple[str, str]]]:
     """Per prompt, the greedy continuations the language-model runs recorded: a pretrained
     teacher's first (from the first distilled record holding one, where no teacher run is among
@@ -252,6 +298,23 @@ def language_model_figures(
             "distilled students; lines are means over seeds, bands the range.",
         )
     ]
+    for i, g in enumerate(groups):
+        history = ((g.first.get("compression") or {}).get("lm_pruning") or {}).get("history")
+        if history and history[0].get("layers"):
+            first = history[0]
+            out.append(
+                Figure(
+                    f"Layer importance before pruning: {g.label}",
+                    figures.layer_importance(
+                        first["layers"],
+                        first["calibration_perplexity_before"],
+                        fig_dir / f"layer_importance{tag}_{i}.png",
+                    ),
+                    f"Measured on {first['calibration_tokens']:,} calibration tokens of the "
+                    "training split before the first pruning step: the perplexity with each "
+                    "layer skipped, and the cosine distance between its input and output.",
+                )
+            )
     distilled = [g for g in groups if g.role == "distilled"]
     if distilled:
         out.append(
@@ -376,6 +439,9 @@ def write_report(
         md += [f"## {heading}", "", _md_table(header, rows), "", note, ""]
         body += [f"<h2>{html.escape(heading)}</h2>", _html_table(header, rows)]
         body.append(f"<p>{html.escape(note)}</p>")
+        for title_p, header_p, rows_p in pruning_tables(groups):
+            md += [f"## {title_p}", "", _md_table(header_p, rows_p), ""]
+            body += [f"<h2>{html.escape(title_p)}</h2>", _html_table(header_p, rows_p)]
         said = continuations(groups)
         if said:
             title_c = "Greedy continuations" + (f": {dataset}" if len(datasets) > 1 else "")
