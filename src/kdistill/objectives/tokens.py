@@ -358,7 +358,9 @@ def output_head(model: nn.Module) -> nn.Linear | None:
     while isinstance(getattr(inner, "module", None), nn.Module):  # a data-parallel wrapper
         inner = inner.module
     head = getattr(inner, "head", None)
-    if not getattr(inner, "gives_last_hidden", False) or not isinstance(head, nn.Linear):
+    # exactly a Linear: a subclass may compute with other weights than .weight (torchao's
+    # fake-quantized Linear rounds them in its forward), which a chunked loss would bypass
+    if not getattr(inner, "gives_last_hidden", False) or type(head) is not nn.Linear:
         return None
     return head if head.bias is None else None
 

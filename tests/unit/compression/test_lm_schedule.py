@@ -69,6 +69,17 @@ def test_skip_chooses_the_full_precision_layers_and_names_a_miss():
         fake_quantize(TinyLM(), Policy(group_size=5))
 
 
+def test_a_quantized_head_is_not_used_chunk_by_chunk():
+    """A chunked loss reads the head's .weight directly; a fake-quantized head rounds it in its
+    forward pass, so such a student's logits come from its forward pass instead."""
+    from kdistill.objectives.tokens import output_head
+
+    model = TinyLM()
+    assert output_head(model) is model.head
+    fake_quantize(model, Policy(skip=()))
+    assert output_head(model) is None
+
+
 def test_packed_bytes_count_bits_and_scales():
     model = TinyLM()
     names = fake_quantize(model, Policy(weight_bits=4, group_size=8))
