@@ -27,6 +27,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
         "language models: Hugging Face causal LMs and tokenizers, GGUF files (SmolLM2)",
         ("transformers", "gguf", "accelerate"),
     ),
+    "lora": ("low-rank adapters on language-model students (model.lora)", ("peft",)),
 }
 
 

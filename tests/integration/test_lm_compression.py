@@ -169,3 +169,55 @@ def test_quantization_aware_distillation_beats_the_post_training_baseline(
                  "--block", "16", "--json"]) == 0  # fmt: skip
     full = json.loads(capsys.readouterr().out)["perplexity"]
     assert ptq["perplexity"] > full and qad < ptq["perplexity"]
+
+
+def test_a_student_with_low_rank_adapters_trains_resumes_and_merges(
+    tmp_path, corpus, llama, capsys
+):
+    """model.lora: only the adapters train (the base weights stay the pretrained ones), the
+    run resumes to the same weights, and kdistill merge writes a plain Hugging Face model that
+    computes what the adapted student did."""
+    pytest.importorskip("peft")
+    settings = self_distillation(llama, "model.lora={rank: 4, alpha: 8}", "optim.lr=0.01",
+                                 "train.epochs=3")  # fmt: skip
+    whole = run(lm_config(tmp_path / "a", corpus, *settings), **QUIET)
+    lora = whole.record.compression["lora"]
+    assert lora["rank"] == 4 and lora["layers"] == 3 * 7
+    # A (rank x in) and B (out x rank) of every adapted layer; nothing else trains
+    assert 0 < lora["trainable_params"] < lora["params"] / 5
+    model = load_model(whole.run_dir).model
+    original = transformers.LlamaForCausalLM.from_pretrained(llama).state_dict()
+    q = "model.layers.0.self_attn.q_proj"
+    assert torch.equal(model.model.state_dict()[f"{q}.base_layer.weight"], original[f"{q}.weight"])
+    assert model.model.state_dict()[f"{q}.lora_B.default.weight"].abs().sum() > 0
+    split = lm_config(tmp_path / "b", corpus, *settings)
+    with pytest.raises(KeyboardInterrupt):
+        run(split, callbacks=[StopAt(2)], **QUIET)
+    resumed = run(split, resume=True, **QUIET)
+    b = load_model(resumed.run_dir).model
+    for (name, x), (_, y) in zip(model.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    # merged into a plain model of the same family, which evaluates to the same perplexity
+    merged = tmp_path / "merged"
+    capsys.readouterr()
+    assert main(["merge", str(whole.run_dir), "--out", str(merged)]) == 0
+    assert "21 adapters merged" in capsys.readouterr().out
+    assert main(["eval", str(merged), "--data-root", str(corpus), "--dataset", "text",
+                 "--block", "16", "--json"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert out["perplexity"] == pytest.approx(whole.record.test_perplexity, rel=1e-4)
+    assert main(["merge", str(whole.run_dir), "--out", str(merged)]) == 2  # never overwritten
+    assert main(["merge", str(llama_run(tmp_path, corpus, llama)), "--out",
+                 str(tmp_path / "m2")]) == 2  # fmt: skip
+    assert "has no low-rank adapters" in capsys.readouterr().err
+    bad = self_distillation(llama, "model.lora={targets: [nothing]}")
+    with pytest.raises(ValueError, match="model.lora.targets: 'nothing' matches no Linear"):
+        run(lm_config(tmp_path / "bad", corpus, *bad), **QUIET)
+    with pytest.raises(ValueError, match="model.lora with compression policies"):
+        lm_config(tmp_path, corpus, *self_distillation(llama, "model.lora={rank: 2}", PRUNE))
+
+
+def llama_run(tmp_path, corpus, llama):
+    """A run of the pretrained student without adapters (one epoch)."""
+    settings = self_distillation(llama, "train.epochs=1")
+    return run(lm_config(tmp_path / "plain", corpus, *settings), **QUIET).run_dir

@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate,
         export,
         info,
+        merge,
         methods,
         prune,
         report,
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         methods.register_layers,
         cache.register,
         prune.register,
+        merge.register,
         sweep.register,
         report.register,
     ):

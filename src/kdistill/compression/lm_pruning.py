@@ -288,20 +288,21 @@ def prune_llama(model: nn.Module, plan: PrunePlan) -> nn.Module:
     return pruned.eval()
 
 
-def save_pruned(
+def save_hf_directory(
     model: nn.Module,
     tokenizer: Any,
     directory: str | Path,
     *,
     write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write the pruned model (safetensors and config) and its tokenizer as a Hugging Face
-    directory that ``hf:<directory>`` loads; written beside it first and renamed into place,
-    so that an interrupted save leaves no half-written model. An existing directory is not
-    overwritten. ``write_extra(directory)`` adds files before the rename."""
+    """Write a Hugging Face causal LM (a pruned or merged one: safetensors and config) and its
+    tokenizer as a directory that ``model.checkpoint`` and ``kdistill eval`` load; written beside
+    it first and renamed into place, so that an interrupted save leaves no half-written model.
+    An existing directory is not overwritten. ``write_extra(directory)`` adds files before the
+    rename."""
     out = Path(directory)
     if out.exists():
-        raise FileExistsError(f"{out} exists: choose a new directory for the pruned model")
+        raise FileExistsError(f"{out} exists: choose a new directory")
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)

@@ -9,6 +9,7 @@ from torch import nn
 
 from kdistill.compression import pruning, quantization
 from kdistill.compression.lm_schedule import fake_quantize
+from kdistill.compression.lora import add_adapters
 from kdistill.policies import LanguageModelQuantizationPolicy, QuantizationPolicy
 
 
@@ -25,6 +26,8 @@ def apply_structure(
     for inference (training continues through the quantization policy instead)."""
     if "layer_shapes" in extra:
         pruning.apply_layer_shapes(model, extra["layer_shapes"])
+    if "lora" in extra:  # low-rank adapters: their weights are in the file too
+        add_adapters(model, extra["lora"])
     if quantized and "qat" in extra:
         model = quantization.prepare_qat(model, QuantizationPolicy(**extra["qat"]), input_shape)
         quantization.freeze_observers(model)

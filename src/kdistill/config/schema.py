@@ -239,6 +239,35 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (LoRA, Hu et al. 2021, through ``peft``): the student's chosen Linear
+    layers learn ``W + (alpha / rank) B A`` with ``A`` and ``B`` of rank ``rank``; everything
+    else is frozen."""
+
+    rank: int = doc("rank of each adapter", 8)
+    alpha: float = doc("scale numerator: the update is (alpha / rank) B A", 16.0)
+    dropout: float = doc("dropout on the adapters' inputs", 0.0)
+    targets: tuple[str, ...] | None = doc(
+        "Linear layers that get adapters: names or 're:regex'; null = every Linear layer but "
+        "the output head",
+        None,
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.lora")
+        _require(self.rank >= 1, f"model.lora.rank must be >= 1, got {self.rank}")
+        _require(self.alpha > 0, f"model.lora.alpha must be > 0, got {self.alpha}")
+        _require(
+            0.0 <= self.dropout < 1.0, f"model.lora.dropout must be in [0, 1), got {self.dropout}"
+        )
+        _require(
+            self.targets is None or len(self.targets) >= 1,
+            "model.lora.targets must name at least one layer, or be null (every Linear layer "
+            "but the output head)",
+        )
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A network: registry name (or ``package.module:builder``), its arguments, its weights."""
 
@@ -282,6 +311,11 @@ class ModelConfig:
         "with init_from_teacher: which of the teacher's layers the student starts from, in "
         "order (e.g. [0, 29]: its first and last, the two kdistill prune finds most important "
         "in SmolLM2); their number is the student's depth. null = evenly spaced",
+        None,
+    )
+    lora: LoraConfig | None = doc(
+        "a language-model student trains low-rank adapters on its Linear layers instead of "
+        "all its weights (pip install 'kdistill[lora]'); null = every weight trains",
         None,
     )
 
@@ -814,7 +848,24 @@ class RunConfig:
             "model.teacher_layers chooses the teacher's layers a student starts from: it needs "
             "model.init_from_teacher: true",
         )
+        if self.model.lora is not None:
+            _require(
+                self.data.is_text,
+                "model.lora trains low-rank adapters of a language-model student: it needs a "
+                "text dataset (data.name: pydocs or text)",
+            )
+            _require(
+                not self.policies,
+                "model.lora with compression policies ("
+                + ", ".join(p.kind for p in self.policies)
+                + "): adapters over pruned or fake-quantized layers are not supported; remove "
+                "one of them",
+            )
         if self.kd is not None:
+            _require(
+                not any(t.lora is not None for t in self.kd.teachers),
+                "kd.teachers[].lora: only the student (model) trains adapters",
+            )
             _require(
                 not any(t.init_from_teacher or t.teacher_layers for t in self.kd.teachers),
                 "kd.teachers[].init_from_teacher / teacher_layers: only the student (model) "

@@ -378,11 +378,12 @@ def assemble_lm(
             cfg, data, log, trust, device, teacher_precision, on_loaded=on_loaded
         )
     student, spec = grown[0]
+    adapters = lm_adapters(cfg, student, log, resumed=resume_from is not None)
     objective = build_lm_objective(cfg, student, teacher)
     objective.to(device)  # type: ignore[attr-defined]
     train_loader, eval_loaders = lm_loaders(cfg, data, device, rank, world)
     loop = build_loop(cfg, device, data.num_classes, len(train_loader), world)
-    compression = lm_compression(cfg, data, student, log, check=resume_from is None)
+    compression = adapters + lm_compression(cfg, data, student, log, check=resume_from is None)
     if world > 1 and dist_ctx is not None:
         log(
             f"data-parallel training on {world} processes ({dist_ctx.backend}); "
@@ -393,6 +394,29 @@ def assemble_lm(
         "train_loader": train_loader, "eval_loaders": eval_loaders, "loop": loop,
         "compression": compression,
     }  # fmt: skip
+
+
+def lm_adapters(cfg: RunConfig, student: nn.Module, log: Log, *, resumed: bool) -> list[Any]:
+    """``model.lora``: adapters added to the student (resuming, the checkpoint's model file
+    added them already), as the callback that records them."""
+    if cfg.model.lora is None:
+        return []
+    from dataclasses import asdict
+
+    from kdistill.compression.lora import Adapters, adapter_layers, add_adapters
+
+    settings = asdict(cfg.model.lora)
+    if resumed:
+        layers = [name for name, _ in adapter_layers(student)]
+    else:
+        layers = add_adapters(student, settings)
+    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in student.parameters())
+    log(
+        f"low-rank adapters (rank {cfg.model.lora.rank}) on {len(layers)} Linear layers: "
+        f"{trainable:,} of {total:,} parameters train"
+    )
+    return [Adapters(settings, layers)]
 
 
 def lm_compression(

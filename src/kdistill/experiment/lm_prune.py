@@ -25,7 +25,7 @@ from kdistill.compression.lm_pruning import (
     PruneSizes,
     plan_pruning,
     prune_llama,
-    save_pruned,
+    save_hf_directory,
     sizes_for_parameters,
 )
 from kdistill.data.text import build_text_data
@@ -134,7 +134,7 @@ def prune_language_model(
         write_measurement(directory)
         (directory / PRUNING_FILE).write_text(json.dumps(summary, indent=2))
 
-    save_pruned(pruned, tokenizer, out, write_extra=write_all)
+    save_hf_directory(pruned, tokenizer, out, write_extra=write_all)
     log(
         f"pruned: {shape.params():,} -> {after.params():,} parameters (non-embedding "
         f"{shape.non_embedding_params():,} -> {after.non_embedding_params():,}); layers "

@@ -73,6 +73,8 @@ _ADDED_SETTINGS = {
     "kd.token_loss": "forward_kl",
     "kd.jsd_beta": 0.5,
     "kd.skew": 0.1,
+    "model.lora": None,
+    "kd.teachers[].lora": None,
 }
 
 

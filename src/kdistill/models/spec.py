@@ -104,7 +104,10 @@ class ModelSpec:
     def compressed(self) -> bool:
         """Whether compression changed the structure (pruned channels, fake quantization)."""
         return bool(
-            self.extra.get("layer_shapes") or self.extra.get("qat") or self.extra.get("lm_qat")
+            self.extra.get("layer_shapes")
+            or self.extra.get("qat")
+            or self.extra.get("lm_qat")
+            or self.extra.get("lora")
         )
 
 

@@ -13,7 +13,7 @@ from kdistill.compression.lm_pruning import (
     PruneSizes,
     plan_pruning,
     prune_llama,
-    save_pruned,
+    save_hf_directory,
     sizes_for_parameters,
 )
 from kdistill.models.causal_lm import load_causal_lm
@@ -139,11 +139,11 @@ def test_the_pruned_model_computes_what_the_masked_one_did(sizes, tmp_path):
     # the original is untouched
     torch.testing.assert_close(logits(model, ids), logits(tiny_llama(), ids))
     # saved as a Hugging Face directory, it loads as any hf: model does
-    saved = save_pruned(pruned, None, tmp_path / "pruned")
+    saved = save_hf_directory(pruned, None, tmp_path / "pruned")
     reloaded = load_causal_lm(saved)
     torch.testing.assert_close(reloaded(ids), reference, rtol=1e-4, atol=1e-4)
     with pytest.raises(FileExistsError, match="exists"):
-        save_pruned(pruned, None, saved)
+        save_hf_directory(pruned, None, saved)
 
 
 def test_the_most_important_parts_are_kept():

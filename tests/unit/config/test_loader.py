@@ -154,7 +154,8 @@ def test_to_dict_is_plain_data():
     data = to_dict(apply_overrides(RunConfig(), ["kd.teachers.0.checkpoint=x"]))
     assert data["kd"]["teachers"] == [
         {"arch": None, "args": {}, "checkpoint": "x", "input_mean": None, "input_std": None,
-         "input_size": None, "init_from_teacher": False, "teacher_layers": None}
+         "input_size": None, "init_from_teacher": False, "teacher_layers": None,
+         "lora": None}
     ]  # fmt: skip
     assert isinstance(data["optim"]["betas"], list)
 
