@@ -180,7 +180,10 @@ def test_a_student_with_low_rank_adapters_trains_resumes_and_merges(
     pytest.importorskip("peft")
     settings = self_distillation(llama, "model.lora={rank: 4, alpha: 8}", "optim.lr=0.01",
                                  "train.epochs=3")  # fmt: skip
-    whole = run(lm_config(tmp_path / "a", corpus, *settings), **QUIET)
+    said = []
+    whole = run(lm_config(tmp_path / "a", corpus, *settings), progress=False, log=said.append)
+    # the teacher is the student's own base (the same checkpoint), adapters off: one copy
+    assert any("adapters off (one copy in memory)" in line for line in said)
     lora = whole.record.compression["lora"]
     assert lora["rank"] == 4 and lora["layers"] == 3 * 7
     # A (rank x in) and B (out x rank) of every adapted layer; nothing else trains
@@ -207,9 +210,13 @@ def test_a_student_with_low_rank_adapters_trains_resumes_and_merges(
     out = json.loads(capsys.readouterr().out)
     assert out["perplexity"] == pytest.approx(whole.record.test_perplexity, rel=1e-4)
     assert main(["merge", str(whole.run_dir), "--out", str(merged)]) == 2  # never overwritten
-    assert main(["merge", str(llama_run(tmp_path, corpus, llama)), "--out",
-                 str(tmp_path / "m2")]) == 2  # fmt: skip
+    plain = llama_run(tmp_path, corpus, llama)
+    assert main(["merge", str(plain.run_dir), "--out", str(tmp_path / "m2")]) == 2
     assert "has no low-rank adapters" in capsys.readouterr().err
+    # the shared base teaches what the separately loaded teacher does
+    assert whole.record.teacher_test_perplexity == pytest.approx(
+        plain.record.teacher_test_perplexity, rel=1e-6
+    )
     bad = self_distillation(llama, "model.lora={targets: [nothing]}")
     with pytest.raises(ValueError, match="model.lora.targets: 'nothing' matches no Linear"):
         run(lm_config(tmp_path / "bad", corpus, *bad), **QUIET)
@@ -220,4 +227,18 @@ def test_a_student_with_low_rank_adapters_trains_resumes_and_merges(
 def llama_run(tmp_path, corpus, llama):
     """A run of the pretrained student without adapters (one epoch)."""
     settings = self_distillation(llama, "train.epochs=1")
-    return run(lm_config(tmp_path / "plain", corpus, *settings), **QUIET).run_dir
+    return run(lm_config(tmp_path / "plain", corpus, *settings), **QUIET)
+
+
+def test_the_adapted_students_base_reads_the_cache_its_model_built(tmp_path, corpus, llama):
+    """The base under the adapters is the same teacher as the model loaded alone: a teacher
+    cache built by one serves the other (same fingerprint)."""
+    pytest.importorskip("peft")
+    cached = self_distillation(llama, "kd.teacher_cache.enabled=true", "kd.teacher_cache.topk=4",
+                               "train.epochs=1")  # fmt: skip
+    run(lm_config(tmp_path, corpus, *cached), **QUIET)
+    said = []
+    run(lm_config(tmp_path, corpus, *cached, "model.lora={rank: 2}"), progress=False,
+        log=said.append)  # fmt: skip
+    assert any("adapters off" in line for line in said)
+    assert any(line.startswith("teacher cache: reading") for line in said)

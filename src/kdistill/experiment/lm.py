@@ -245,6 +245,46 @@ def load_lm_teacher(
     return LoadedTeacher(model, spec, t.checkpoint, identity)
 
 
+def adapted_base_is_teacher(cfg: RunConfig) -> bool:
+    """Whether the student trains adapters over the very model that teaches it."""
+    if cfg.model.lora is None or cfg.kd is None or cfg.model.checkpoint is None:
+        return False
+    mine, theirs = cfg.model.checkpoint, cfg.kd.teachers[0].checkpoint
+    if theirs is None:
+        return False
+    a, b = pretrained_source(mine), pretrained_source(theirs)
+    same = a is not None and b is not None and a.resolve() == b.resolve()
+    return same or Path(mine).resolve() == Path(theirs).resolve()
+
+
+def base_as_teacher(cfg: RunConfig, student: nn.Module, log: Log) -> LoadedTeacher:
+    """The student's base model as its teacher (adapters off), identified by the file both
+    come from."""
+    from kdistill.teachers.adapters_off import AdaptersOff
+
+    kd = cfg.kd
+    assert kd is not None and cfg.model.checkpoint is not None
+    reference = kd.teachers[0].checkpoint
+    assert reference is not None
+    weights = teacher_weights_file(reference)
+    source = pretrained_source(reference)
+    arch = (
+        (f"hf:{source}" if source.is_dir() else f"gguf:{source.name}")
+        if source is not None
+        else str(getattr(student, "arch", "kdistill"))
+    )
+    model = AdaptersOff(student)
+    spec = ModelSpec(arch, {}, int(model.vocab_size or 0), (cfg.data.block,), dataset=None)  # type: ignore[arg-type]
+    identity = TeacherIdentity(
+        reference=reference, file=str(weights.resolve()), sha256=sha256_file(weights), arch=arch
+    )
+    log(
+        f"kd.teachers[0]: {identity.describe()}: the student's own base model with its "
+        "adapters off (one copy in memory)"
+    )
+    return LoadedTeacher(model, spec, reference, identity)
+
+
 def teacher_weights_file(reference: str) -> Path:
     """The file whose sha256 identifies a language-model teacher: a GGUF file, a Hugging Face
     directory's weights, or a kdistill model file."""
@@ -272,9 +312,12 @@ def build_lm_teacher(
     device: torch.device,
     recorded_precision: str | None,
     on_loaded: Callable[[nn.Module], None] | None = None,
+    student: nn.Module | None = None,
 ) -> TeacherSetup:
     """The frozen teacher language model, in ``kd.teacher_precision``; ``on_loaded`` sees it
-    first, as loaded (float32, on the CPU)."""
+    first, as loaded (float32, on the CPU). A student with adapters whose base is the teacher
+    (the same ``model.checkpoint``) is its own teacher with the adapters off: not loaded
+    twice."""
     kd = cfg.kd
     assert kd is not None
     if len(kd.teachers) != 1 or kd.teacher_weight > 0:
@@ -282,7 +325,10 @@ def build_lm_teacher(
             "a language model distils from one frozen teacher (ensembles and joint training are "
             "image-only for now)"
         )
-    loaded = load_lm_teacher(kd.teachers[0], "kd.teachers[0]", data, trust, log)
+    if student is not None and adapted_base_is_teacher(cfg):
+        loaded = base_as_teacher(cfg, student, log)
+    else:
+        loaded = load_lm_teacher(kd.teachers[0], "kd.teachers[0]", data, trust, log)
     if on_loaded is not None:
         on_loaded(loaded.model)
     member = FrozenTeacher(loaded.model)
@@ -364,21 +410,25 @@ def assemble_lm(
     # a student grown from its teacher is built when the teacher is loaded (float32, before
     # its precision is set); any other is built first
     grown: list[tuple[nn.Module, ModelSpec]] = []
+    adapters: list[Any] = []  # model.lora: added when the student is built
     from_teacher = cfg.model.init_from_teacher and resume_from is None
+    resumed = resume_from is not None
     if not from_teacher:
         grown.append(build_lm_student(cfg, data, trust, resume_from))
+        adapters = lm_adapters(cfg, grown[0][0], log, resumed=resumed)
 
     def grow(model: nn.Module) -> None:
         grown.append(student_from_teacher(cfg, data, model, log))
+        adapters.extend(lm_adapters(cfg, grown[0][0], log, resumed=resumed))
 
     teacher = None
     if cfg.kd is not None:
         on_loaded = grow if from_teacher else None
         teacher = build_lm_teacher(
-            cfg, data, log, trust, device, teacher_precision, on_loaded=on_loaded
-        )
+            cfg, data, log, trust, device, teacher_precision, on_loaded=on_loaded,
+            student=None if from_teacher else grown[0][0],
+        )  # fmt: skip
     student, spec = grown[0]
-    adapters = lm_adapters(cfg, student, log, resumed=resume_from is not None)
     objective = build_lm_objective(cfg, student, teacher)
     objective.to(device)  # type: ignore[attr-defined]
     train_loader, eval_loaders = lm_loaders(cfg, data, device, rank, world)
