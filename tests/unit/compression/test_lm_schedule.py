@@ -96,3 +96,17 @@ def test_policy_values_are_checked():
         Policy(activation_bits=16)
     assert Policy(weight_bits=4, group_size=32).describe() == "w4g32"
     assert Policy(activation_bits=8).describe() == "w8a8"
+
+
+def test_activations_are_rounded_per_token_when_asked():
+    torch.manual_seed(0)
+    weights_only, both = TinyLM(), TinyLM()
+    both.load_state_dict(weights_only.state_dict())
+    fake_quantize(weights_only, Policy(weight_bits=8))
+    fake_quantize(both, Policy(weight_bits=8, activation_bits=4))
+    x = torch.randn(5, 32)
+    assert both.up.activation_fake_quantizer is not None
+    assert weights_only.up.activation_fake_quantizer is None
+    # 4-bit inputs: each token's row of the first layer's input takes at most 16 values
+    assert both.up.activation_fake_quantizer(x)[0].unique().numel() <= 16
+    assert not torch.allclose(both(x), weights_only(x))
