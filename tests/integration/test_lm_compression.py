@@ -70,6 +70,19 @@ def self_distillation(llama, *extra):
     ]  # fmt: skip
 
 
+def interrupted_and_resumed(cfg, whole_model):
+    """``cfg`` run, interrupted at the start of epoch 2 and resumed: its final weights are the
+    uninterrupted run's (``whole_model``). Returns the resumed run."""
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, callbacks=[StopAt(2)], **QUIET)
+    resumed = run(cfg, resume=True, **QUIET)
+    b = load_model(resumed.run_dir).model
+    pairs = zip(whole_model.state_dict().items(), b.state_dict().items(), strict=True)
+    for (name, x), (_, y) in pairs:
+        assert torch.equal(x, y), name
+    return resumed
+
+
 PRUNE = ("policies=[{kind: lm_pruning, params: 0.5, axis: both, calibration_tokens: 200, "
          "starting_epoch: 1}]")  # fmt: skip
 
@@ -98,13 +111,7 @@ def test_pruning_as_a_step_of_the_run_resumes_across_the_removal(tmp_path, corpu
     out = json.loads(capsys.readouterr().out)
     assert out["perplexity"] == pytest.approx(whole.record.test_perplexity, rel=1e-5)
     # interrupted after the removal (its checkpoint holds the smaller model), then resumed
-    split = lm_config(tmp_path / "b", corpus, *settings)
-    with pytest.raises(KeyboardInterrupt):
-        run(split, callbacks=[StopAt(2)], **QUIET)
-    resumed = run(split, resume=True, **QUIET)
-    b = load_model(resumed.run_dir).model
-    for (name, x), (_, y) in zip(model.state_dict().items(), b.state_dict().items(), strict=True):
-        assert torch.equal(x, y), name
+    resumed = interrupted_and_resumed(lm_config(tmp_path / "b", corpus, *settings), model)
     assert resumed.record.compression["lm_pruning"] == report
 
 
@@ -193,13 +200,7 @@ def test_a_student_with_low_rank_adapters_trains_resumes_and_merges(
     q = "model.layers.0.self_attn.q_proj"
     assert torch.equal(model.model.state_dict()[f"{q}.base_layer.weight"], original[f"{q}.weight"])
     assert model.model.state_dict()[f"{q}.lora_B.default.weight"].abs().sum() > 0
-    split = lm_config(tmp_path / "b", corpus, *settings)
-    with pytest.raises(KeyboardInterrupt):
-        run(split, callbacks=[StopAt(2)], **QUIET)
-    resumed = run(split, resume=True, **QUIET)
-    b = load_model(resumed.run_dir).model
-    for (name, x), (_, y) in zip(model.state_dict().items(), b.state_dict().items(), strict=True):
-        assert torch.equal(x, y), name
+    interrupted_and_resumed(lm_config(tmp_path / "b", corpus, *settings), model)
     # merged into a plain model of the same family, which evaluates to the same perplexity
     merged = tmp_path / "merged"
     capsys.readouterr()
