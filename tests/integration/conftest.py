@@ -64,10 +64,10 @@ WORDS = [
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """40 small documents."""
+    """40 small documents of 60 words drawn independently."""
     root = tmp_path_factory.mktemp("corpus")
     g = torch.Generator().manual_seed(0)
     for i in range(40):
-        words = [WORDS[int(j)] for j in torch.randint(0, len(WORDS), (120,), generator=g)]
+        words = [WORDS[int(j)] for j in torch.randint(0, len(WORDS), (60,), generator=g)]
         (root / f"doc{i:02d}.txt").write_text(" ".join(words) + ".\n")
     return root
