@@ -443,6 +443,36 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
+class SequenceLevelConfig:
+    """Sequence-level distillation (Kim and Rush 2016): the student trains on the teacher's own
+    completions of prompts from the training text instead of the text itself."""
+
+    max_new_tokens: int = doc("tokens the teacher generates per prompt (at most)", 64)
+    temperature: float = doc("sampling temperature; 0 = greedy", 0.0)
+    top_p: float = doc("nucleus sampling: the smallest set of tokens with this probability", 1.0)
+    seed: int = doc("seed of the sampling (each chunk of prompts from its own)", 0)
+    batch_size: int = doc("prompts the teacher completes at once", 8)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "kd.sequence_level")
+        _require(
+            self.max_new_tokens >= 1,
+            f"kd.sequence_level.max_new_tokens must be >= 1, got {self.max_new_tokens}",
+        )
+        _require(
+            self.temperature >= 0 and math.isfinite(self.temperature),
+            f"kd.sequence_level.temperature must be >= 0 (0 = greedy), got {self.temperature}",
+        )
+        _require(
+            0.0 < self.top_p <= 1.0, f"kd.sequence_level.top_p must be in (0, 1], got {self.top_p}"
+        )
+        _require(
+            self.batch_size >= 1,
+            f"kd.sequence_level.batch_size must be >= 1, got {self.batch_size}",
+        )
+
+
+@dataclass(frozen=True)
 class KDConfig:
     """Knowledge distillation: teacher(s), temperature and loss weights."""
 
@@ -518,6 +548,14 @@ class KDConfig:
         0.5,
     )
     skew: float = doc("language models, skewed KLs: DistiLLM's skew a in [0, 1)", 0.1)
+    sequence_level: SequenceLevelConfig | None = doc(
+        "language models: train on the teacher's completions of prompts from the training "
+        "text (the first sentence of each paragraph) instead of the text itself, with the "
+        "losses above over the completions' tokens; the completions are generated once into "
+        "<out_dir>/generations/ and reused by every run with the same teacher, prompts and "
+        "settings. null = the text itself",
+        None,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, "kd")
@@ -848,6 +886,12 @@ class RunConfig:
             "model.teacher_layers chooses the teacher's layers a student starts from: it needs "
             "model.init_from_teacher: true",
         )
+        if self.kd is not None and self.kd.sequence_level is not None:
+            _require(
+                self.data.is_text,
+                "kd.sequence_level trains a language model on its teacher's completions: it "
+                "needs a text dataset (data.name: pydocs or text)",
+            )
         if self.model.lora is not None:
             _require(
                 self.data.is_text,

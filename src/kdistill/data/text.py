@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -375,15 +376,39 @@ class TextData:
         )
 
 
+def paragraph_prompts(documents: Sequence[Document], min_chars: int = 40) -> list[Document]:
+    """Prompts for generation: every paragraph (text between blank lines) of at least
+    ``min_chars`` characters, its first sentence as the prompt and the rest as the reference
+    completion. A sentence ends at ``.``, ``?`` or ``!`` before whitespace (line breaks inside a
+    paragraph only wrap it); a paragraph of one sentence, or of none (a heading, a grammar
+    rule), gives no prompt."""
+    out = []
+    for doc in documents:
+        for i, paragraph in enumerate(re.split(r"\n\s*\n", doc.text)):
+            paragraph = paragraph.strip()
+            if len(paragraph) < min_chars:
+                continue
+            end = re.search(r"[.?!](?=\s)", paragraph)
+            if end is None or end.end() >= len(paragraph.rstrip()):
+                continue
+            cut = end.end()
+            out.append(Document(f"{doc.name}#{i}", paragraph[cut:], paragraph[:cut]))
+    return out
+
+
 def build_text_data(
     name: str,
     files: Sequence[str],
     tokenizer: Tokenizer,
     block: int,
     cache_dir: str | Path,
+    *,
+    train_documents: Callable[[list[Document]], list[Document]] | None = None,
 ) -> TextData:
     """The documents of ``name`` (``pydocs``, or ``text`` from ``files``), split, tokenized
-    (cached in ``cache_dir``) and packed into blocks of ``block`` tokens."""
+    (cached in ``cache_dir``) and packed into blocks of ``block`` tokens.
+    ``train_documents`` replaces the training split's documents by what it returns for them
+    (sequence-level distillation: the teacher's completions of their prompts)."""
     documents = pydoc_documents() if name == "pydocs" else read_documents(files)
     source = (
         "pydoc_data.topics (the Python language reference)"
@@ -391,6 +416,8 @@ def build_text_data(
         else ", ".join(files)
     )
     splits = split_documents(documents)
+    if train_documents is not None:
+        splits["train"] = train_documents(splits["train"])
     blocks = {}
     for split, docs in splits.items():
         stream = cached_tokens(docs, tokenizer, cache_dir)

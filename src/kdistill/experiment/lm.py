@@ -377,6 +377,39 @@ def text_data(cfg: RunConfig, log: Log) -> TextData:
     return data
 
 
+def sequence_level_data(
+    cfg: RunConfig, data: TextData, teacher: TeacherSetup, log: Log
+) -> TextData:
+    """The run's text with its training split replaced by the teacher's completions of the
+    split's prompts (each paragraph's first sentence), the prompts taking no loss; the
+    validation and test splits stay the text itself."""
+    from kdistill.data.text import paragraph_prompts
+    from kdistill.experiment.generations import teacher_completions
+
+    kd = cfg.kd
+    assert kd is not None and kd.sequence_level is not None
+    identity = teacher.identities[0]
+
+    def completions(train: list) -> list:
+        prompts = paragraph_prompts(train)
+        if not prompts:
+            raise DataError(
+                "kd.sequence_level: no paragraph of the training text has two sentences to "
+                "give a prompt and a completion"
+            )
+        return teacher_completions(
+            prompts, teacher.members[0].model, data.tokenizer, kd.sequence_level,
+            out_dir=cfg.out_dir, teacher_sha256=identity.sha256, log=log,
+        )  # fmt: skip
+
+    generated = build_text_data(
+        cfg.data.name, cfg.data.files, data.tokenizer, cfg.data.block,
+        Path(cfg.out_dir) / TOKEN_CACHE_DIR, train_documents=completions,
+    )  # fmt: skip
+    log("sequence-level distillation: " + generated.describe_pipeline())
+    return generated
+
+
 def lm_loaders(
     cfg: RunConfig, data: TextData, device: torch.device, rank: int, world: int
 ) -> tuple[TokenLoader, dict[str, TokenLoader]]:
@@ -429,6 +462,8 @@ def assemble_lm(
             student=None if from_teacher else grown[0][0],
         )  # fmt: skip
     student, spec = grown[0]
+    if teacher is not None and cfg.kd is not None and cfg.kd.sequence_level is not None:
+        data = sequence_level_data(cfg, data, teacher, log)
     objective = build_lm_objective(cfg, student, teacher)
     objective.to(device)  # type: ignore[attr-defined]
     train_loader, eval_loaders = lm_loaders(cfg, data, device, rank, world)

@@ -74,6 +74,7 @@ _ADDED_SETTINGS = {
     "kd.jsd_beta": 0.5,
     "kd.skew": 0.1,
     "model.lora": None,
+    "kd.sequence_level": None,
     "kd.teachers[].lora": None,
 }
 

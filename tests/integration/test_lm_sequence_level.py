@@ -1,0 +1,122 @@
+"""Sequence-level distillation on a tiny Llama the tests make: the teacher's completions of the
+training text's prompts, generated in chunks that survive a kill, reused by later runs, and
+trained on."""
+
+import json
+
+import pytest
+import torch
+
+from kdistill.config.schema import SequenceLevelConfig
+from kdistill.data.errors import DataError
+from kdistill.data.text import Document, paragraph_prompts, read_documents
+from kdistill.experiment import generations, run
+
+from .conftest import WORDS
+from .test_language_models import hf_model_dir, lm_config
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+
+@pytest.fixture(scope="module")
+def paragraphs(tmp_path_factory):
+    """30 documents of 3 paragraphs of 3 sentences each."""
+    root = tmp_path_factory.mktemp("paragraphs")
+    g = torch.Generator().manual_seed(0)
+
+    def sentence():
+        n = int(torch.randint(4, 9, (1,), generator=g))
+        return " ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (n,), generator=g))
+
+    for d in range(30):
+        text = "\n\n".join(" ".join(sentence() + "." for _ in range(3)) for _ in range(3))
+        (root / f"doc{d:02d}.txt").write_text(text + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return hf_model_dir(tmp_path_factory.mktemp("seq-llama"), transformers, tokenizers,
+                        layers=2, seed=0)  # fmt: skip
+
+
+def test_prompts_are_first_sentences_with_the_rest_as_reference():
+    docs = [Document("a", "One two. Three four. Five.\n\nA heading\n\nSix seven? Eight nine.")]
+    prompts = paragraph_prompts(docs, min_chars=5)
+    assert [(p.prompt, p.text) for p in prompts] == [
+        ("One two.", " Three four. Five."), ("Six seven?", " Eight nine.")]  # fmt: skip
+    assert [p.name for p in prompts] == ["a#0", "a#2"]
+
+
+def completions_of(llama, paragraphs, out, settings, fail_after=None, monkeypatch=None):
+    from kdistill.data.tokenizers import HFTokenizer
+    from kdistill.models.causal_lm import load_causal_lm
+
+    model, tokenizer = load_causal_lm(llama), HFTokenizer(llama)
+    prompts = paragraph_prompts(read_documents([str(paragraphs)]))
+    if fail_after is not None:
+        real, calls = generations.complete, []
+
+        def failing(*args, **kwargs):
+            if len(calls) == fail_after:
+                raise KeyboardInterrupt
+            calls.append(1)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(generations, "complete", failing)
+    said = []
+    docs = generations.teacher_completions(prompts, model, tokenizer, settings, out_dir=out,
+                                           teacher_sha256="x", log=said.append)  # fmt: skip
+    return docs, said
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_generations_resume_after_a_kill_to_what_one_pass_gives(
+    tmp_path, llama, paragraphs, monkeypatch, temperature
+):
+    settings = SequenceLevelConfig(max_new_tokens=6, temperature=temperature, batch_size=2)
+    whole, _ = completions_of(llama, paragraphs, tmp_path / "a", settings)
+    assert len(whole) == 90 and all(d.prompt and isinstance(d.text, str) for d in whole)
+    with pytest.raises(KeyboardInterrupt):
+        completions_of(llama, paragraphs, tmp_path / "b", settings, 2, monkeypatch)
+    monkeypatch.undo()
+    directory = next(p for p in (tmp_path / "b" / "generations").iterdir() if p.is_dir())
+    assert sorted(p.name for p in directory.iterdir()) == ["part-00000.jsonl", "part-00001.jsonl"]
+    resumed, said = completions_of(llama, paragraphs, tmp_path / "b", settings)
+    assert resumed == whole  # the chunks already written, then the rest from their own seeds
+    again, said = completions_of(llama, paragraphs, tmp_path / "b", settings)
+    assert again == whole and said[0].startswith("teacher's completions: reading")
+    # a part changed on disk is named, not trusted
+    part = directory / "part-00001.jsonl"
+    row = json.loads(part.read_text().splitlines()[0])
+    part.write_text(json.dumps({**row, "completion": "forged"}) + "\n")
+    with pytest.raises(DataError, match="does not match its manifest's sha256"):
+        completions_of(llama, paragraphs, tmp_path / "b", settings)
+
+
+def test_a_sequence_level_run_trains_on_the_teachers_completions(tmp_path, llama, paragraphs):
+    settings = [
+        f"data.files=[{paragraphs}]", f"kd.teachers=[{{checkpoint: {llama}}}]",
+        "kd.min_teacher_top1=0", "kd.teacher_precision=fp32", "model.arch=null", "model.args={}",
+        f"model.checkpoint={llama}", "kd.sequence_level={max_new_tokens: 8, batch_size: 4}",
+        "train.epochs=1",
+    ]  # fmt: skip
+    said = []
+    record = run(lm_config(tmp_path, paragraphs, *settings), progress=False,
+                 log=said.append).record  # fmt: skip
+    assert any(line.startswith("sequence-level distillation: text") for line in said)
+    assert any(
+        line.startswith("teacher's completions: ") and " prompts, 8 new tokens" in line
+        for line in said
+    )
+    assert record.test_tokens > 0 and record.test_perplexity > 1
+    # a second run with the same teacher and settings reads them
+    said = []
+    run(lm_config(tmp_path, paragraphs, *settings, "kd.alpha=1.0", "kd.beta=0.0"),
+        progress=False, log=said.append)  # fmt: skip
+    assert any(line.startswith("teacher's completions: reading") for line in said)
+    with pytest.raises(ValueError, match="kd.sequence_level trains a language model"):
+        from kdistill.config import load_config
+
+        load_config("digits/distill", values={"kd.sequence_level": {"max_new_tokens": 4}})
