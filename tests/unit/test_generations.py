@@ -5,7 +5,7 @@ import torch
 
 from kdistill.config.schema import SequenceLevelConfig
 from kdistill.data.tokenizers import ByteTokenizer
-from kdistill.experiment.generations import _next_token, complete
+from kdistill.models.generation import complete, next_token
 from kdistill.models.gpt import build_language_model
 
 
@@ -34,5 +34,5 @@ def test_sampling_is_reproducible_and_keeps_to_the_nucleus():
     logits = torch.tensor([3.0, 2.0, 0.0, -5.0])  # probabilities 0.70, 0.26, 0.03, 0.0002
     nucleus = SequenceLevelConfig(temperature=1.0, top_p=0.9)
     g = torch.Generator().manual_seed(0)
-    drawn = {_next_token(logits, nucleus, g) for _ in range(200)}
+    drawn = {next_token(logits, nucleus, g) for _ in range(200)}
     assert drawn == {0, 1}  # 0.70 + 0.26 covers 0.9: the rest is never drawn

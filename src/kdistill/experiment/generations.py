@@ -17,8 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from kdistill.cache.fingerprint import fingerprint
 from kdistill.config.schema import SequenceLevelConfig
@@ -27,6 +26,7 @@ from kdistill.data.text import Document
 from kdistill.data.tokenizers import Tokenizer
 from kdistill.files import atomic_write_text, read_json, sha256_bytes
 from kdistill.locks import exclusive_lock
+from kdistill.models.generation import complete
 
 Log = Callable[[str], None]
 GENERATIONS_DIR = "generations"
@@ -89,7 +89,14 @@ def _generate(
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
         else:
             generator_seed = settings.seed * 1_000_003 + index
-            texts = complete(model, tokenizer, [d.prompt for d in chunk], settings, generator_seed)
+            texts = complete(
+                model,
+                tokenizer,
+                [d.prompt for d in chunk],
+                settings,
+                generator_seed,
+                batch_size=settings.batch_size,
+            )
             rows = [{"name": d.name, "prompt": d.prompt, "completion": t}
                     for d, t in zip(chunk, texts, strict=True)]  # fmt: skip
             atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -123,99 +130,4 @@ def _read_manifest(directory: Path, description: dict[str, Any]) -> list[Documen
             out.append(Document(str(row["name"]), str(row["completion"]), str(row["prompt"])))
     if len(out) != manifest["count"]:
         raise DataError(f"{path}: {len(out)} completions, the manifest says {manifest['count']}")
-    return out
-
-
-@torch.no_grad()
-def complete(
-    model: nn.Module,
-    tokenizer: Tokenizer,
-    prompts: Sequence[str],
-    settings: SequenceLevelConfig,
-    seed: int,
-) -> list[str]:
-    """The model's completions of ``prompts`` (text after each prompt, up to
-    ``settings.max_new_tokens`` tokens or the end-of-text token), in batches of
-    ``settings.batch_size``; sampling draws from ``seed``. A Hugging Face model generates with
-    its key/value cache (``generate``, prompts padded on the left); any other language model
-    one prompt at a time over its whole context."""
-    was_training = model.training
-    model.eval()
-    try:
-        hf = getattr(model, "model", None)
-        if callable(getattr(hf, "generate", None)):
-            return _hf_complete(hf, tokenizer, prompts, settings, seed)
-        generator = torch.Generator().manual_seed(seed)
-        return [
-            tokenizer.decode(_sample(model, tokenizer.encode(p), settings, generator, tokenizer))
-            for p in prompts
-        ]
-    finally:
-        model.train(was_training)
-
-
-def _next_token(logits: Tensor, settings: SequenceLevelConfig, generator: torch.Generator) -> int:
-    """Greedy at temperature 0; else a draw from the top-p nucleus at the temperature."""
-    if settings.temperature == 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.double() / settings.temperature, dim=-1)
-    sorted_probs, order = probs.sort(descending=True)
-    keep = sorted_probs.cumsum(0) - sorted_probs < settings.top_p  # the nucleus, at least one
-    kept = sorted_probs * keep
-    choice = torch.multinomial(kept / kept.sum(), 1, generator=generator)
-    return int(order[choice])
-
-
-def _sample(
-    model: nn.Module,
-    prompt: list[int],
-    settings: SequenceLevelConfig,
-    generator: torch.Generator,
-    tokenizer: Tokenizer,
-) -> list[int]:
-    device = next(model.parameters()).device
-    context = getattr(model, "context", None) or 1024
-    ids, new = list(prompt), []
-    for _ in range(settings.max_new_tokens):
-        window = torch.tensor(ids[-context:], device=device)[None]
-        token = _next_token(model(window)[0, -1].float().cpu(), settings, generator)
-        if token == tokenizer.eos_id:
-            break
-        ids.append(token)
-        new.append(token)
-    return new
-
-
-def _hf_complete(
-    hf: nn.Module,
-    tokenizer: Tokenizer,
-    prompts: Sequence[str],
-    settings: SequenceLevelConfig,
-    seed: int,
-) -> list[str]:
-    device = next(hf.parameters()).device
-    eos = tokenizer.eos_id
-    out: list[str] = []
-    torch.manual_seed(seed)  # generate() samples from the global generator
-    for start in range(0, len(prompts), settings.batch_size):
-        batch = [tokenizer.encode(p) for p in prompts[start : start + settings.batch_size]]
-        width = max(len(ids) for ids in batch)
-        ids = torch.full((len(batch), width), eos, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, tokens in enumerate(batch):  # padded on the left: every prompt ends together
-            ids[row, width - len(tokens) :] = torch.tensor(tokens)
-            mask[row, width - len(tokens) :] = 1
-        sampled = settings.temperature > 0
-        generated = hf.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=sampled,
-            **({"temperature": settings.temperature, "top_p": settings.top_p} if sampled else {}),
-            pad_token_id=eos,
-            eos_token_id=eos,
-        )
-        for row in generated[:, width:].tolist():
-            new = row[: row.index(eos)] if eos in row else row
-            out.append(tokenizer.decode(new))
     return out
