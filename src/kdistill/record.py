@@ -120,6 +120,9 @@ class RunRecord:
     tokens_per_s: float | None = None
     # greedy continuations of a few fixed prompts: {"student": {prompt: text}, "teacher": ...}
     continuations: dict[str, dict[str, str]] | None = None
+    # on-policy distillation: the batches of the student's own samples, the tokens it
+    # generated and how fast (generation_tokens_per_s, beside tokens_per_s)
+    generation: dict[str, float] | None = None
     files: dict[str, str] = field(default_factory=dict)
     schema_version: int = RECORD_SCHEMA_VERSION
 

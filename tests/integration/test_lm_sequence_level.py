@@ -120,3 +120,35 @@ def test_a_sequence_level_run_trains_on_the_teachers_completions(tmp_path, llama
         from kdistill.config import load_config
 
         load_config("digits/distill", values={"kd.sequence_level": {"max_new_tokens": 4}})
+
+
+def test_on_policy_distillation_repeats_its_steps_and_resumes(tmp_path, llama, paragraphs):
+    """GKD on the paragraphs: half the batches are the student's own samples scored by the
+    teacher; the run records its generation, and an interrupted run resumes to the same
+    weights (the coins and samples come from the seed, the epoch and the batch)."""
+    from kdistill.experiment.loading import load_model
+
+    from .test_engine import StopAt
+
+    settings = [
+        f"kd.teachers=[{{checkpoint: {llama}}}]", "kd.min_teacher_top1=0",
+        "kd.teacher_precision=fp32", "model.arch=null", "model.args={}",
+        f"model.checkpoint={llama}", "kd.token_loss=jsd",
+        "kd.on_policy={lmbda: 0.5, max_new_tokens: 6}", "train.epochs=3",
+    ]  # fmt: skip
+    said = []
+    whole = run(lm_config(tmp_path / "a", paragraphs, *settings), progress=False,
+                log=said.append)  # fmt: skip
+    assert any(line.startswith("on-policy distillation: ") for line in said)
+    generation = whole.record.generation
+    assert generation["on_policy_batches"] > 0 and generation["generated_tokens"] > 0
+    assert generation["generation_tokens_per_s"] > 0
+    cfg = lm_config(tmp_path / "b", paragraphs, *settings)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, callbacks=[StopAt(2)], progress=False, log=lambda _: None)
+    resumed = run(cfg, resume=True, progress=False, log=lambda _: None)
+    a, b = load_model(whole.run_dir).model, load_model(resumed.run_dir).model
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    with pytest.raises(ValueError, match="no cache holds"):
+        lm_config(tmp_path, paragraphs, *settings, "kd.teacher_cache.enabled=true")

@@ -473,6 +473,37 @@ class SequenceLevelConfig:
 
 
 @dataclass(frozen=True)
+class OnPolicyConfig:
+    """On-policy distillation (GKD, Agarwal et al. 2024): with probability ``lmbda`` a training
+    batch is the student's own completions of prompts from the training text, scored by the
+    teacher."""
+
+    lmbda: float = doc(
+        "the probability that a batch is the student's own completions (GKD's lambda): 0 = "
+        "the dataset's completions only, 1 = the student's only",
+        0.5,
+    )
+    max_new_tokens: int = doc("tokens the student generates per prompt (at most)", 64)
+    temperature: float = doc("the student's sampling temperature; 0 = greedy", 1.0)
+    top_p: float = doc("nucleus sampling: the smallest set of tokens with this probability", 1.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "kd.on_policy")
+        _require(
+            0.0 <= self.lmbda <= 1.0, f"kd.on_policy.lmbda must be in [0, 1], got {self.lmbda}"
+        )
+        _require(
+            self.max_new_tokens >= 1,
+            f"kd.on_policy.max_new_tokens must be >= 1, got {self.max_new_tokens}",
+        )
+        _require(
+            self.temperature >= 0 and math.isfinite(self.temperature),
+            f"kd.on_policy.temperature must be >= 0 (0 = greedy), got {self.temperature}",
+        )
+        _require(0.0 < self.top_p <= 1.0, f"kd.on_policy.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
 class KDConfig:
     """Knowledge distillation: teacher(s), temperature and loss weights."""
 
@@ -554,6 +585,14 @@ class KDConfig:
         "losses above over the completions' tokens; the completions are generated once into "
         "<out_dir>/generations/ and reused by every run with the same teacher, prompts and "
         "settings. null = the text itself",
+        None,
+    )
+    on_policy: OnPolicyConfig | None = doc(
+        "language models: on-policy distillation (GKD). The training text becomes prompts "
+        "(each paragraph's first sentence) with their completions (the rest of the paragraph, "
+        "or the teacher's with sequence_level); with probability lmbda a batch is instead the "
+        "student's own completions of prompts, on which the student learns the divergence "
+        "alone (their tokens are its own, not labels). Needs the teacher online. null = off",
         None,
     )
 
@@ -891,6 +930,17 @@ class RunConfig:
                 self.data.is_text,
                 "kd.sequence_level trains a language model on its teacher's completions: it "
                 "needs a text dataset (data.name: pydocs or text)",
+            )
+        if self.kd is not None and self.kd.on_policy is not None:
+            _require(
+                self.data.is_text,
+                "kd.on_policy distils a language model on its own samples: it needs a text "
+                "dataset (data.name: pydocs or text)",
+            )
+            _require(
+                not self.kd.teacher_cache.enabled or self.kd.on_policy.lmbda == 0,
+                "kd.on_policy: the teacher scores the student's new samples, which no cache "
+                "holds: set kd.teacher_cache.enabled=false (or lmbda: 0)",
             )
         if self.model.lora is not None:
             _require(

@@ -353,6 +353,9 @@ class TextData:
     test: PackedBlocks
     pipeline: str = "memory"
     pipeline_reason: str = "token arrays, memory-mapped"
+    # the training split's documents when a run made them (prompts and completions for
+    # sequence-level or on-policy distillation); None for the text's own
+    train_documents: tuple[Document, ...] | None = None
     class_names: tuple[str, ...] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -416,8 +419,10 @@ def build_text_data(
         else ", ".join(files)
     )
     splits = split_documents(documents)
+    made = None
     if train_documents is not None:
         splits["train"] = train_documents(splits["train"])
+        made = tuple(splits["train"])
     blocks = {}
     for split, docs in splits.items():
         stream = cached_tokens(docs, tokenizer, cache_dir)
@@ -425,7 +430,10 @@ def build_text_data(
             blocks[split] = PackedBlocks(stream, block)
         except DataError as e:
             raise DataError(f"the {split} split of {source}: {e}") from None
-    return TextData(name, source, tokenizer, block, blocks["train"], blocks["val"], blocks["test"])
+    return TextData(
+        name, source, tokenizer, block, blocks["train"], blocks["val"], blocks["test"],
+        train_documents=made,
+    )  # fmt: skip
 
 
 class TokenLoader:

@@ -249,6 +249,7 @@ def language_model_metrics(
     text_bytes = test.label_bytes(token_bytes(data.tokenizer))
     check = parts.teacher_check
     trained = data.train.tokens_with_loss() * len(epoch_times)
+    generation = getattr(parts.objective, "generation_stats", None)  # on-policy distillation
 
     def bits_per_byte(mean_nll: float) -> float:
         return mean_nll * tokens / (math.log(2) * max(1, text_bytes))
@@ -261,6 +262,7 @@ def language_model_metrics(
         "teacher_test_bits_per_byte": bits_per_byte(check.test.metrics["loss"]) if check else None,
         "tokens_per_s": trained / max(1e-9, sum(epoch_times)),
         "continuations": continuations,
+        "generation": generation() if callable(generation) else None,
     }
 
 
@@ -292,6 +294,13 @@ def describe_record(record: RunRecord) -> str:
             line += f"; teacher {record.teacher_test_perplexity:.2f}"
             if record.teacher_test_bits_per_byte is not None:
                 line += f" ({record.teacher_test_bits_per_byte:.3f} bits per byte)"
+        if record.generation and record.generation.get("on_policy_batches"):
+            g = record.generation
+            line += (
+                f"; {int(g['on_policy_batches'])} on-policy batches, "
+                f"{int(g['generated_tokens']):,} tokens generated at "
+                f"{g['generation_tokens_per_s']:,.0f}/s (training {record.tokens_per_s:,.0f}/s)"
+            )
         return line
     line = (
         f"{record.run_dir}: test top-1 {record.test_top1:.2%} (best {record.best_test_top1:.2%}), "

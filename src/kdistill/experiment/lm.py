@@ -350,18 +350,35 @@ def build_lm_teacher(
 
 
 def build_lm_objective(
-    cfg: RunConfig, student: nn.Module, teacher: TeacherSetup | None
+    cfg: RunConfig,
+    student: nn.Module,
+    teacher: TeacherSetup | None,
+    prompts: list[list[int]] | None = None,
+    data: TextData | None = None,
 ) -> Objective:
+    """The loss: the labels alone without a teacher; the token distiller; with
+    ``kd.on_policy``, the distiller that also trains on the student's own completions of
+    ``prompts``."""
     chunk = cfg.train.logit_chunk_tokens
     if teacher is None:
         return NextTokenLoss(student, chunk_size=chunk)
     kd = cfg.kd
     assert kd is not None
-    return TokenDistiller(
-        student, teacher.live, kind=kd.token_loss, temperature=kd.temperature, alpha=kd.alpha,
-        beta=kd.resolved_beta, jsd_beta=kd.jsd_beta, skew=kd.skew,
-        kd_start_epoch=cfg.kd_window.start, kd_end_epoch=cfg.kd_window.end, chunk_size=chunk,
+    settings = dict(
+        kind=kd.token_loss, temperature=kd.temperature, alpha=kd.alpha, beta=kd.resolved_beta,
+        jsd_beta=kd.jsd_beta, skew=kd.skew, kd_start_epoch=cfg.kd_window.start,
+        kd_end_epoch=cfg.kd_window.end, chunk_size=chunk,
     )  # fmt: skip
+    if kd.on_policy is not None:
+        from kdistill.objectives.on_policy import OnPolicyDistiller
+
+        assert data is not None
+        return OnPolicyDistiller(
+            student, teacher.live, prompts=prompts or [], sampling=kd.on_policy,
+            lmbda=kd.on_policy.lmbda, eos_id=data.tokenizer.eos_id, seed=cfg.train.seed,
+            **settings,
+        )  # fmt: skip
+    return TokenDistiller(student, teacher.live, **settings)
 
 
 def text_data(cfg: RunConfig, log: Log) -> TextData:
@@ -408,6 +425,30 @@ def sequence_level_data(
     )  # fmt: skip
     log("sequence-level distillation: " + generated.describe_pipeline())
     return generated
+
+
+def prompt_data(cfg: RunConfig, data: TextData, log: Log) -> TextData:
+    """The run's text with its training split made of prompts (each paragraph's first
+    sentence, taking no loss) and their reference completions (the rest of the paragraph):
+    on-policy distillation's dataset."""
+    from kdistill.data.text import paragraph_prompts
+
+    def prompts(train: list) -> list:
+        found = paragraph_prompts(train)
+        if not found:
+            raise DataError(
+                "kd.on_policy: no paragraph of the training text has two sentences to give a "
+                "prompt and a completion"
+            )
+        return found
+
+    out = build_text_data(
+        cfg.data.name, cfg.data.files, data.tokenizer, cfg.data.block,
+        Path(cfg.out_dir) / TOKEN_CACHE_DIR, train_documents=prompts,
+    )  # fmt: skip
+    log(f"on-policy distillation: {len(out.train_documents or []):,} prompts; "
+        + out.describe_pipeline())  # fmt: skip
+    return out
 
 
 def lm_loaders(
@@ -462,9 +503,14 @@ def assemble_lm(
             student=None if from_teacher else grown[0][0],
         )  # fmt: skip
     student, spec = grown[0]
+    prompts: list[list[int]] = []
     if teacher is not None and cfg.kd is not None and cfg.kd.sequence_level is not None:
         data = sequence_level_data(cfg, data, teacher, log)
-    objective = build_lm_objective(cfg, student, teacher)
+    elif cfg.kd is not None and cfg.kd.on_policy is not None:
+        data = prompt_data(cfg, data, log)
+    if cfg.kd is not None and cfg.kd.on_policy is not None:
+        prompts = [data.tokenizer.encode(d.prompt) for d in data.train_documents or []]
+    objective = build_lm_objective(cfg, student, teacher, prompts, data)
     objective.to(device)  # type: ignore[attr-defined]
     train_loader, eval_loaders = lm_loaders(cfg, data, device, rank, world)
     loop = build_loop(cfg, device, data.num_classes, len(train_loader), world)

@@ -75,6 +75,7 @@ _ADDED_SETTINGS = {
     "kd.skew": 0.1,
     "model.lora": None,
     "kd.sequence_level": None,
+    "kd.on_policy": None,
     "kd.teachers[].lora": None,
 }
 
