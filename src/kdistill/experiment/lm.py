@@ -394,13 +394,26 @@ def text_data(cfg: RunConfig, log: Log) -> TextData:
     return data
 
 
+def training_prompts(documents: list, what: str) -> list:
+    """The training documents' prompts with their reference completions
+    (:func:`~kdistill.data.text.paragraph_prompts`); none is an error that names ``what``."""
+    from kdistill.data.text import paragraph_prompts
+
+    found = paragraph_prompts(documents)
+    if not found:
+        raise DataError(
+            f"{what}: no paragraph of the training text has two sentences to give a prompt and "
+            "a completion"
+        )
+    return found
+
+
 def sequence_level_data(
     cfg: RunConfig, data: TextData, teacher: TeacherSetup, log: Log
 ) -> TextData:
     """The run's text with its training split replaced by the teacher's completions of the
     split's prompts (each paragraph's first sentence), the prompts taking no loss; the
     validation and test splits stay the text itself."""
-    from kdistill.data.text import paragraph_prompts
     from kdistill.experiment.generations import teacher_completions
 
     kd = cfg.kd
@@ -408,14 +421,9 @@ def sequence_level_data(
     identity = teacher.identities[0]
 
     def completions(train: list) -> list:
-        prompts = paragraph_prompts(train)
-        if not prompts:
-            raise DataError(
-                "kd.sequence_level: no paragraph of the training text has two sentences to "
-                "give a prompt and a completion"
-            )
         return teacher_completions(
-            prompts, teacher.members[0].model, data.tokenizer, kd.sequence_level,
+            training_prompts(train, "kd.sequence_level"), teacher.members[0].model,
+            data.tokenizer, kd.sequence_level,
             out_dir=cfg.out_dir, teacher_sha256=identity.sha256, log=log,
         )  # fmt: skip
 
@@ -431,16 +439,9 @@ def prompt_data(cfg: RunConfig, data: TextData, log: Log) -> TextData:
     """The run's text with its training split made of prompts (each paragraph's first
     sentence, taking no loss) and their reference completions (the rest of the paragraph):
     on-policy distillation's dataset."""
-    from kdistill.data.text import paragraph_prompts
 
     def prompts(train: list) -> list:
-        found = paragraph_prompts(train)
-        if not found:
-            raise DataError(
-                "kd.on_policy: no paragraph of the training text has two sentences to give a "
-                "prompt and a completion"
-            )
-        return found
+        return training_prompts(train, "kd.on_policy")
 
     out = build_text_data(
         cfg.data.name, cfg.data.files, data.tokenizer, cfg.data.block,
