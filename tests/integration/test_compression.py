@@ -30,6 +30,7 @@ def policies(*items):
 def test_qat_with_distillation_converts_to_int8(tmp_path, teacher_run, capsys):
     cfg = digits_config(
         tmp_path, *LENET, "train.epochs=4", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "kd.teacher_precision=fp32",  # not chosen by timing (under load it flips)
         policies("{kind: quantization, starting_epoch: 1, weight_bits: 4, activation_bits: 8, overrides: {features.0: null, classifier.5: null}}"),
     )  # fmt: skip
     result = run(cfg, **QUIET)
@@ -86,6 +87,7 @@ def test_agp_reaches_its_target_exactly(tmp_path, scope):
 def test_one_shot_pruning_with_distillation_and_group_lasso(tmp_path, teacher_run):
     cfg = digits_config(
         tmp_path, *LENET, "train.epochs=3", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "kd.teacher_precision=fp32",  # not chosen by timing (under load it flips)
         policies(
             "{kind: distillation, starting_epoch: 1}",
             "{kind: pruning, schedule: one_shot, target_sparsity: 0.5, starting_epoch: 1, modules: ['re:classifier\\..*']}",
@@ -109,6 +111,7 @@ def test_channel_pruning_taught_by_the_unpruned_self(tmp_path, teacher_run, caps
     cfg = digits_config(
         tmp_path, *LENET, "train.epochs=3", f"model.checkpoint={teacher_run.run_dir}",
         f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "kd.teacher_precision=fp32",  # not chosen by timing (under load it flips)
         policies("{kind: channel_pruning, ratio: 0.5, starting_epoch: 0, iterative_steps: 2}"),
     )  # fmt: skip
     result = run(cfg, **QUIET)
@@ -127,6 +130,7 @@ def test_channel_pruning_taught_by_the_unpruned_self(tmp_path, teacher_run, caps
 def test_resume_mid_schedule_equals_uninterrupted(tmp_path, teacher_run):
     extra = [
         *LENET, "train.epochs=5", "train.deterministic=true", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "kd.teacher_precision=fp32",  # not chosen by timing (under load it flips)
         policies(
             "{kind: channel_pruning, ratio: 0.25, starting_epoch: 0}",
             "{kind: quantization, starting_epoch: 1, weight_bits: 4, overrides: {features.0: null}, convert: false}",
@@ -149,6 +153,7 @@ def test_resume_mid_schedule_equals_uninterrupted(tmp_path, teacher_run):
 def test_resume_after_structured_removal_equals_uninterrupted(tmp_path, teacher_run):
     extra = [
         *LENET, "train.epochs=4", "train.deterministic=true", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "kd.teacher_precision=fp32",  # not chosen by timing (under load it flips)
         policies(
             "{kind: pruning, structure: filters, scope: per_layer, target_sparsity: 0.5, modules: [features.3], starting_epoch: 0, ending_epoch: 2, remove_epoch: 2}",
             # masks the layer whose inputs the removal cuts, before and after it
@@ -174,6 +179,7 @@ def test_thinning_twice_with_pruning_between_resumes_exactly(tmp_path, teacher_r
     again, thin again; interrupted after the first thinning and resumed."""
     extra = [
         *LENET, "train.epochs=5", "train.deterministic=true", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "kd.teacher_precision=fp32",  # not chosen by timing (under load it flips)
         policies(
             "{kind: pruning, schedule: one_shot, structure: filters, scope: per_layer, target_sparsity: 0.5, modules: [features.3], starting_epoch: 0}",
             "{kind: thinning, epochs: [1, 3]}",

@@ -44,8 +44,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, teacher_run, distill):
         "train.deterministic=true",
         "train.epochs=4",
     ]
-    if distill:
-        extra.append(f"kd.teachers.0.checkpoint={teacher_run.run_dir}")
+    if distill:  # fp32, not timed: two runs compared must not choose their precisions apart
+        extra += [f"kd.teachers.0.checkpoint={teacher_run.run_dir}", "kd.teacher_precision=fp32"]
     whole = run(digits_config(tmp_path / "a", *extra), **QUIET)
     cfg = digits_config(tmp_path / "b", *extra)
     with pytest.raises(KeyboardInterrupt):

@@ -79,6 +79,7 @@ def test_a_run_with_feature_methods_resumes_exactly_and_exports_the_student_alon
 ):
     extra = [
         "model.arch=lenet5", "model.args={}", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "kd.teacher_precision=fp32",  # not chosen by timing (under load it flips)
         "kd.alpha=1.0", "train.epochs=3", "train.deterministic=true",
         "kd.methods=[{name: kd, weight: 0.5}, {name: fitnet, weight: 1.0, pairs: "
         "[{student: features.1, teacher: features.1}]}, {name: crd, weight: 0.1, args: {nce_k: 64}}]",
@@ -126,6 +127,7 @@ def test_a_wrong_layer_name_lists_the_layers_with_their_shapes(tmp_path, teacher
     cfg = digits_config(
         tmp_path, "model.arch=lenet5", "model.args={}", "kd.alpha=1.0",
         f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "kd.teacher_precision=fp32",  # not chosen by timing (under load it flips)
         "kd.methods=[{name: at, pairs: [{student: features.9, teacher: features.2}]}]",
     )  # fmt: skip
     with pytest.raises(
@@ -136,7 +138,8 @@ def test_a_wrong_layer_name_lists_the_layers_with_their_shapes(tmp_path, teacher
 
 def test_logit_methods_read_the_teacher_cache(tmp_path, teacher_run):
     cfg = digits_config(
-        tmp_path, f"kd.teachers.0.checkpoint={teacher_run.run_dir}", "kd.alpha=1.0",
+        tmp_path, f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "kd.teacher_precision=fp32",  # not chosen by timing (under load it flips) "kd.alpha=1.0",
         "kd.teacher_cache.enabled=true", "train.epochs=1",
         "kd.methods=[{name: dkd, args: {warmup_epochs: 0}}, {name: dist}, {name: kd, weight: 0.5}]",
     )  # fmt: skip
@@ -189,6 +192,7 @@ def test_report_compares_methods(tmp_path, teacher_run):
 
     for methods in ("[{name: kd}]", "[{name: dist}]"):
         run(digits_config(tmp_path / "runs", f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "kd.teacher_precision=fp32",  # not chosen by timing (under load it flips)
                           "kd.alpha=0.5", f"kd.methods={methods}", "train.epochs=1",
                           f"name=m{len(methods)}"), **QUIET)  # fmt: skip
     out = tmp_path / "report"
@@ -210,7 +214,8 @@ def test_report_compares_methods(tmp_path, teacher_run):
 def test_feature_methods_train_with_compression(tmp_path, teacher_run, policy):
     cfg = digits_config(
         tmp_path, "model.arch=lenet5", "model.args={}", "kd.alpha=1.0", "train.epochs=2",
-        f"kd.teachers.0.checkpoint={teacher_run.run_dir}", f"policies={policy}",
+        f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "kd.teacher_precision=fp32",  # not chosen by timing (under load it flips) f"policies={policy}",
         "kd.methods=[{name: kd, weight: 0.5}, {name: pkt, pairs: [{student: classifier.4, "
         "teacher: classifier.4}]}]",
     )  # fmt: skip
@@ -222,7 +227,8 @@ def test_feature_methods_train_with_compression(tmp_path, teacher_run, policy):
 def test_a_quantized_run_with_a_feature_method_resumes(tmp_path, teacher_run):
     cfg = digits_config(
         tmp_path, "model.arch=lenet5", "model.args={}", "kd.alpha=1.0", "train.epochs=2",
-        f"kd.teachers.0.checkpoint={teacher_run.run_dir}", "train.measure_latency=false",
+        f"kd.teachers.0.checkpoint={teacher_run.run_dir}",
+        "kd.teacher_precision=fp32",  # not chosen by timing (under load it flips) "train.measure_latency=false",
         "policies=[{kind: quantization, weight_bits: 4, activation_bits: 8}]",
         "kd.methods=[{name: fitnet, weight: 1.0, pairs: [{student: classifier.4, teacher: classifier.4}]}]",
         "optim.grad_clip=2.0", "train.on_collapse=warn",  # a 4-bit LeNet-5 on 8x8 digits is fragile
