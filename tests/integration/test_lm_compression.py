@@ -116,9 +116,14 @@ def test_pruning_as_a_step_of_the_run_resumes_across_the_removal(tmp_path, corpu
 
 
 def test_gradual_pruning_reaches_its_target_in_steps(tmp_path, corpus, llama):
+    """Two steps, the teacher read from its token cache (the pruned student is taught by the
+    unpruned model's cached outputs)."""
     policy = ("policies=[{kind: lm_pruning, params: 0.5, calibration_tokens: 200, "
               "iterative_steps: 2}]")  # fmt: skip
-    record = run(lm_config(tmp_path, corpus, *self_distillation(llama, policy)), **QUIET).record
+    cached = ["kd.teacher_cache.enabled=true", "kd.teacher_cache.topk=4"]
+    cfg = lm_config(tmp_path, corpus, *self_distillation(llama, policy, *cached))
+    record = run(cfg, **QUIET).record
+    assert record.teacher_cache is not None
     history = record.compression["lm_pruning"]["history"]
     sizes = [h["non_embedding_params"] for h in history]
     before = record.compression["lm_pruning"]["non_embedding_params_before"]
