@@ -119,7 +119,10 @@ def _read_manifest(directory: Path, description: dict[str, Any]) -> list[Documen
         raise DataError(f"{path} describes other generations than its directory's name says")
     out = []
     for part in manifest["parts"]:
-        data = (directory / part["file"]).read_bytes()
+        name = str(part["file"])
+        if Path(name).name != name or not name.startswith("part-"):  # only its own part files
+            raise DataError(f"{path} names a part {name!r} outside its directory")
+        data = (directory / name).read_bytes()
         if sha256_bytes(data) != part["sha256"]:
             raise DataError(
                 f"{directory / part['file']} does not match its manifest's sha256: delete "
