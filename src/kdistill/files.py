@@ -45,6 +45,7 @@ SWEEP_TABLE = "summary.csv"
 SWEEP_STUDY = "optuna.db"
 TEACHER_CACHES = "teacher-cache"  # in an output directory: the caches runs share
 TOKEN_CACHE_DIR = "token-cache"  # in an output directory: tokenized text, shared by runs
+TOKENIZERS_DIR = "tokenizers"  # in an output directory: BPE tokenizers trained on a run's text
 TENSORBOARD = "tensorboard"  # <out_dir>/tensorboard/<run>/seed-N: a log tree without links
 CACHE_MANIFEST = "manifest.json"  # in a teacher cache: its layout, fingerprint and checksums
 CACHE_PROGRESS = "progress.json"  # in a cache being built: one per process, progress.json.<rank>

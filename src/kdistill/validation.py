@@ -26,6 +26,33 @@ DivergenceKind = Literal[
     "forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"
 ]
 """A frozen teacher's BatchNorm: its running statistics, or each batch's (never updated)."""
+# a language model with its own vocabulary (kdistill.losses.cross_vocab)
+CrossTokenizerMethod = Literal["spans", "uld"]
+CROSS_TOKENIZER_METHODS: tuple[str, ...] = get_args(CrossTokenizerMethod)
+
+BPE_PREFIX = "bpe:"
+BPE_VOCAB_RANGE = (260, 1 << 20)  # the 256 bytes, the end-of-text token and a few merges
+
+
+def bpe_vocab_size(name: str | None) -> int | None:
+    """The vocabulary size ``data.tokenizer: bpe:<N>`` asks for; ``None`` for any other name.
+
+    Raises:
+        ValueError: ``bpe:`` followed by anything but a whole number in range.
+    """
+    if name is None or not name.startswith(BPE_PREFIX):
+        return None
+    size = name[len(BPE_PREFIX) :]
+    low, high = BPE_VOCAB_RANGE
+    if not size.isdigit() or not low <= int(size) <= high:
+        raise ConfigError(
+            f"data.tokenizer {name!r}: bpe:<vocab> trains a byte-level BPE tokenizer of <vocab> "
+            f"tokens on the training text; <vocab> must be a whole number in [{low}, {high:,}] "
+            f"(4096 to 16384 is typical), got {size!r}"
+        )
+    return int(size)
+
+
 BN_POLICIES: tuple[str, ...] = get_args(BatchNormPolicy)
 
 QUANT_SETTINGS = (

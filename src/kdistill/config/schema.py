@@ -25,9 +25,11 @@ from kdistill.policies import (
 from kdistill.validation import (
     BatchNormPolicy,
     ConfigError,
+    CrossTokenizerMethod,
     DivergenceKind,
     EnsembleReduce,
     EpochWindow,
+    bpe_vocab_size,
     check_fields,
     check_temperature,
     doc,
@@ -171,7 +173,10 @@ class DataConfig:
     )
     tokenizer: str | None = doc(
         "language models: 'bytes' (UTF-8 bytes and an end-of-text token), a Hugging Face model "
-        "directory or .gguf file, or 'smollm2'; null = the pretrained teacher's own, else bytes",
+        "directory or .gguf file, 'smollm2', or 'bpe:<vocab>' (a byte-level BPE tokenizer of "
+        "<vocab> tokens trained on the training text, saved in <out_dir>/tokenizers/; a "
+        "teacher with another tokenizer then needs kd.cross_tokenizer); null = the pretrained "
+        "teacher's own, else bytes",
         None,
     )
 
@@ -182,6 +187,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_fields(self, "data")
         _require(self.block >= 2, f"data.block must be >= 2 tokens, got {self.block}")
+        bpe_vocab_size(self.tokenizer)
         _require(
             self.name == "text" or not self.files,
             f"data.files is for the text dataset, not {self.name}",
@@ -596,6 +602,16 @@ class KDConfig:
         None,
     )
 
+    cross_tokenizer: CrossTokenizerMethod | None = doc(
+        "language models: a teacher whose tokenizer is not the student's (e.g. data.tokenizer: "
+        "bpe:8192 under SmolLM2): the teacher reads its own tokenization of each block and is "
+        "compared with the student where both tokenizations end at the same byte. 'spans': the "
+        "teacher's probabilities moved onto the student tokens that spell the same bytes, then "
+        "token_loss; 'uld': the two sorted distributions' L1 distance (Boizard et al. 2024). "
+        "Needs the teacher online and byte-level tokenizers. null = one shared tokenizer",
+        None,
+    )
+
     def __post_init__(self) -> None:
         check_fields(self, "kd")
         _require(
@@ -942,6 +958,8 @@ class RunConfig:
                 "kd.on_policy: the teacher scores the student's new samples, which no cache "
                 "holds: set kd.teacher_cache.enabled=false (or lmbda: 0)",
             )
+        if self.kd is not None and self.kd.cross_tokenizer is not None:
+            self._check_cross_tokenizer(self.kd)
         if self.model.lora is not None:
             _require(
                 self.data.is_text,
@@ -1056,3 +1074,29 @@ class RunConfig:
                 f"policies: channel pruning (last step at epoch {c.last_step}) must finish before "
                 f"quantization starts (epoch {q.starting_epoch}): structure first, then QAT",
             )
+
+    def _check_cross_tokenizer(self, kd: KDConfig) -> None:
+        what = f"kd.cross_tokenizer={kd.cross_tokenizer}"
+        _require(self.data.is_text, f"{what} is for language models (data.name: pydocs or text)")
+        _require(
+            not kd.teacher_cache.enabled,
+            f"{what}: the teacher reads its own tokens of each block, which the token cache "
+            "does not hold: set kd.teacher_cache.enabled=false",
+        )
+        _require(
+            kd.sequence_level is None and kd.on_policy is None,
+            f"{what} distils on the text itself: kd.sequence_level and kd.on_policy generate "
+            "with one tokenizer; drop them",
+        )
+        _require(
+            not (kd.cross_tokenizer == "spans" and kd.token_loss == "reverse_kl"),
+            f"{what} with kd.token_loss=reverse_kl: the teacher's distribution moved onto the "
+            "student's vocabulary is zero on student tokens no teacher token starts with, so its "
+            "reverse KL is infinite; choose forward_kl, jsd, skew_forward_kl, skew_reverse_kl or "
+            "tvd",
+        )
+        _require(
+            not self.model.init_from_teacher,
+            f"{what}: model.init_from_teacher copies the teacher's embedding, which is over "
+            "another vocabulary",
+        )

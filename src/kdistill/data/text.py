@@ -399,6 +399,11 @@ def paragraph_prompts(documents: Sequence[Document], min_chars: int = 40) -> lis
     return out
 
 
+def text_documents(name: str, files: Sequence[str]) -> list[Document]:
+    """The documents of ``name``: ``pydocs``, or ``text`` from ``files``."""
+    return pydoc_documents() if name == "pydocs" else read_documents(files)
+
+
 def build_text_data(
     name: str,
     files: Sequence[str],
@@ -412,7 +417,7 @@ def build_text_data(
     (cached in ``cache_dir``) and packed into blocks of ``block`` tokens.
     ``train_documents`` replaces the training split's documents by what it returns for them
     (sequence-level distillation: the teacher's completions of their prompts)."""
-    documents = pydoc_documents() if name == "pydocs" else read_documents(files)
+    documents = text_documents(name, files)
     source = (
         "pydoc_data.topics (the Python language reference)"
         if name == "pydocs"

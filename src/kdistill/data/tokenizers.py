@@ -133,3 +133,53 @@ def same_tokenizer(teacher: Tokenizer, student: Tokenizer, what: str = "") -> No
             f"{student.identity}): token-level distillation compares the two models' "
             "distributions token by token, which needs one tokenizer"
         )
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """The printable character byte-level BPE (GPT-2's, and every ``tokenizers`` ``ByteLevel``
+    model's) writes for each byte: printable Latin-1 bytes stand for themselves, the others are
+    moved to 256 and up in byte order. Inverted: character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    chars = {b: chr(b) for b in printable}
+    moved = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + moved)
+            moved += 1
+    return {c: b for b, c in chars.items()}
+
+
+def spelled_bytes(tokenizer: Tokenizer) -> list[bytes]:
+    """The exact bytes each token id spells (``b""`` for special tokens), so that two
+    tokenizations of one text can be lined up by byte offsets (cross-tokenizer distillation).
+
+    Exact for UTF-8 bytes and for byte-level BPE tokenizers (GPT-2's family: SmolLM2, Llama 3,
+    Qwen, the BPE kdistill trains): a token's text there may be part of a character, which
+    ``decode`` would turn into a replacement character.
+
+    Raises:
+        DataError: a tokenizer of another kind (SentencePiece, word-level), whose tokens do not
+            spell the text byte for byte.
+    """
+    if isinstance(tokenizer, ByteTokenizer):
+        return [bytes([i]) for i in range(256)] + [b""]
+    backend = getattr(getattr(tokenizer, "_tok", None), "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    if decoder is None or type(decoder).__name__ != "ByteLevel":
+        raise DataError(
+            f"the tokenizer {tokenizer.identity} ({tokenizer.source}) is not a byte-level BPE "
+            "tokenizer: cross-tokenizer distillation lines two tokenizations up by their bytes, "
+            "which needs UTF-8 bytes or byte-level BPE (GPT-2's family) on both sides"
+        )
+    tok = tokenizer._tok  # type: ignore[attr-defined]
+    alphabet = _byte_level_alphabet()
+    special = set(tok.all_special_ids) | {tokenizer.eos_id}
+    out: list[bytes] = []
+    for i, piece in enumerate(tok.convert_ids_to_tokens(list(range(tokenizer.vocab_size)))):
+        if i in special or piece is None:
+            out.append(b"")
+        elif all(c in alphabet for c in piece):
+            out.append(bytes(alphabet[c] for c in piece))
+        else:  # an added token written as plain text
+            out.append(piece.encode("utf-8"))
+    return out

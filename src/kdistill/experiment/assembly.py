@@ -31,7 +31,7 @@ from kdistill.data import (
 from kdistill.engine.distributed import DistContext
 from kdistill.engine.trainer import Callback, Loop
 from kdistill.experiment.health import gradient_check, scratch_baselines, teacher_versus_scratch
-from kdistill.experiment.lm import assemble_lm, prepare_token_cache
+from kdistill.experiment.lm import assemble_lm, check_cross_teacher, prepare_token_cache
 from kdistill.experiment.loading import check_model_fits_data, load_model
 from kdistill.experiment.loop import build_loop
 from kdistill.experiment.options import RunOptions
@@ -546,7 +546,12 @@ def _prepare_lm_teacher(parts: RunParts, log: Log, progress: bool, rebuild: bool
     config asks for one (the objective then reads the teacher's top-k tokens from it)."""
     cfg, teacher = parts.cfg, parts.teacher
     assert cfg.kd is not None and teacher is not None
-    check = check_teacher(cfg.kd, teacher, parts.eval_loaders["test"], parts.data, log)
+    if cfg.kd.cross_tokenizer is not None:  # the teacher reads its own tokens
+        check = check_cross_teacher(
+            cfg.kd, teacher, parts.objective, parts.eval_loaders["test"], log
+        )
+    else:
+        check = check_teacher(cfg.kd, teacher, parts.eval_loaders["test"], parts.data, log)
     if not cfg.kd.teacher_cache.enabled:
         return replace(parts, teacher_check=check)
     cache = prepare_token_cache(

@@ -240,8 +240,10 @@ def language_model_metrics(
     models = {"student": student}
     if parts.teacher is not None and not parts.teacher.joint:
         models["teacher"] = parts.teacher.loaded[0].model
+    own = parts.teacher.loaded[0].tokenizer if parts.teacher is not None else None
+    tokenizers = {"student": data.tokenizer, "teacher": own or data.tokenizer}
     continuations = {
-        role: {p: greedy_continuation(m, data.tokenizer, p, CONTINUATION_TOKENS) for p in PROMPTS}
+        role: {p: greedy_continuation(m, tokenizers[role], p, CONTINUATION_TOKENS) for p in PROMPTS}
         for role, m in models.items()
     }
     test = data.test
@@ -259,7 +261,12 @@ def language_model_metrics(
         "test_bits_per_byte": bits_per_byte(last["test"]["loss"]),
         "test_tokens": tokens,
         "teacher_test_perplexity": check.test.metrics.get("perplexity") if check else None,
-        "teacher_test_bits_per_byte": bits_per_byte(check.test.metrics["loss"]) if check else None,
+        # a teacher of another tokenizer measured its own bits per byte (its own tokens)
+        "teacher_test_bits_per_byte": (
+            check.test.metrics.get("bits_per_byte", bits_per_byte(check.test.metrics["loss"]))
+            if check
+            else None
+        ),
         "tokens_per_s": trained / max(1e-9, sum(epoch_times)),
         "continuations": continuations,
         "generation": generation() if callable(generation) else None,

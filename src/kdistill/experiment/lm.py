@@ -35,7 +35,7 @@ from kdistill.experiment.loop import build_loop
 from kdistill.experiment.precision import choose_teacher_precision, forward_probe
 from kdistill.experiment.teacher_cache import cache_path
 from kdistill.experiment.teachers import LoadedTeacher, TeacherSetup
-from kdistill.files import TOKEN_CACHE_DIR, sha256_file
+from kdistill.files import TOKEN_CACHE_DIR, TOKENIZERS_DIR, sha256_file
 from kdistill.locks import exclusive_lock
 from kdistill.losses.tokens import teacher_topk
 from kdistill.models import ModelFileError, ModelSpec, build_model, resolve_model
@@ -47,6 +47,7 @@ from kdistill.objectives.tokens import align_vocabulary
 from kdistill.record import TeacherIdentity
 from kdistill.teachers import FrozenTeacher
 from kdistill.trust import CodeTrust
+from kdistill.validation import bpe_vocab_size
 
 Log = Callable[[str], None]
 SMOLLM2 = "smollm2"
@@ -66,10 +67,18 @@ def pretrained_source(reference: str) -> Path | None:
     return None
 
 
-def run_tokenizer(cfg: RunConfig) -> Tokenizer:
-    """``data.tokenizer``, else the pretrained teacher's own, else the pretrained student's,
-    else bytes."""
+def run_tokenizer(cfg: RunConfig, log: Log | None = None) -> Tokenizer:
+    """``data.tokenizer`` (``bpe:<N>``: trained on the training split, or read back from
+    ``<out_dir>/tokenizers/``), else the pretrained teacher's own, else the pretrained
+    student's, else bytes."""
     name = cfg.data.tokenizer
+    vocab = bpe_vocab_size(name)
+    if vocab is not None:
+        from kdistill.data.bpe import trained_bpe
+        from kdistill.data.text import split_documents, text_documents
+
+        train = split_documents(text_documents(cfg.data.name, cfg.data.files))["train"]
+        return trained_bpe(train, vocab, Path(cfg.out_dir) / TOKENIZERS_DIR, log=log)
     if name is None:
         teachers = cfg.kd.teachers if cfg.kd is not None else []
         for reference in [t.checkpoint for t in teachers] + [cfg.model.checkpoint]:
@@ -198,13 +207,17 @@ def student_from_teacher(
 
 
 def load_lm_teacher(
-    t: ModelConfig, what: str, data: TextData, trust: CodeTrust, log: Log
+    t: ModelConfig, what: str, data: TextData, trust: CodeTrust, log: Log, *, cross: bool = False
 ) -> LoadedTeacher:
-    """A teacher language model with its identity (the sha256 of its weights file)."""
+    """A teacher language model with its identity (the sha256 of its weights file). With
+    ``cross`` (``kd.cross_tokenizer``) it keeps its own tokenizer, which it carries."""
     assert t.checkpoint is not None
     source = pretrained_source(t.checkpoint)
+    own: Tokenizer | None = None
     if source is not None:
-        if data.tokenizer.source != str(source):  # data.tokenizer named another one
+        if cross:
+            own = HFTokenizer(source)
+        elif data.tokenizer.source != str(source):  # data.tokenizer named another one
             same_tokenizer(HFTokenizer(source), data.tokenizer, f"{what} ({source}) and the run")
         model: nn.Module = load_causal_lm(source)
         weights = teacher_weights_file(t.checkpoint)
@@ -224,12 +237,28 @@ def load_lm_teacher(
             )
         loaded = load_model(t.checkpoint, trust=trust)
         model, spec = loaded.model, loaded.spec
-        _check_tokenizer(spec, data.tokenizer, what)
+        if cross:
+            own = recorded_tokenizer(spec, what)
+        else:
+            _check_tokenizer(spec, data.tokenizer, what)
         identity = TeacherIdentity(
             reference=t.checkpoint, file=str(loaded.source.file.resolve()),
             sha256=sha256_file(loaded.source.file), arch=spec.arch,
         )  # fmt: skip
         log(f"{what}: {identity.describe()}")
+    if own is not None:
+        if own.identity == data.tokenizer.identity:
+            raise DataError(
+                f"kd.cross_tokenizer is set, but {what} uses the run's own tokenizer "
+                f"({own.identity}): drop kd.cross_tokenizer (token-level distillation compares "
+                "one tokenizer's distributions directly)"
+            )
+        log(
+            f"{what}: its own tokenizer {own.identity} ({own.vocab_size:,} tokens) against the "
+            f"student's {data.tokenizer.identity} ({data.num_classes:,}): cross-tokenizer "
+            "distillation at byte-aligned positions"
+        )
+        return LoadedTeacher(model, spec, t.checkpoint, identity, tokenizer=own)
     context = getattr(model, "context", None)
     if context is not None and context < data.block:
         raise ValueError(
@@ -243,6 +272,16 @@ def load_lm_teacher(
             "they are aligned on the shared ids (a vocabulary padded to another size)"
         )
     return LoadedTeacher(model, spec, t.checkpoint, identity)
+
+
+def recorded_tokenizer(spec: ModelSpec, what: str) -> Tokenizer:
+    """The tokenizer a kdistill language model's file records (checked by its identity)."""
+    from kdistill.data.tokenizers import tokenizer_from
+
+    source = spec.extra.get("tokenizer_source")
+    if not isinstance(source, str):
+        raise ModelFileError(f"{what} records no tokenizer: it is not a language model's file")
+    return tokenizer_from(source, spec.extra.get("tokenizer"))
 
 
 def adapted_base_is_teacher(cfg: RunConfig) -> bool:
@@ -328,15 +367,17 @@ def build_lm_teacher(
     if student is not None and adapted_base_is_teacher(cfg):
         loaded = base_as_teacher(cfg, student, log)
     else:
-        loaded = load_lm_teacher(kd.teachers[0], "kd.teachers[0]", data, trust, log)
+        loaded = load_lm_teacher(
+            kd.teachers[0], "kd.teachers[0]", data, trust, log,
+            cross=kd.cross_tokenizer is not None,
+        )  # fmt: skip
     if on_loaded is not None:
         on_loaded(loaded.model)
     member = FrozenTeacher(loaded.model)
     member.to(device)
     setup = TeacherSetup([loaded], member, [member])
-    probe_ids = torch.randint(
-        0, data.num_classes, (4, data.block), generator=torch.Generator().manual_seed(0)
-    )
+    ids = min(data.num_classes, getattr(loaded.model, "vocab_size", None) or data.num_classes)
+    probe_ids = torch.randint(0, ids, (4, data.block), generator=torch.Generator().manual_seed(0))
     setup.set_precision(
         choose_teacher_precision(
             kd.teacher_precision,
@@ -369,6 +410,16 @@ def build_lm_objective(
         jsd_beta=kd.jsd_beta, skew=kd.skew, kd_start_epoch=cfg.kd_window.start,
         kd_end_epoch=cfg.kd_window.end, chunk_size=chunk,
     )  # fmt: skip
+    if kd.cross_tokenizer is not None:
+        from kdistill.data.alignment import ByteAligner
+        from kdistill.objectives.cross_tokenizer import CrossTokenizerDistiller
+
+        assert data is not None and teacher.loaded[0].tokenizer is not None
+        return CrossTokenizerDistiller(
+            student, teacher.live, ByteAligner(data.tokenizer, teacher.loaded[0].tokenizer),
+            method=kd.cross_tokenizer, context=getattr(teacher.loaded[0].model, "context", None),
+            **settings,
+        )  # fmt: skip
     if kd.on_policy is not None:
         from kdistill.objectives.on_policy import OnPolicyDistiller
 
@@ -382,7 +433,7 @@ def build_lm_objective(
 
 
 def text_data(cfg: RunConfig, log: Log) -> TextData:
-    tokenizer = run_tokenizer(cfg)
+    tokenizer = run_tokenizer(cfg, log)
     data = build_text_data(
         cfg.data.name,
         cfg.data.files,
@@ -512,6 +563,8 @@ def assemble_lm(
     if cfg.kd is not None and cfg.kd.on_policy is not None:
         prompts = [data.tokenizer.encode(d.prompt) for d in data.train_documents or []]
     objective = build_lm_objective(cfg, student, teacher, prompts, data)
+    if cfg.kd is not None and cfg.kd.cross_tokenizer is not None:
+        log(alignment_summary(objective.aligner, data))  # type: ignore[attr-defined]
     objective.to(device)  # type: ignore[attr-defined]
     train_loader, eval_loaders = lm_loaders(cfg, data, device, rank, world)
     loop = build_loop(cfg, device, data.num_classes, len(train_loader), world)
@@ -683,3 +736,76 @@ def greedy_continuation(model: nn.Module, tokenizer: Tokenizer, prompt: str, tok
 
 # Prompts of `kdistill eval --generate`: openings of the Python reference's own prose.
 PROMPTS = ("The for statement is used to", "A class definition", "Exceptions are")
+
+
+def alignment_summary(aligner: Any, data: TextData, blocks: int = 32) -> str:
+    """How the two tokenizations of the first ``blocks`` training blocks line up: the share
+    of student positions with an aligned teacher position (where the divergence is taken) and
+    the teacher's tokens per student token."""
+    n = min(blocks, len(data.train))
+    inputs, _ = data.train.batch(np.arange(n))
+    views = [aligner.view(row) for row in inputs.tolist()]
+    aligned = sum(len(v.student) for v in views) / max(1, inputs.size)
+    ratio = sum(len(v.ids) for v in views) / max(1, inputs.size)
+    return (
+        f"cross-tokenizer: {aligned:.1%} of the student's positions end where a teacher token "
+        f"ends (the divergence is taken there), {ratio:.2f} teacher tokens per student token "
+        f"(first {n} training blocks)"
+    )
+
+
+def check_cross_teacher(kd: Any, teacher: TeacherSetup, objective: Any, test: Any, log: Log):
+    """The check of a teacher with its own tokenizer: it reads its own tokens of each test
+    block's text (as it does in training) and predicts its next token; its perplexity is over
+    its tokens, its bits per byte over the bytes they spell (what compares with the student's).
+    Refused below ``kd.min_teacher_top1`` of its own top-1, as any teacher."""
+    import math
+
+    from kdistill.engine.distributed import all_reduce_sum
+    from kdistill.engine.evaluation import Evaluation
+    from kdistill.experiment.teachers import TeacherCheck, accept_teacher
+
+    aligner = objective.aligner
+    member = teacher.members[0]
+    device = next(iter(member.model.parameters())).device
+    spelled = [len(b) for b in aligner.teacher_bytes]
+    nats = tokens = right = spelled_bytes = 0.0
+    for batch in test:
+        for row in batch.inputs.tolist():
+            ids = aligner.view(row).ids
+            if len(ids) < 2:
+                continue
+            inputs = torch.tensor([ids], device=device)
+            with torch.no_grad():
+                logits = member(inputs).logits[0, :-1].float()
+            labels = inputs[0, 1:]
+            nats += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            right += float((logits.argmax(-1) == labels).sum())
+            tokens += len(ids) - 1
+            spelled_bytes += sum(spelled[i] for i in ids[1:])
+    nats, tokens, right, spelled_bytes = all_reduce_sum(
+        [nats, tokens, right, spelled_bytes], device
+    )
+    loss = nats / max(1.0, tokens)
+    metrics = {
+        "loss": loss, "perplexity": math.exp(loss), "top1": right / max(1.0, tokens),
+        "bits_per_byte": nats / (math.log(2) * max(1.0, spelled_bytes)),
+        "tokens": tokens,
+    }  # fmt: skip
+    check = TeacherCheck(metrics["top1"], (metrics["top1"],),
+                         Evaluation(metrics, torch.empty(0, dtype=torch.long)))  # fmt: skip
+    log(
+        f"teacher on its own tokens of the test text: {int(tokens):,} tokens, "
+        f"{metrics['bits_per_byte']:.3f} bits per byte"
+    )
+    accept_teacher(kd, teacher, check, _OwnVocabulary(aligner), log)
+    return check
+
+
+class _OwnVocabulary:
+    """What :func:`accept_teacher` reads of the data, for a teacher of another tokenizer:
+    chance is one in its own vocabulary."""
+
+    def __init__(self, aligner: Any) -> None:
+        self.num_classes = len(aligner.teacher_bytes)
+        self.name = "the test text in its own tokens"

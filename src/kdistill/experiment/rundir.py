@@ -77,6 +77,7 @@ _ADDED_SETTINGS = {
     "kd.sequence_level": None,
     "kd.on_policy": None,
     "kd.teachers[].lora": None,
+    "kd.cross_tokenizer": None,
 }
 
 

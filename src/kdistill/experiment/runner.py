@@ -250,6 +250,8 @@ def teacher_agreement(parts: RunParts) -> list[Callback]:
     if parts.teacher.joint:
         return [Agreement(predict=parts.teacher.predict)]
     assert parts.teacher_check is not None
+    if parts.teacher.loaded[0].tokenizer is not None:  # its tokens are not the student's
+        return []
     return [Agreement(reference={"test": parts.teacher_check.test.predictions})]
 
 

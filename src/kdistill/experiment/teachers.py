@@ -156,6 +156,8 @@ class LoadedTeacher:
     spec: ModelSpec
     reference: str
     identity: TeacherIdentity | None
+    # a language model's own tokenizer when it is not the run's (kd.cross_tokenizer)
+    tokenizer: Any = None
 
 
 def missing_teacher(what: str, reference: str) -> str:
