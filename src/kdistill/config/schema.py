@@ -45,6 +45,7 @@ DatasetName = Literal[
 # Text for language models: CPython's own language reference, or the user's files.
 TEXT_DATASETS = ("pydocs", "text")
 OptimizerName = Literal["sgd", "adamw"]
+ParallelKind = Literal["ddp", "fsdp"]
 ScheduleName = Literal["cosine", "multistep", "exponential", "onecycle", "constant"]
 Precision = Literal["fp32", "bf16"]
 TeacherPrecision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -830,6 +831,19 @@ class TrainConfig:
         "with several processes, compute the student's BatchNorm statistics over the global batch",
         False,
     )
+    parallel: ParallelKind = doc(
+        "with several processes: 'ddp' (every process holds the whole student, gradients are "
+        "averaged) or 'fsdp' (language models: FSDP2's fully_shard on each of the student's "
+        "blocks and on the rest, so each process holds a shard of its weights, gradients and "
+        "optimizer state; checkpoints and model files hold the whole weights)",
+        "ddp",
+    )
+    shard_teacher: bool = doc(
+        "with train.parallel=fsdp and several processes, shard the frozen teacher's blocks "
+        "too (each process keeps a shard; its weights are gathered block by block in its "
+        "forward); false = every process holds the whole teacher",
+        False,
+    )
     dist_timeout_s: float = doc(
         "with several processes, how long one waits for the others before the run stops "
         "(a process that died makes the rest stop within this time)",
@@ -960,6 +974,8 @@ class RunConfig:
             )
         if self.kd is not None and self.kd.cross_tokenizer is not None:
             self._check_cross_tokenizer(self.kd)
+        if self.train.parallel == "fsdp" or self.train.shard_teacher:
+            self._check_fsdp()
         if self.model.lora is not None:
             _require(
                 self.data.is_text,
@@ -1100,3 +1116,44 @@ class RunConfig:
             f"{what}: model.init_from_teacher copies the teacher's embedding, which is over "
             "another vocabulary",
         )
+
+    def _check_fsdp(self) -> None:
+        _require(
+            self.train.parallel == "fsdp",
+            "train.shard_teacher shards the teacher with FSDP2: it needs train.parallel=fsdp",
+        )
+        _require(
+            self.data.is_text,
+            "train.parallel=fsdp shards a language-model student (data.name: pydocs or text); "
+            "image runs use ddp",
+        )
+        _require(
+            not self.policies,
+            "train.parallel=fsdp with compression policies ("
+            + ", ".join(p.kind for p in self.policies)
+            + "): a sharded student cannot be pruned or fake-quantized in place; use ddp",
+        )
+        _require(
+            self.model.lora is None,
+            "train.parallel=fsdp with model.lora: adapters are trained replicated; use ddp",
+        )
+        kd = self.kd
+        _require(
+            kd is None or kd.on_policy is None,
+            "train.parallel=fsdp with kd.on_policy: each process samples completions of its own "
+            "length, but a sharded student must run the same forwards in every process; use ddp",
+        )
+        if self.train.shard_teacher:
+            _require(kd is not None, "train.shard_teacher needs a teacher (kd)")
+            assert kd is not None
+            _require(
+                not kd.teacher_cache.enabled,
+                "train.shard_teacher with kd.teacher_cache: the cache is built by the processes "
+                "in shares of their own, which a sharded teacher cannot run; build the cache "
+                "with the teacher replicated (train.shard_teacher=false), or run it online",
+            )
+            _require(
+                kd.cross_tokenizer is None and kd.sequence_level is None,
+                "train.shard_teacher with kd.cross_tokenizer or kd.sequence_level: the teacher "
+                "then reads sequences of its own length in each process; keep it replicated",
+            )

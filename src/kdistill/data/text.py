@@ -482,6 +482,11 @@ class TokenLoader:
         return order[self.rank :: self.world]
 
     def __len__(self) -> int:
+        if self.world > 1 and not self.shuffle:
+            # evaluating: as many batches in every process (the last ones may hold no block of
+            # this process's share), since a sharded model's forwards are collectives
+            share = -(-len(self.blocks) // self.world)
+            return -(-share // self.batch)
         mine = len(self._mine())
         return mine // self.batch if self.drop_last else -(-mine // self.batch)
 
@@ -489,6 +494,16 @@ class TokenLoader:
         mine = self._mine()
         for b in range(len(self)):
             rows = mine[b * self.batch : (b + 1) * self.batch]
+            if not len(rows):  # a padding batch: one block, no label taking a loss
+                inputs, labels = self.blocks.batch(np.zeros(1, dtype=np.int64))
+                labels[:] = IGNORE_INDEX
+                yield Batch(
+                    inputs=torch.from_numpy(inputs).to(self.device),
+                    targets=torch.from_numpy(labels).to(self.device),
+                    sample_ids=torch.zeros(1, dtype=torch.int64),
+                    views=None,
+                )
+                continue
             inputs, labels = self.blocks.batch(rows)
             yield Batch(
                 inputs=torch.from_numpy(inputs).to(self.device),

@@ -135,7 +135,7 @@ class Checkpointer(Callback):
         final = self.root / name
         with atomic_dir(final) as tmp:
             save_model_file(
-                tmp / MODEL, trainer.student.state_dict(), self.describe(trainer.student)
+                tmp / MODEL, trainer.student_state_dict(), self.describe(trainer.student)
             )
             with os_errors(tmp / STATE, "write"):
                 torch.save(trainer.state_dict(), tmp / STATE)

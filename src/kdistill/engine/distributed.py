@@ -161,6 +161,82 @@ def from_first_process(value: T) -> T:
     return box[0]
 
 
+def world_size() -> int:
+    """Processes in the group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+# ---------------------------------------------------------------------------- FSDP2
+# Fully sharded data parallelism (torch.distributed.fsdp.fully_shard, "FSDP2"): each process
+# keeps a shard of every parameter, gradient and optimizer state; a block's parameters are
+# all-gathered for its forward and backward and freed after. Every process must then run the
+# same forwards in the same order (the all-gathers are collectives).
+
+
+def sharded_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks FSDP2 shards one by one: the first ``nn.ModuleList`` named
+    ``blocks`` or ``layers`` found breadth-first (kdistill's GPTs, Hugging Face decoders); an
+    empty list when there is none (the model is then sharded as one unit)."""
+    queue = [model]
+    while queue:
+        module = queue.pop(0)
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.ModuleList) and name in ("blocks", "layers"):
+                return list(child)
+            queue.append(child)
+    return []
+
+
+def shard_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` sharded in place over the processes of the group with FSDP2: each block
+    (:func:`sharded_blocks`), then the rest (embeddings, final norm, head: the root unit, so
+    that tied weights stay in one unit). Returns ``model`` itself."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in sharded_blocks(model):
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is sharded by FSDP2 (its parameters are DTensors)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def _full_options(**kwargs: Any) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole ``state_dict`` of a sharded model, gathered on the CPU of the first process
+    (empty elsewhere). Every process must call it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options(cpu_offload=True))
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The whole optimizer state of a sharded model (keyed by parameter names), gathered on
+    the CPU of the first process (empty elsewhere). Every process must call it."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
+
+
+def load_full_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
+) -> None:
+    """Restore :func:`full_optimizer_state`'s state (read by every process) into the shards."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=_full_options())

@@ -69,6 +69,8 @@ class Loop:
         grad_clip: max global gradient norm, or ``None``.
         grad_accumulation: batches per optimizer step.
         data_parallel: wrap the student in ``DistributedDataParallel`` (torch.distributed).
+        sharded: with ``data_parallel``, shard the student with FSDP2 instead of replicating it
+            (:func:`~kdistill.engine.distributed.shard_model`).
         sync_batchnorm: with ``data_parallel``, BatchNorm statistics over the global batch.
     """
 
@@ -81,6 +83,7 @@ class Loop:
     grad_accumulation: int = 1
     data_parallel: bool = False
     sync_batchnorm: bool = False
+    sharded: bool = False
 
 
 @dataclass
@@ -254,6 +257,9 @@ class Trainer:
         self.optimizer = optimizer_factory(list(objective.parameters()))
         self._peak_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.epoch_sums = _EpochSums(loop.device)
+        # a sharded student's whole weights and optimizer state, gathered by every process at
+        # the end of an epoch (a collective) for the first process to write
+        self._gathered: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     @property
     def student(self) -> nn.Module:
@@ -263,6 +269,10 @@ class Trainer:
 
     def _wrap(self, student: nn.Module) -> nn.Module:
         """Only the student is data-parallel: the teacher has no gradients to synchronize."""
+        if self.loop.sharded:
+            from kdistill.engine.distributed import shard_model
+
+            return shard_model(student)
         if self.loop.sync_batchnorm:
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         device = self.loop.device
@@ -274,6 +284,8 @@ class Trainer:
         """Swap the network being trained (compression changes its structure), keeping its
         train/eval mode, and rebuild the optimizer over the new parameters (momentum restarts,
         at the learning rate the schedule gives for the current step)."""
+        if self.loop.sharded:
+            raise TrainingError("a sharded (FSDP2) student cannot be replaced by compression")
         student.to(self.loop.device)
         student.train(self.student.training)
         self.objective.student = self._wrap(student) if self.loop.data_parallel else student
@@ -303,6 +315,8 @@ class Trainer:
                 "eval_time_s": time.perf_counter() - started,
             }
             selection = evals.get("val", evals.get("test"))
+            if self.loop.sharded:
+                self._gather()
             self.state.finish_epoch(
                 record, selection["top1"] if selection else -train_metrics["loss"]
             )
@@ -432,13 +446,30 @@ class Trainer:
             seen[name] = seen.get(name, 0) + 1
         return keys
 
+    def _gather(self) -> None:
+        from kdistill.engine.distributed import full_model_state, full_optimizer_state
+
+        student = self.objective.student
+        self._gathered = (
+            full_model_state(student),
+            full_optimizer_state(student, self.optimizer),
+        )
+
+    def student_state_dict(self) -> dict[str, Any]:
+        """The student's whole weights (a sharded student's as gathered after the last epoch)."""
+        if self.loop.sharded:
+            assert self._gathered is not None, "gathered at the end of every epoch"
+            return self._gathered[0]
+        return self.student.state_dict()
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint needs besides the student's weights: loop position,
         optimizer, RNG states, the objective's extra state and the callbacks' states."""
         callbacks = {k: cb.state_dict() for k, cb in zip(self._callback_keys(), self.callbacks)}
+        optimizer = self._gathered[1] if self.loop.sharded and self._gathered else None
         return {
             "train_state": self.state.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer if optimizer is not None else self.optimizer.state_dict(),
             "rng": rng_state(),
             "objective": self.objective.extra_state(),
             "callbacks": {k: v for k, v in callbacks.items() if v},
@@ -457,7 +488,12 @@ class Trainer:
             if key in state["callbacks"]:
                 cb.load_state_dict(state["callbacks"][key])
         self.objective.load_extra_state(state["objective"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.loop.sharded:  # a whole state keyed by parameter names, sharded on loading
+            from kdistill.engine.distributed import load_full_optimizer_state
+
+            load_full_optimizer_state(self.objective.student, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.state = TrainState.from_dict(state["train_state"])
         set_rng_state(state["rng"])
 

@@ -20,6 +20,7 @@ from kdistill.compression.export import export_int8
 from kdistill.config.schema import RunConfig
 from kdistill.data.text import TextData, token_bytes
 from kdistill.engine.checkpoint import Checkpoint
+from kdistill.engine.distributed import is_sharded
 from kdistill.engine.evaluation import evaluate
 from kdistill.engine.trainer import Trainer
 from kdistill.experiment.assembly import RunParts, build_eval_loaders
@@ -238,8 +239,10 @@ def language_model_metrics(
     if not isinstance(data, TextData):
         return {}
     models = {"student": student}
-    if parts.teacher is not None and not parts.teacher.joint:
-        models["teacher"] = parts.teacher.loaded[0].model
+    teacher = parts.teacher.loaded[0].model if parts.teacher is not None else None
+    # a sharded teacher runs only with every process (which has left): no continuations
+    if teacher is not None and not parts.teacher.joint and not is_sharded(teacher):  # type: ignore[union-attr]
+        models["teacher"] = teacher
     own = parts.teacher.loaded[0].tokenizer if parts.teacher is not None else None
     tokenizers = {"student": data.tokenizer, "teacher": own or data.tokenizer}
     continuations = {

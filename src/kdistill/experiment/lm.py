@@ -29,7 +29,7 @@ from kdistill.config.schema import ModelConfig, RunConfig
 from kdistill.data.errors import DataError
 from kdistill.data.text import TextData, TokenLoader, build_text_data
 from kdistill.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, same_tokenizer
-from kdistill.engine.distributed import DistContext
+from kdistill.engine.distributed import DistContext, shard_model, world_size
 from kdistill.experiment.loading import load_model
 from kdistill.experiment.loop import build_loop
 from kdistill.experiment.precision import choose_teacher_precision, forward_probe
@@ -387,6 +387,9 @@ def build_lm_teacher(
         ),
         log,
     )
+    if cfg.train.shard_teacher and world_size() > 1:
+        shard_model(member.model)  # after the probe, which each process times on its own
+        log(f"teacher sharded over {world_size()} processes (FSDP2, block by block)")
     return setup
 
 
@@ -570,9 +573,14 @@ def assemble_lm(
     loop = build_loop(cfg, device, data.num_classes, len(train_loader), world)
     compression = adapters + lm_compression(cfg, data, student, log, check=resume_from is None)
     if world > 1 and dist_ctx is not None:
+        how = (
+            "the student sharded with FSDP2 (its blocks, then the rest)"
+            if cfg.train.parallel == "fsdp"
+            else "the student replicated (DDP)"
+        )
         log(
             f"data-parallel training on {world} processes ({dist_ctx.backend}); "
-            f"global batch {cfg.data.batch_size} blocks"
+            f"global batch {cfg.data.batch_size} blocks; {how}"
         )
     return {
         "data": data, "spec": spec, "objective": objective, "teacher": teacher,

@@ -29,4 +29,5 @@ def build_loop(
         grad_accumulation=cfg.train.grad_accumulation,
         data_parallel=world > 1,
         sync_batchnorm=cfg.train.sync_batchnorm,
+        sharded=world > 1 and cfg.train.parallel == "fsdp",
     )

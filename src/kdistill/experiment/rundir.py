@@ -78,6 +78,8 @@ _ADDED_SETTINGS = {
     "kd.on_policy": None,
     "kd.teachers[].lora": None,
     "kd.cross_tokenizer": None,
+    "train.parallel": "ddp",
+    "train.shard_teacher": False,
 }
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from kdistill.config.loader import dump_yaml
 from kdistill.config.schema import RunConfig
 from kdistill.engine.callbacks import Agreement, CollapseGuard
@@ -36,6 +38,7 @@ from kdistill.experiment.assembly import RunParts, build_run, resolve_device
 from kdistill.experiment.finish import finish_run
 from kdistill.experiment.health import collapse_advice
 from kdistill.experiment.lm import teacher_weights_file
+from kdistill.experiment.loading import load_model
 from kdistill.experiment.options import RunOptions
 from kdistill.experiment.rundir import (
     RunDirError,
@@ -55,6 +58,7 @@ from kdistill.files import (
 )
 from kdistill.models import resolve_model
 from kdistill.record import RunRecord
+from kdistill.trust import CodeTrust
 
 Log = Callable[[str], None]
 
@@ -150,6 +154,8 @@ def _run(cfg: RunConfig, options: RunOptions, dist_ctx: DistContext | None) -> R
         if not main:
             barrier()  # until the first process has written the results
             return RunResult(run_dir, None)
+        if parts.loop.sharded:  # finish with the whole student its last checkpoint holds
+            trainer.objective.student = unsharded_student(run_dir, parts)
         record = finish_run(
             parts,
             trainer,
@@ -211,6 +217,17 @@ def _trainer(
         ],
     )
     return trainer, guard
+
+
+def unsharded_student(run_dir: Path, parts: RunParts) -> nn.Module:
+    """The student of a sharded (FSDP2) run, whole, as its last checkpoint holds it (the
+    weights every process gathered after the last epoch): what the first process finishes the
+    run with, alone (its files, continuations and latency need no other process)."""
+    latest = Checkpointer.latest(run_dir)
+    assert latest is not None, "a checkpoint is written after every epoch"
+    spec = parts.student_spec(parts.objective.student)
+    model = load_model(latest.model_file, trust=CodeTrust(frozenset({spec.arch}))).model
+    return model.to(parts.device).train()
 
 
 def write_stopped(run_dir: Path, trainer: Trainer, error: TrainingError) -> None:

@@ -362,7 +362,15 @@ def output_head(model: nn.Module) -> nn.Linear | None:
     # fake-quantized Linear rounds them in its forward), which a chunked loss would bypass
     if not getattr(inner, "gives_last_hidden", False) or type(head) is not nn.Linear:
         return None
+    if _sharded(inner):  # FSDP2 gathers the head's weight only inside the model's forward
+        return None
     return head if head.bias is None else None
+
+
+def _sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def _cross_entropy_sum(

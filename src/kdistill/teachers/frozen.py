@@ -190,9 +190,12 @@ class FrozenTeacher(nn.Module):
         ``head`` over its last hidden states (``hidden_states(ids)``), as it says with
         ``gives_last_hidden = True``: kdistill's GPTs, and ``hf:`` / GGUF causal LMs whose
         logits are not scaled or capped."""
+        from torch.distributed.fsdp import FSDPModule
+
         head = getattr(self.model, "head", None)
         return (
-            bool(getattr(self.model, "gives_last_hidden", False))
+            not isinstance(self.model, FSDPModule)  # sharded: weights gathered in forward only
+            and bool(getattr(self.model, "gives_last_hidden", False))
             and callable(getattr(self.model, "hidden_states", None))
             and isinstance(head, nn.Linear)
             and head.bias is None
