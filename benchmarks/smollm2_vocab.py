@@ -44,10 +44,9 @@ def shared_rows(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     rows = json.loads(path.read_text())["rows"]
+    kept = ("bits_per_byte", "bits_per_byte_mean", "params")
     return {
-        name: {"bits_per_byte": rows[key]["bits_per_byte"],
-               "bits_per_byte_mean": rows[key]["bits_per_byte_mean"],
-               "params": rows[key]["params"], "from": str(path)}  # fmt: skip
+        name: {**{k: rows[key][k] for k in kept}, "from": str(path)}
         for name, key in SHARED.items()
         if key in rows
     }

@@ -152,3 +152,58 @@ def test_on_policy_distillation_repeats_its_steps_and_resumes(tmp_path, llama, p
         assert torch.equal(x, y), name
     with pytest.raises(ValueError, match="no cache holds"):
         lm_config(tmp_path, paragraphs, *settings, "kd.teacher_cache.enabled=true")
+
+
+def test_a_judge_scores_the_models_own_greedy_continuations(tmp_path, llama, paragraphs, capsys):
+    """``kdistill eval --judge``: a model judged by itself scores each greedy token at minus the
+    log of its largest probability, computed here step by step without the judge's code."""
+    from kdistill.cli.main import main
+    from kdistill.data.tokenizers import HFTokenizer
+    from kdistill.models.causal_lm import load_causal_lm
+
+    capsys.readouterr()
+    assert main(["eval", str(llama), "--dataset", "text", "--data-root", str(paragraphs),
+                 "--json", "--judge", str(llama), "--judge-prompts", "3",
+                 "--judge-tokens", "4"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    model, tokenizer = load_causal_lm(llama).eval(), HFTokenizer(llama)
+    from kdistill.data.text import split_documents
+
+    test = split_documents(read_documents([paragraphs]))["test"]
+    nats, tokens = 0.0, 0
+    for prompt in [d.prompt for d in paragraph_prompts(test)[:3]]:
+        ids = tokenizer.encode(prompt)
+        for _ in range(4):
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([ids]))[0, -1].double(), -1)
+            best = int(logp.argmax())
+            if best == tokenizer.eos_id:
+                break
+            nats -= float(logp[best])
+            tokens += 1
+            ids.append(best)
+    assert out["judged_prompts"] == 3 and out["judged_tokens"] == tokens > 0
+    assert out["judge_nll_per_token"] == pytest.approx(nats / tokens, rel=1e-4)
+    # a judge that reads other tokens is refused by name: the same Llama with a byte-level BPE
+    import shutil
+
+    import tokenizers
+    import transformers
+
+    other = tmp_path / "other"
+    shutil.copytree(llama, other)
+    backend = tokenizers.Tokenizer(tokenizers.models.BPE())
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=280, special_tokens=["<eos>"],
+                                             show_progress=False)  # fmt: skip
+    backend.train_from_iterator(["a small text to learn a few merges from"], trainer)
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<eos>"
+    ).save_pretrained(other)
+    args = ["eval", str(llama), "--dataset", "text", "--data-root", str(paragraphs), "--judge"]
+    assert main([*args, str(other)]) == 2
+    assert (
+        "the judge scores the model's tokens, which needs one tokenizer" in capsys.readouterr().err
+    )
+    assert main([*args, str(tmp_path / "nothing")]) == 2
+    assert "not smollm2, a .gguf file" in capsys.readouterr().err

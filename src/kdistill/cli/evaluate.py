@@ -39,6 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fixed prompts",
     )
     p.add_argument(
+        "--judge",
+        metavar="TEACHER",
+        help="language models: the model's greedy continuations of held-out prompts (first "
+        "sentences of the split's paragraphs) scored by TEACHER (smollm2, a .gguf file, a "
+        "Hugging Face directory or a kdistill language model of the same tokenizer): its "
+        "negative log-likelihood per continuation token",
+    )
+    p.add_argument("--judge-prompts", type=int, default=64, metavar="N",
+                   help="with --judge: how many prompts (default 64)")  # fmt: skip
+    p.add_argument("--judge-tokens", type=int, default=32, metavar="T",
+                   help="with --judge: tokens per continuation (default 32)")  # fmt: skip
+    p.add_argument(
         "--block",
         type=int,
         help="language models: tokens per block (default: the recorded one; 256 for a "
@@ -226,9 +238,17 @@ def _evaluate_language_model(args: argparse.Namespace, model, spec) -> int:
             prompt: greedy_continuation(model, tokenizer, prompt, args.generate)
             for prompt in PROMPTS
         }
+    if args.judge:
+        result.update(_judgement(args, model, tokenizer, name, files).as_dict())
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
+    if args.judge:
+        print(
+            f"judged by {args.judge}: {result['judge_nll_per_token']:.3f} nats per token of the "
+            f"model's greedy continuations ({result['judged_tokens']:,} tokens of "
+            f"{result['judged_prompts']} held-out prompts)"
+        )
     print(
         f"{spec.arch} on {data.name} {args.split} ({tokens:,} tokens): perplexity "
         f"{result['perplexity']:.2f}  bits per byte {result['bits_per_byte']:.3f}  "
@@ -237,6 +257,46 @@ def _evaluate_language_model(args: argparse.Namespace, model, spec) -> int:
     for prompt, text in result.get("continuations", {}).items():
         print(f"  {prompt!r} -> {text!r}")
     return 0
+
+
+def _judgement(args: argparse.Namespace, model, tokenizer, name: str, files: list):
+    """``--judge``: the judge model loaded (same tokenizer, checked) and its judgement of the
+    model's continuations of the split's first prompts."""
+    from pathlib import Path
+
+    from kdistill.data.text import split_documents, text_documents
+    from kdistill.data.tokenizers import HFTokenizer, tokenizer_from
+    from kdistill.experiment import load_model
+    from kdistill.experiment.judge import held_out_prompts, judge_continuations
+    from kdistill.experiment.lm import pretrained_source
+    from kdistill.models.causal_lm import load_causal_lm
+
+    for flag in ("judge_prompts", "judge_tokens"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    source = pretrained_source(args.judge)
+    if source is not None:
+        judge, theirs = load_causal_lm(source), HFTokenizer(source)
+    elif Path(args.judge).exists():
+        loaded = load_model(args.judge)
+        judge = loaded.model
+        theirs = tokenizer_from(
+            loaded.spec.extra.get("tokenizer_source", "bytes"), loaded.spec.extra.get("tokenizer")
+        )
+    else:
+        raise UserError(
+            f"--judge {args.judge}: not smollm2, a .gguf file, a Hugging Face directory or a "
+            "kdistill model"
+        )
+    if theirs.identity != tokenizer.identity:
+        raise UserError(
+            f"--judge {args.judge} reads the tokenizer {theirs.identity}, the model "
+            f"{tokenizer.identity}: the judge scores the model's tokens, which needs one tokenizer"
+        )
+    documents = split_documents(text_documents(name, files))[args.split]
+    prompts = held_out_prompts(documents, args.judge_prompts)
+    device = next(iter(model.parameters())).device
+    return judge_continuations(model, judge.to(device), tokenizer, prompts, args.judge_tokens)
 
 
 def _onnx_model(path: str):
