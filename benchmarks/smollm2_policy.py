@@ -35,15 +35,22 @@ from common import provenance, publish
 
 RECIPE = "pydocs/smollm2-distill"
 ON_POLICY = {"kd.teacher_cache.enabled": False, "kd.token_loss": "jsd"}
-ROWS: dict[str, dict[str, Any]] = {
-    "off-policy forward KL (cached)": {},
-    "sequence-level KD": {"kd.sequence_level": {"max_new_tokens": 64}},
-    "on-policy, lmbda 0.5": {**ON_POLICY, "kd.on_policy": {"lmbda": 0.5, "max_new_tokens": 64}},
-    "on-policy, lmbda 1.0": {**ON_POLICY, "kd.on_policy": {"lmbda": 1.0, "max_new_tokens": 64}},
+# --rows names -> (the table's row, the recipe's values)
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "off": ("off-policy forward KL (cached)", {}),
+    "seq": ("sequence-level KD", {"kd.sequence_level": {"max_new_tokens": 64}}),
+    "gkd0.5": (
+        "on-policy, lmbda 0.5",
+        {**ON_POLICY, "kd.on_policy": {"lmbda": 0.5, "max_new_tokens": 64}},
+    ),
+    "gkd1": (
+        "on-policy, lmbda 1.0",
+        {**ON_POLICY, "kd.on_policy": {"lmbda": 1.0, "max_new_tokens": 64}},
+    ),
 }
 
 
-def training_blocks(row: str, work: str, log) -> int:
+def training_blocks(key: str, work: str, log) -> int:
     """Blocks of the training split the row's run will read (the teacher's completions are
     generated here if they are not yet, into the place the run finds them)."""
     import tempfile
@@ -57,11 +64,11 @@ def training_blocks(row: str, work: str, log) -> int:
     from kdistill.models.causal_lm import load_causal_lm, smollm2_gguf
 
     tokenizer = HFTokenizer(smollm2_gguf())
-    if row.startswith("on-policy"):
+    if key.startswith("gkd"):
         make = paragraph_prompts
-    elif row.startswith("sequence-level"):
+    elif key == "seq":
         settings = SequenceLevelConfig(max_new_tokens=64)
-        cfg = load_config(RECIPE, values={"out_dir": work, **ROWS[row]})
+        cfg = load_config(RECIPE, values={"out_dir": work, **ROWS[key][1]})
         assert cfg.kd is not None and cfg.kd.sequence_level == settings
 
         def make(train):
@@ -81,7 +88,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--seeds", default="0")
-    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--rows", default=",".join(ROWS), help="of " + ", ".join(ROWS))
     p.add_argument("--prompts", type=int, default=64, help="held-out prompts judged")
     p.add_argument("--tokens", type=int, default=32, help="tokens of each judged continuation")
     p.add_argument("--work", required=True, help="keep the runs here (finished ones are reused)")
@@ -97,18 +104,19 @@ def main() -> None:
 
     quiet = {"progress": False, "log": lambda _: None, "resume": True}
     batch, target_epochs = 8, 2
-    text_steps = target_epochs * math.ceil(training_blocks("off-policy", args.work, print) / batch)
+    text_steps = target_epochs * math.ceil(training_blocks("off", args.work, print) / batch)
     teacher, tokenizer = load_causal_lm(smollm2_gguf()).eval(), HFTokenizer(smollm2_gguf())
     test = split_documents(text_documents("pydocs", []))["test"]
     prompts = held_out_prompts(test, args.prompts)
     own = judge_continuations(teacher, teacher, tokenizer, prompts, args.tokens)
     table: dict[str, Any] = {}
     for seed in (int(s) for s in args.seeds.split(",")):
-        for name in args.rows.split(","):
-            per_epoch = math.ceil(training_blocks(name, args.work, print) / batch)
+        for key in args.rows.split(","):
+            name, settings = ROWS[key]
+            per_epoch = math.ceil(training_blocks(key, args.work, print) / batch)
             epochs = max(1, round(text_steps / per_epoch))
             values = {"out_dir": args.work, "train.seed": seed, "train.threads": 2,
-                      "train.epochs": epochs, **ROWS[name]}  # fmt: skip
+                      "train.epochs": epochs, **settings}  # fmt: skip
             record = run(load_config(RECIPE, values=values), **quiet).record
             student = load_model(record.run_dir).model
             judged = judge_continuations(student, teacher, tokenizer, prompts, args.tokens)

@@ -28,10 +28,11 @@ from typing import Any
 from common import provenance, publish
 
 RECIPE = "pydocs/smollm2-own-vocab"
-ROWS: dict[str, dict[str, Any]] = {
-    "own vocabulary, scratch": {"kd.alpha": 1.0, "kd.beta": 0.0},
-    "own vocabulary, spans (forward KL)": {"kd.cross_tokenizer": "spans"},
-    "own vocabulary, ULD": {"kd.cross_tokenizer": "uld"},
+# --rows names -> (the table's row, the recipe's values)
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "scratch": ("own vocabulary, scratch", {"kd.alpha": 1.0, "kd.beta": 0.0}),
+    "spans": ("own vocabulary, spans (forward KL)", {"kd.cross_tokenizer": "spans"}),
+    "uld": ("own vocabulary, ULD", {"kd.cross_tokenizer": "uld"}),
 }
 SHARED = {
     "shared vocabulary (gpt_micro), scratch": "scratch",
@@ -57,7 +58,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--seeds", default="0")
-    p.add_argument("--rows", default=",".join(ROWS), help="which of the own-vocabulary rows")
+    p.add_argument("--rows", default=",".join(ROWS), help="of " + ", ".join(ROWS))
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--work", required=True, help="keep the runs here (finished ones are reused)")
     p.add_argument("--out", help="write the result JSON here too (after every run)")
@@ -70,9 +71,10 @@ def main() -> None:
     table: dict[str, Any] = dict(shared_rows(Path(args.shared)))
     teacher: dict[str, Any] = {}
     for seed in (int(s) for s in args.seeds.split(",")):
-        for name in args.rows.split(","):
+        for key in args.rows.split(","):
+            name, settings = ROWS[key]
             values = {"out_dir": args.work, "train.seed": seed, "train.threads": 2,
-                      "data.tokenizer": f"bpe:{args.vocab}", **ROWS[name]}  # fmt: skip
+                      "data.tokenizer": f"bpe:{args.vocab}", **settings}  # fmt: skip
             record = run(load_config(RECIPE, values=values), **quiet).record
             row = table.setdefault(name, {"bits_per_byte": [], "test_perplexity": [],
                                           "epoch_times_s": [], "seeds": []})  # fmt: skip
