@@ -111,3 +111,25 @@ def test_a_different_tokenizer_is_refused_by_name():
     same_tokenizer(ByteTokenizer(), ByteTokenizer())
     with pytest.raises(DataError, match="bytes-utf8\\+eos and hf:GPT2TokenizerFast"):
         same_tokenizer(ByteTokenizer(), Other())
+
+
+def test_evaluation_batches_are_as_many_in_every_process():
+    """A sharded model's forwards are collectives: every process evaluates as many batches,
+    the extra ones taking no loss, and together they cover each block once."""
+    from kdistill.data.text import TokenLoader
+
+    stream = tokenize([Document("a", "x" * 40)], ByteTokenizer())
+    blocks = PackedBlocks(stream, block=4)  # 41 tokens: 10 blocks
+    loaders = [TokenLoader(blocks, 4, device="cpu", rank=r, world_size=2) for r in range(2)]
+    assert [len(loader) for loader in loaders] == [3, 3]  # 5 blocks each, 2 per batch
+    seen = []
+    for loader in loaders:
+        for batch in loader:
+            kept = (batch.targets != IGNORE_INDEX).any(dim=1)
+            seen += batch.sample_ids[kept].tolist()
+    assert sorted(seen) == list(range(10))
+    odd = PackedBlocks(tokenize([Document("a", "x" * 36)], ByteTokenizer()), block=4)  # 9
+    loaders = [TokenLoader(odd, 4, device="cpu", rank=r, world_size=2) for r in range(2)]
+    assert [len(loader) for loader in loaders] == [3, 3]
+    last = list(loaders[1])[-1]  # rank 1 holds 4 blocks: its third batch is padding
+    assert (last.targets == IGNORE_INDEX).all()
