@@ -16,7 +16,6 @@ token distiller's; the chunked loss of a student with an output head is the same
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -30,17 +29,14 @@ from kdistill.losses.cross_vocab import (
     uld_per_token,
 )
 from kdistill.losses.tokens import DIVERGENCES
-from kdistill.objectives.base import StudentObjective
-from kdistill.objectives.tokens import RowLoss, _check_batch, token_step
-from kdistill.teachers import as_teacher
-from kdistill.types import IGNORE_INDEX, DistillerOutput, LossOutput
-from kdistill.validation import EpochWindow, check_temperature
+from kdistill.objectives.tokens import RowLoss, TokenDistiller, _check_batch, token_step
+from kdistill.types import IGNORE_INDEX, DistillerOutput
 
 CrossTokenizerMethod = Literal["spans", "uld"]
 METHODS: tuple[str, ...] = ("spans", "uld")
 
 
-class CrossTokenizerDistiller(StudentObjective):
+class CrossTokenizerDistiller(TokenDistiller):
     """A student taught by a teacher of another tokenizer, at aligned positions.
 
     Args:
@@ -48,11 +44,12 @@ class CrossTokenizerDistiller(StudentObjective):
         teacher: the teacher network (frozen here) or frozen teacher object, over its own ids.
         aligner: the two tokenizers' byte alignment.
         method: ``spans`` or ``uld``.
-        kind: ``spans``' token divergence (not ``reverse_kl``: the mapped distribution is zero
-            on student tokens no teacher token starts with, where it would be infinite).
-        temperature, alpha, beta, jsd_beta, skew, kd_start_epoch, kd_end_epoch, chunk_size: as
-            :class:`~kdistill.objectives.tokens.TokenDistiller`'s.
         context: the most tokens the teacher reads (``None``: no limit).
+        settings: :class:`~kdistill.objectives.tokens.TokenDistiller`'s (``kind``,
+            ``temperature``, ``alpha``, ``beta``, ``jsd_beta``, ``skew``, the epoch window,
+            ``chunk_size``); ``kind`` is ``spans``' divergence (not ``reverse_kl``: the mapped
+            distribution is zero on student tokens no teacher token starts with, where it would
+            be infinite).
     """
 
     def __init__(
@@ -62,39 +59,21 @@ class CrossTokenizerDistiller(StudentObjective):
         aligner: ByteAligner,
         *,
         method: str = "spans",
-        kind: str = "forward_kl",
-        temperature: float = 1.0,
-        alpha: float = 0.5,
-        beta: float = 0.5,
-        jsd_beta: float = 0.5,
-        skew: float = 0.1,
-        kd_start_epoch: int = 0,
-        kd_end_epoch: int | None = None,
-        chunk_size: int | None = None,
         context: int | None = None,
+        **settings: Any,
     ) -> None:
-        super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-        if kind not in DIVERGENCES or (method == "spans" and kind == "reverse_kl"):
+        if method == "spans" and settings.get("kind") == "reverse_kl":
             valid = [k for k in DIVERGENCES if k != "reverse_kl"]
             raise ValueError(
-                f"the spans method takes kind {', '.join(valid)}, got {kind!r} (the teacher's "
-                "mapped distribution is zero on some student tokens: its reverse KL is infinite)"
+                f"the spans method takes kind {', '.join(valid)}, got 'reverse_kl' (the "
+                "teacher's mapped distribution is zero on some student tokens: its reverse KL is "
+                "infinite)"
             )
-        for name, value in (("alpha", alpha), ("beta", beta)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        self.student = student
-        self.teacher = as_teacher(teacher)
+        super().__init__(student, teacher, **settings)
         self.aligner = aligner
-        self.method, self.kind = method, kind
-        self.temperature = check_temperature(temperature)
-        self.alpha, self.beta = float(alpha), float(beta)
-        self.jsd_beta, self.skew = float(jsd_beta), float(skew)
-        self.window = EpochWindow(kd_start_epoch, kd_end_epoch)
-        self.epoch = 0
-        self.chunk_size = chunk_size
+        self.method = method
         self.context = context
         vocabulary_map = torch.from_numpy(aligner.vocabulary_map()) if method == "spans" else None
         self.register_buffer("vocabulary_map", vocabulary_map, persistent=False)
@@ -121,14 +100,7 @@ class CrossTokenizerDistiller(StudentObjective):
             self.student, inputs, targets, self.alpha, divergence, self.beta * t2,
             self.chunk_size,
         )  # fmt: skip
-        beta = self.beta if distilling and bool(step.count > 0) else 0.0
-        loss = LossOutput(
-            total=step.total,
-            parts={"student": step.cross_entropy, "distill": step.extra},
-            weights={"student": self.alpha, "distill": beta * t2},
-            count=step.count,
-        )
-        return DistillerOutput(step.output, loss, None)
+        return self.output(step, distilling, None)
 
     def teacher_targets(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """``(kept tokens,)`` the row of the teacher's targets each kept student token is
@@ -205,13 +177,3 @@ class CrossTokenizerDistiller(StudentObjective):
             ).sum()  # fmt: skip
 
         return rows
-
-    def extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        return None
-
-    def gradient_ratio(self, inputs: Tensor, targets: Tensor, **_: Any) -> float | None:
-        """Not compared: a language model's loss is already a mean over many tokens."""
-        return None

@@ -138,13 +138,19 @@ class TokenDistiller(StudentObjective):
             every = torch.full_like(targets, IGNORE_INDEX)
             every[targets != IGNORE_INDEX] = predicted
             teacher = replace(teacher, predicted=every)
+        return self.output(step, distilling, teacher)
+
+    def output(
+        self, step: TokenStep, distilling: bool, teacher: TeacherOutput | None
+    ) -> DistillerOutput:
+        """The batch's output: its loss with the student's and the divergence's parts."""
         # a batch whose tokens are all prompt (possible for one process or micro-batch) adds
         # nothing: its count is 0, and so is its loss
         beta = self.beta if distilling and bool(step.count > 0) else 0.0
         loss = LossOutput(
             total=step.total,
             parts={"student": step.cross_entropy, "distill": step.extra},
-            weights={"student": self.alpha, "distill": beta * t2},
+            weights={"student": self.alpha, "distill": beta * self.temperature**2},
             count=step.count,
         )
         return DistillerOutput(step.output, loss, teacher)
