@@ -1,6 +1,6 @@
 """A student with its own small vocabulary distilled from SmolLM2-135M-Instruct (issue 22, part
 3): a byte-level BPE of ``--vocab`` tokens trained on the training split, a GPT of
-``gpt_micro``-at-SmolLM2's-vocabulary's parameter count (dim 256, 6 layers, 4 heads: 6.9M
+``gpt_micro``-at-SmolLM2's-vocabulary's parameter count (dim 256, 6 layers, 4 heads: 6.8M
 against 7.1M) spending them on width and depth instead of a 49,152-token embedding.
 
 Rows (the recipe ``pydocs/smollm2-own-vocab``, 2 epochs of blocks of 256, AdamW 3e-3):
