@@ -17,15 +17,10 @@ float32 or wider.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdistill.losses.tokens import divergence_per_token
-
-
-def _wide(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from kdistill.losses.tokens import _wide, divergence_per_token
 
 
 def mapped_teacher_logprobs(

@@ -16,7 +16,7 @@ token distiller's; the chunked loss of a student with an output head is the same
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +31,7 @@ from kdistill.losses.cross_vocab import (
 from kdistill.losses.tokens import DIVERGENCES
 from kdistill.objectives.tokens import RowLoss, TokenDistiller, _check_batch, token_step
 from kdistill.types import IGNORE_INDEX, DistillerOutput
-
-CrossTokenizerMethod = Literal["spans", "uld"]
-METHODS: tuple[str, ...] = ("spans", "uld")
+from kdistill.validation import CROSS_TOKENIZER_METHODS
 
 
 class CrossTokenizerDistiller(TokenDistiller):
@@ -62,8 +60,10 @@ class CrossTokenizerDistiller(TokenDistiller):
         context: int | None = None,
         **settings: Any,
     ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if method not in CROSS_TOKENIZER_METHODS:
+            raise ValueError(
+                f"method must be one of {', '.join(CROSS_TOKENIZER_METHODS)}, got {method!r}"
+            )
         if method == "spans" and settings.get("kind") == "reverse_kl":
             valid = [k for k in DIVERGENCES if k != "reverse_kl"]
             raise ValueError(
