@@ -106,6 +106,10 @@ def test_pruning_as_a_step_of_the_run_resumes_across_the_removal(tmp_path, corpu
     model = load_model(whole.run_dir).model
     assert sum(p.numel() for p in model.parameters()) == whole.record.params
     assert model.model.config.num_hidden_layers == 2
+    # the best epoch is chosen among those after the cut: best.safetensors is a pruned model
+    assert whole.record.best_epoch >= 1
+    best = load_model(whole.run_dir / "best.safetensors").model
+    assert best.model.config.num_hidden_layers == 2
     capsys.readouterr()
     assert main(["eval", str(whole.run_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -928,6 +928,27 @@ class RunConfig:
         return next((p for p in self.policies if p.kind == kind), None)
 
     @property
+    def final_form_epoch(self) -> int:
+        """The first epoch at whose end the student has its final form: every compression
+        policy has taken its last step (pruned to its target, thinned, cut, quantized), capped
+        at the run's last epoch; 0 without compression. Only from here may an epoch be chosen
+        as the run's best: an earlier one is a model that is not the one asked for (dense, or
+        wider, or not quantized), however well it scores."""
+        last = self.train.epochs - 1
+        steps = [0]
+        for p in self.policies:
+            if p.kind in ("quantization", "lm_quantization"):
+                steps.append(p.starting_epoch)
+            elif p.kind == "pruning":
+                steps.append(last if p.last_step is None else p.last_step)
+                steps.append(p.remove_epoch or 0)
+            elif p.kind in ("channel_pruning", "lm_pruning"):
+                steps.append(p.last_step)
+            elif p.kind == "thinning":
+                steps.append(p.epochs[-1])
+        return min(max(steps), last)
+
+    @property
     def kd_window(self) -> EpochWindow:
         """The epochs with the distillation loss: the distillation policy's, else from
         ``kd.start_epoch`` to the end."""

@@ -72,6 +72,8 @@ class Loop:
         sharded: with ``data_parallel``, shard the student with FSDP2 instead of replicating it
             (:func:`~kdistill.engine.distributed.shard_model`).
         sync_batchnorm: with ``data_parallel``, BatchNorm statistics over the global batch.
+        selectable_from: the first epoch that may be chosen best (the run's compression has
+            given the student its final form; earlier epochs are never "best").
     """
 
     epochs: int
@@ -84,6 +86,7 @@ class Loop:
     data_parallel: bool = False
     sync_batchnorm: bool = False
     sharded: bool = False
+    selectable_from: int = 0
 
 
 @dataclass
@@ -231,7 +234,8 @@ class Trainer:
             compression replaces the student. Each param group's ``lr`` is its peak lr.
         train_loader: training batches.
         eval_loaders: split name -> loader, evaluated after every epoch (``"val"``, ``"test"``);
-            the selection metric is val top-1 when there is a val split, else test top-1.
+            the selection metric is val top-1 when there is a val split, else test top-1,
+            from ``loop.selectable_from`` on.
         loop: how the loop runs (:class:`Loop`).
         callbacks: loop hooks, called in order.
     """
@@ -298,6 +302,9 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train from ``self.state.epoch`` to ``loop.epochs``; returns the final state."""
         self._call("on_fit_start")
+        if self.state.best_epoch < self.loop.selectable_from:
+            # resumed from a checkpoint whose best came before the final form: not a candidate
+            self.state.best_score = -math.inf
         for epoch in range(self.state.epoch, self.loop.epochs):
             self._call("on_epoch_start", epoch)
             started = time.perf_counter()
@@ -317,8 +324,9 @@ class Trainer:
             selection = evals.get("val", evals.get("test"))
             if self.loop.sharded:
                 self._gather()
+            score = selection["top1"] if selection else -train_metrics["loss"]
             self.state.finish_epoch(
-                record, selection["top1"] if selection else -train_metrics["loss"]
+                record, score if epoch >= self.loop.selectable_from else -math.inf
             )
             self._call("on_epoch_end", epoch, record)
         self._call("on_fit_end")

@@ -165,7 +165,8 @@ def write_record(
     )
     history = state.history
     last = history[-1]
-    test_top1 = [h["test"]["top1"] for h in history]
+    # the best of the epochs with the student's final form (the trainer's rule for "best")
+    test_top1 = [h["test"]["top1"] for h in history if h["epoch"] >= cfg.final_form_epoch]
     teachers = ()
     check = parts.teacher_check
     if parts.teacher is not None:

@@ -15,7 +15,8 @@ def build_loop(
 ) -> Loop:
     """The loop of ``cfg`` on ``device``: epochs, the learning-rate schedule over the optimizer
     steps of ``batches_per_epoch`` batches, precision, clipping, accumulation, and data
-    parallelism over ``world`` processes."""
+    parallelism over ``world`` processes; the best epoch is chosen once compression has given
+    the student its final form."""
     steps_per_epoch = -(-batches_per_epoch // cfg.train.grad_accumulation)
     return Loop(
         epochs=cfg.train.epochs,
@@ -30,4 +31,5 @@ def build_loop(
         data_parallel=world > 1,
         sync_batchnorm=cfg.train.sync_batchnorm,
         sharded=world > 1 and cfg.train.parallel == "fsdp",
+        selectable_from=cfg.final_form_epoch,
     )

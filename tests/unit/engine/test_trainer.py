@@ -2,6 +2,7 @@
 and how often a training step synchronizes with the host."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -77,6 +78,24 @@ def test_fit_records_history_and_selects_the_best_epoch():
     best = max(range(3), key=lambda e: state.history[e]["test"]["top1"])
     assert state.history[state.best_epoch]["test"]["top1"] == state.history[best]["test"]["top1"]
     assert set(state.history[0]["train"]) >= {"loss", "loss_student", "top1"}
+
+
+def test_no_epoch_before_the_students_final_form_is_chosen_best():
+    """``Loop.selectable_from``: a compressed run's best epoch is one with its final form,
+    also when a resumed state chose an earlier one (a checkpoint of an older rule)."""
+    trainer = make_trainer(epochs=4)
+    trainer.loop = replace(trainer.loop, selectable_from=2)
+    state = trainer.fit()
+    scores = [h["test"]["top1"] for h in state.history]
+    assert state.best_epoch == max((2, 3), key=lambda e: scores[e])
+    assert state.best_score == max(scores[2:])
+    resumed = make_trainer(epochs=4)
+    resumed.loop = replace(resumed.loop, epochs=2)
+    resumed.fit()
+    assert resumed.state.best_epoch in (0, 1)
+    resumed.loop = replace(resumed.loop, epochs=4, selectable_from=3)
+    resumed.state.best_score = 2.0  # no epoch could beat it: the old choice must not stand
+    assert resumed.fit().best_epoch == 3
 
 
 def test_state_dict_round_trip_continues_exactly(tmp_path):
