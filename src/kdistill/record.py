@@ -123,6 +123,9 @@ class RunRecord:
     # on-policy distillation: the batches of the student's own samples, the tokens it
     # generated and how fast (generation_tokens_per_s, beside tokens_per_s)
     generation: dict[str, float] | None = None
+    # a teacher of another tokenizer: the share of the student's positions aligned with a
+    # teacher position, teacher tokens per student token, over the first training blocks
+    alignment: dict[str, float] | None = None
     files: dict[str, str] = field(default_factory=dict)
     schema_version: int = RECORD_SCHEMA_VERSION
 

@@ -69,6 +69,12 @@ def test_a_student_with_its_own_vocabulary_distils_from_a_teacher_with_another(
     assert any("teacher on its own tokens of the test text" in line for line in lines)
     assert any(line.startswith("cross-tokenizer: ") and "of the student's positions" in line
                for line in lines)  # fmt: skip
+    # the alignment the log states is kept in the record
+    aligned = record.alignment
+    assert aligned is not None and 0 < aligned["aligned_share"] <= 1
+    assert aligned["teacher_tokens_per_student_token"] > 0 and aligned["blocks"] >= 1
+    assert any(f"{aligned['aligned_share']:.1%} of the student's positions" in line
+               for line in lines)  # fmt: skip
     history = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").open()]
     assert "agreement" not in history[-1]["test"]
     assert history[-1]["train"]["loss_distill"] > 0

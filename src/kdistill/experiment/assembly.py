@@ -306,6 +306,8 @@ class RunParts:
         kd_gradient_ratio: the first batch's gradient ratio (distillation only).
         warnings: what the health checks found (kept in the run record).
         threads: the CPU threads this process uses, and why.
+        alignment: a cross-tokenizer run's alignment of the two tokenizations
+            (:func:`~kdistill.experiment.lm.alignment_stats`), or ``None``.
     """
 
     cfg: RunConfig
@@ -323,6 +325,7 @@ class RunParts:
     kd_gradient_ratio: float | None = None
     warnings: tuple[str, ...] = ()
     threads: ThreadChoice | None = None
+    alignment: dict[str, float] | None = None
 
     def optimizer_factory(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return build_optimizer(self.cfg.optim, params)

@@ -274,6 +274,7 @@ def language_model_metrics(
         "tokens_per_s": trained / max(1e-9, sum(epoch_times)),
         "continuations": continuations,
         "generation": generation() if callable(generation) else None,
+        "alignment": parts.alignment,
     }
 
 

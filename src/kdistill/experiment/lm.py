@@ -566,8 +566,10 @@ def assemble_lm(
     if cfg.kd is not None and cfg.kd.on_policy is not None:
         prompts = [data.tokenizer.encode(d.prompt) for d in data.train_documents or []]
     objective = build_lm_objective(cfg, student, teacher, prompts, data)
+    alignment = None
     if cfg.kd is not None and cfg.kd.cross_tokenizer is not None:
-        log(alignment_summary(objective.aligner, data))  # type: ignore[attr-defined]
+        alignment = alignment_stats(objective.aligner, data)  # type: ignore[attr-defined]
+        log(alignment_summary(alignment))
     objective.to(device)  # type: ignore[attr-defined]
     train_loader, eval_loaders = lm_loaders(cfg, data, device, rank, world)
     loop = build_loop(cfg, device, data.num_classes, len(train_loader), world)
@@ -585,7 +587,7 @@ def assemble_lm(
     return {
         "data": data, "spec": spec, "objective": objective, "teacher": teacher,
         "train_loader": train_loader, "eval_loaders": eval_loaders, "loop": loop,
-        "compression": compression,
+        "compression": compression, "alignment": alignment,
     }  # fmt: skip
 
 
@@ -746,19 +748,27 @@ def greedy_continuation(model: nn.Module, tokenizer: Tokenizer, prompt: str, tok
 PROMPTS = ("The for statement is used to", "A class definition", "Exceptions are")
 
 
-def alignment_summary(aligner: Any, data: TextData, blocks: int = 32) -> str:
+def alignment_stats(aligner: Any, data: TextData, blocks: int = 32) -> dict[str, float]:
     """How the two tokenizations of the first ``blocks`` training blocks line up: the share
     of student positions with an aligned teacher position (where the divergence is taken) and
-    the teacher's tokens per student token."""
+    the teacher's tokens per student token (kept in the run record as ``alignment``)."""
     n = min(blocks, len(data.train))
     inputs, _ = data.train.batch(np.arange(n))
     views = [aligner.view(row) for row in inputs.tolist()]
-    aligned = sum(len(v.student) for v in views) / max(1, inputs.size)
-    ratio = sum(len(v.ids) for v in views) / max(1, inputs.size)
+    return {
+        "aligned_share": sum(len(v.student) for v in views) / max(1, inputs.size),
+        "teacher_tokens_per_student_token": sum(len(v.ids) for v in views) / max(1, inputs.size),
+        "blocks": n,
+    }
+
+
+def alignment_summary(stats: dict[str, float]) -> str:
+    """:func:`alignment_stats` for the log."""
     return (
-        f"cross-tokenizer: {aligned:.1%} of the student's positions end where a teacher token "
-        f"ends (the divergence is taken there), {ratio:.2f} teacher tokens per student token "
-        f"(first {n} training blocks)"
+        f"cross-tokenizer: {stats['aligned_share']:.1%} of the student's positions end where a "
+        f"teacher token ends (the divergence is taken there), "
+        f"{stats['teacher_tokens_per_student_token']:.2f} teacher tokens per student token "
+        f"(first {stats['blocks']} training blocks)"
     )
 
 
