@@ -212,3 +212,47 @@ def test_a_judge_scores_the_models_own_greedy_continuations(tmp_path, llama, par
     )
     assert main([*args, str(tmp_path / "nothing")]) == 2
     assert "not smollm2, a .gguf file" in capsys.readouterr().err
+
+
+COUNTER = '''
+import json, os
+from pathlib import Path
+from kdistill.engine import Callback
+
+class CountSamples(Callback):
+    """Each process writes the on-policy batches and tokens it generated itself."""
+    def on_fit_end(self, trainer):
+        o = trainer.objective
+        path = Path(os.environ["COUNTS"] + os.environ.get("RANK", "0"))
+        path.write_text(json.dumps([o.on_policy_batches, o.generated_tokens]))
+'''
+
+
+def test_on_policy_on_two_processes_states_the_runs_samples(tmp_path, llama, paragraphs):
+    """Data-parallel GKD (2 gloo processes): each process flips its own coins and samples its
+    own share; the record counts the samples of both, not only those of the first."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "counter.py").write_text(COUNTER)
+    env = {**os.environ, "COUNTS": str(tmp_path / "counts-"),
+           "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "kdistill", "train", "--out", str(tmp_path), "--name", "two",
+         "--nproc", "2", "-q", "data.name=text", f"data.files=[{paragraphs}]", "data.block=16",
+         "data.batch_size=8", "data.eval_batch_size=16", "model.arch=null", "model.args={}",
+         f"model.checkpoint={llama}", f"kd.teachers=[{{checkpoint: {llama}}}]",
+         "kd.min_teacher_top1=0", "kd.teacher_precision=fp32", "kd.teacher_cache.enabled=false",
+         "kd.token_loss=jsd", "kd.on_policy={lmbda: 0.5, max_new_tokens: 6}", "optim.lr=0.01",
+         "train.epochs=2", "train.measure_latency=false", "train.tensorboard=false",
+         "train.callbacks=[counter:CountSamples]"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = [json.loads((tmp_path / f"counts-{rank}").read_text()) for rank in (0, 1)]
+    assert all(batches > 0 for batches, _ in counts)  # both processes sampled
+    generation = json.loads((tmp_path / "two" / "summary.json").read_text())["generation"]
+    assert generation["on_policy_batches"] == counts[0][0] + counts[1][0]
+    assert generation["generated_tokens"] == counts[0][1] + counts[1][1]
+    assert generation["generation_tokens_per_s"] > 0

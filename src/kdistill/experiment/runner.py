@@ -21,10 +21,12 @@ from kdistill.engine.console import Console
 from kdistill.engine.distributed import (
     DistContext,
     PeerFailureError,
+    all_reduce_sum,
     barrier,
     init_from_env,
     is_peer_failure,
     shutdown,
+    world_size,
 )
 from kdistill.engine.recorder import MetricsLog
 from kdistill.engine.trainer import (
@@ -151,6 +153,8 @@ def _run(cfg: RunConfig, options: RunOptions, dist_ctx: DistContext | None) -> R
             if main:
                 write_stopped(run_dir, trainer, e)
             raise
+        if dist_ctx is not None:
+            _pool_generation_counts(parts.objective, parts.device)
         if not main:
             barrier()  # until the first process has written the results
             return RunResult(run_dir, None)
@@ -170,6 +174,19 @@ def _run(cfg: RunConfig, options: RunOptions, dist_ctx: DistContext | None) -> R
     if dist_ctx is not None:
         barrier()
     return RunResult(run_dir, record)
+
+
+def _pool_generation_counts(objective: Any, device: Any) -> None:
+    """On-policy distillation in a data-parallel run: each process counted its own samples;
+    the record states the run's, so every process adds its counts to the others' (the
+    batches and tokens of all; the seconds of one, as the processes generate side by side)."""
+    if not hasattr(objective, "generation_stats"):
+        return
+    batches, tokens, seconds = all_reduce_sum(
+        [objective.on_policy_batches, objective.generated_tokens, objective.generation_s], device
+    )
+    objective.on_policy_batches, objective.generated_tokens = int(batches), int(tokens)
+    objective.generation_s = seconds / world_size()
 
 
 def _trainer(
