@@ -88,6 +88,8 @@ def test_bad_overrides(capsys, overrides, message):
         (["train", "configs/missing.yaml"], "config file 'configs/missing.yaml' does not exist", 2),
         (["train", "--seeds", "0,0"], "distinct", 2),
         (["train", "--nproc", "0"], "--nproc must be >= 1, got 0", 2),
+        # said first and once, by the launcher before torchrun starts
+        (["train", "--nproc", "2", "train.epoch=3"], r"^kdistill train: error: unknown key 'train\.epoch'[^\n]*\n?$", 1),
         (["train", "digits/scratch", "oops"], "unexpected argument 'oops'", 2),
         (["sweep", "--base", "digits/scratch", "--grid", "train.seed=1,2"], "cannot vary train.seed", 1),
     ],

@@ -144,8 +144,9 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def build_config(args: argparse.Namespace) -> Any:
-    """The run config from ``CONFIG``, flags and overrides (in that order of precedence)."""
+def build_config(args: argparse.Namespace, *, say_notes: bool = True) -> Any:
+    """The run config from ``CONFIG``, flags and overrides (in that order of precedence);
+    the loader's notes printed unless ``say_notes`` is false."""
     from kdistill.config import ConfigError, load_config
 
     config, overrides = split_config_and_overrides(args.items)
@@ -153,7 +154,7 @@ def build_config(args: argparse.Namespace) -> Any:
     notes: list[str] = []
     try:
         cfg = load_config(config, overrides, values=values, notes=notes)
-        for note in notes:
+        for note in notes if say_notes else ():
             print(f"note: {note}")
         return cfg
     except ConfigError as e:
@@ -261,6 +262,9 @@ def handle(args: argparse.Namespace) -> int:
     from kdistill.engine.distributed import launched_by_torchrun
 
     if args.nproc is not None and not launched_by_torchrun():
+        # a bad setting is said once, here, before any process starts (not by every process,
+        # inside torchrun's failure report)
+        build_config(args, say_notes=False)
         return launch_torchrun(args)
     from kdistill.config import apply_values
     from kdistill.experiment import group_dir, run, train_or_reuse
