@@ -116,22 +116,34 @@ def test_every_architecture_prepares_and_trains(archs):
 
 # one network of each kind of block; the post-activation ResNets: test_qat_runs.py
 CONVERTED = [
-    "lenet5", "preact_resnet20_cifar", "resnet50", "mobilenet_v2",
+    "lenet5", "preact_resnet20_cifar", "bottleneck", "mobilenet_v2",
     "torchvision:mobilenet_v3_small", "timm:resnet18",
 ]  # fmt: skip
+
+
+def converted(arch: str) -> nn.Module:
+    """``bottleneck``: torchvision's ResNet-50 blocks (one ReLU module applied three times per
+    block), one per stage: the registry's resnet50 (16 of them) took the preparation, the
+    conversion and the export three times as long, with no other code path."""
+    if arch == "bottleneck":
+        from torchvision.models.resnet import Bottleneck, ResNet
+
+        return ResNet(Bottleneck, [1, 1, 1, 1], num_classes=CLASSES)
+    return build_model(arch, CLASSES, SHAPE, ARGS.get(arch))
 
 
 def test_each_kind_of_block_resumes_converts_and_exports(tmp_path):
     pytest.importorskip("timm")
     torch.manual_seed(0)
-    stack = SideBySide([build_model(a, CLASSES, SHAPE, ARGS.get(a)) for a in CONVERTED])
+    stack = SideBySide([converted(a) for a in CONVERTED])
     policy = policy_for(stack)
     settings = layer_settings(stack, policy)
     assert {(s["weight_bits"], s["weight_per_channel"]) for s in settings.values()} >= set(SETTINGS)
 
     prepared = prepare_qat(stack, policy, SHAPE)
     # a few training steps, so that the activation observers see data
-    x, y = torch.rand(64, *SHAPE), torch.randint(0, CLASSES, (64,))
+    g = torch.Generator().manual_seed(0)  # the inputs do not depend on how models draw
+    x, y = torch.rand(64, *SHAPE, generator=g), torch.randint(0, CLASSES, (64,), generator=g)
     opt = torch.optim.SGD(prepared.parameters(), lr=0.01, momentum=0.9)
     prepared.train()
     for _ in range(3):
@@ -150,9 +162,7 @@ def test_each_kind_of_block_resumes_converts_and_exports(tmp_path):
     path = tmp_path / "model.safetensors"
     save_model_file(path, prepared.state_dict(), ModelSpec("stack", {}, CLASSES, SHAPE))
     torch.manual_seed(1)
-    fresh = prepare_qat(
-        SideBySide([build_model(a, CLASSES, SHAPE, ARGS.get(a)) for a in CONVERTED]), policy, SHAPE
-    )
+    fresh = prepare_qat(SideBySide([converted(a) for a in CONVERTED]), policy, SHAPE)
     load_weights(fresh, path)
     freeze_observers(fresh)
     fresh.eval()
@@ -161,11 +171,18 @@ def test_each_kind_of_block_resumes_converts_and_exports(tmp_path):
 
     # int8 ONNX: each network computes what its fake-quantized version did, up to the rounding
     # of int8 kernels, which an untrained network amplifies (trained ones: docs/compression.md,
-    # within 0.5 points of accuracy)
+    # within 0.5 points of accuracy). Untrained, some give nearly one output for every input
+    # (MobileNetV2's logits spread by 0.02), so their top classes are near-ties that rounding
+    # reorders: instead of agreeing top-1, the int8 network's choice must be one the
+    # fake-quantized network scores within a few rounding errors (RMS of the difference) of
+    # its own best (a flip needs a margin below the difference of two classes' rounding
+    # errors; measured here: at most 4.8 RMS, 0 for the networks whose top-1 all agree)
     onnx_path = write_onnx(convert_qat(prepared), SHAPE, tmp_path / "m.onnx", {})
     int8 = onnx_predictor(onnx_session(onnx_path))(x).view(len(x), len(CONVERTED), CLASSES)
     fake = fake.view(len(x), len(CONVERTED), CLASSES)
     for i, arch in enumerate(CONVERTED):
         f, q = fake[:, i], int8[:, i]
         assert torch.corrcoef(torch.stack([f.flatten(), q.flatten()]))[0, 1] > 0.99, arch
-        assert (q.argmax(1) == f.argmax(1)).float().mean() >= 0.85, arch
+        rounding = (f - q).pow(2).mean().sqrt().clamp_min(1e-12)
+        chosen = f.gather(1, q.argmax(1, keepdim=True))[:, 0]
+        assert float((f.max(1).values - chosen).max() / rounding) <= 6.0, arch
