@@ -66,10 +66,10 @@ class RunRecord:
     without seed and output directory), ``seed``, ``mode`` (``distill`` or ``supervised``),
     ``arch``, ``dataset``; the final test metrics ``test_top1``/``test_top5``/``test_loss``/
     ``test_ece``; ``best_test_top1`` and ``best_epoch`` (chosen on val when there is a val
-    split, among the epochs after the last compression step); model size and cost (``params``, ``macs``, ``size_bytes``); times; versions; the
-    ``teachers`` that taught it with their identities; warnings of the health checks; the
-    compression report; and ``files``: the sha256 of every file of the run directory that
-    kdistill trusts later.
+    split, among the epochs after the last compression step); model size and cost
+    (``params``, ``macs``, ``size_bytes``); times; versions; the ``teachers`` that taught it
+    with their identities; warnings of the health checks; the compression report; and
+    ``files``: the sha256 of every file of the run directory that kdistill trusts later.
     """
 
     name: str
